@@ -1,0 +1,154 @@
+"""Image loading and the geometric steps the try-on app applies before the models see an image.
+
+Uploads come from phones (EXIF rotation), design tools (transparent PNG garments, CMYK JPEGs,
+16-bit PNGs) and, on a public service, from attackers (decompression bombs): everything is
+normalised here to a plain 8-bit RGB image or refused with a one-line reason.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
+
+# Refuse images above this many pixels before decoding them (about 6000 x 6000).
+DEFAULT_MAX_PIXELS = 36_000_000
+
+PERSON_ASPECT = 3 / 4
+
+
+class ImageError(ValueError):
+    """An input image that cannot be used; `field` names the input it came from."""
+
+    code = "invalid_image"
+
+    def __init__(self, message: str, field: Optional[str] = None):
+        super().__init__(message)
+        self.field = field
+
+
+class ImageTooLargeError(ImageError):
+    code = "image_too_large"
+
+
+def _open(source: ImageSource, label: str, field: Optional[str]) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data:
+            raise ImageError(f"{label} is empty", field)
+        stream = io.BytesIO(data)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{label}: file not found: {path}")
+        stream = io.BytesIO(path.read_bytes())
+    else:
+        raise TypeError(f"{label} must be a path, bytes or a PIL image, got {type(source).__name__}")
+    try:
+        return Image.open(stream)
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"{label} is too large (decompression bomb guard)", field) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{label} is not a decodable image ({type(exc).__name__})", field) from None
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Flatten any Pillow mode to 8-bit RGB; transparent pixels are composited over `background`."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode == "PA":
+        image = image.convert("RGBA")
+    elif mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        image = Image.fromarray(_to_uint8(np.asarray(image), mode), "L")
+    elif mode == "RGBa":
+        image = image.convert("RGBA")
+    elif mode == "La":
+        image = image.convert("LA")
+    elif "transparency" in image.info and mode in ("L", "RGB"):
+        image = image.convert("RGBA")
+    mode = image.mode
+    if mode in ("RGBA", "LA"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a single-channel high-depth array to 0..255 (16-bit data by /257, like Pillow's own RGB path)."""
+    a = arr.astype(np.float64)
+    if mode == "F":
+        if a.size and np.nanmax(a) <= 1.0:
+            a = a * 255.0
+        a = np.nan_to_num(a)
+    elif mode.startswith("I;16") or (a.size and a.max() > 255):
+        a = a / 257.0
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def load_image(
+    source: ImageSource,
+    *,
+    name: str = "image",
+    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
+    """Load a path, encoded bytes or PIL image as an upright 8-bit RGB image.
+
+    `name` labels error messages (the CLI flag or form field). The pixel limit is checked on the
+    header's size, before any pixel is decoded.
+    """
+    label = name
+    image = _open(source, label, name)
+    w, h = image.size
+    if w < 1 or h < 1:
+        raise ImageError(f"{label} has no pixels ({w}x{h})", name)
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageTooLargeError(f"{label} is too large: {w}x{h} pixels, the limit is {max_pixels} pixels", name)
+    try:
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)  # animated formats: the first frame
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image, background)
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"{label} is too large (decompression bomb guard)", name) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"{label} is not a decodable image ({type(exc).__name__})", name) from None
+
+
+def center_crop_to_aspect_ratio(image: Image.Image, target_ratio: float) -> Image.Image:
+    """Centre crop to width/height = target_ratio, with the reference app's exact rounding.
+
+    A wider image keeps its height and gets width int(h * ratio); otherwise (equal included) it
+    keeps its width and gets height int(w / ratio); offsets are floor-halves of the excess.
+    """
+    w, h = image.size
+    if w / h > target_ratio:
+        nw, nh = int(h * target_ratio), h
+        left, top = (w - nw) // 2, 0
+    else:
+        nw, nh = w, int(w / target_ratio)
+        left, top = 0, (h - nh) // 2
+    return image.crop((left, top, left + nw, top + nh))
+
+
+def prepare_person(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Person photo as the model expects it: 3:4 centre crop, then LANCZOS resize to size (W, H)."""
+    cropped = center_crop_to_aspect_ratio(image, PERSON_ASPECT)
+    return cropped.resize(tuple(size), Image.Resampling.LANCZOS)
+
+
+def prepare_reference(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Garment reference: plain LANCZOS resize to size (W, H), no crop (as the reference app)."""
+    return image.resize(tuple(size), Image.Resampling.LANCZOS)
