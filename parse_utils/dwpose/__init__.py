@@ -1,0 +1,4 @@
+"""DWPose whole-body pose estimation and OpenPose-style rendering (onnxruntime)."""
+from .wholebody import DWposeDetector, detect_canvas_size
+
+__all__ = ["DWposeDetector", "detect_canvas_size"]
