@@ -1,0 +1,271 @@
+"""FastFitPipeline: multi-reference virtual try-on with a per-request reference K/V cache.
+
+Semantics follow the reference pipeline (see the spec): masked person composited with the pose
+skeleton, VAE latents, nearest-sampled latent mask, classifier-free guidance whose unconditional
+row uses zero reference latents, DDPM steps, decode, repaint outside the mask.
+
+Determinism contract (deliberately stricter than the reference, whose VAE sampling uses the global
+RNG): one torch.Generator on the pipeline device seeded with ``seed``; its first draw is the
+initial noise (1, 4, H/8, W/8) in the weight dtype, then one scheduler draw per step; VAE
+encodings use the posterior mode.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from fastfit_engine.unet import GARMENT_LABELS, FastFitUNet, check_state_dict_keys, load_weight_file
+
+__all__ = ["FastFitPipeline", "GARMENT_LABELS", "load_vae", "load_scheduler"]
+
+_LABEL_NAMES = {v: k for k, v in GARMENT_LABELS.items()}
+
+
+def load_vae(folder: str | os.PathLike, device: str | torch.device, dtype: torch.dtype):
+    """AutoencoderKL from a diffusers ``vae`` folder with strict key checks (no silent random init)."""
+    from diffusers import AutoencoderKL
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"VAE folder not found: {folder}")
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"missing VAE config: {cfg_path}")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{cfg_path}: invalid JSON ({exc})") from None
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    state = load_weight_file(folder)
+    expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
+    check_state_dict_keys(expected, state, f"VAE weights in {folder}")
+    vae.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
+    return vae.eval().requires_grad_(False)
+
+
+def load_scheduler(folder: str | os.PathLike):
+    """DDPMScheduler from the folder's config, whatever class name the config carries (as the reference)."""
+    from diffusers import DDPMScheduler
+
+    folder = Path(folder)
+    path = folder / "scheduler_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"missing scheduler config: {path}")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON ({exc})") from None
+    return DDPMScheduler.from_config(config)
+
+
+def _label_index(label: Any) -> int:
+    if isinstance(label, bool):
+        raise ValueError(f"unknown garment label {label!r}; expected one of {sorted(GARMENT_LABELS)} or 0..4")
+    if isinstance(label, (int, np.integer)):
+        if 0 <= int(label) < len(GARMENT_LABELS):
+            return int(label)
+    elif isinstance(label, str) and label.lower() in GARMENT_LABELS:
+        return GARMENT_LABELS[label.lower()]
+    raise ValueError(f"unknown garment label {label!r}; expected one of {sorted(GARMENT_LABELS)} or 0..4")
+
+
+def _check_image(image: Any, what: str) -> None:
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"{what} must be a PIL image, got {type(image).__name__}")
+    w, h = image.size
+    if w < 8 or h < 8 or w % 8 or h % 8:
+        raise ValueError(f"{what} size {w}x{h} must be a positive multiple of 8 in both sides")
+
+
+class FastFitPipeline:
+    """Loads unet/, vae/, scheduler/ from a FastFit model folder and runs try-on requests."""
+
+    def __init__(self, unet: FastFitUNet, vae, scheduler, device: torch.device, dtype: torch.dtype) -> None:
+        self.unet = unet
+        self.vae = vae
+        self.scheduler = scheduler
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.vae_scale = float(vae.config.scaling_factor)
+        self._denoise = unet.forward_denoise
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | os.PathLike,
+        device: str | torch.device = "cuda",
+        dtype: torch.dtype = torch.bfloat16,
+        *,
+        channels_last: bool = False,
+        compile_unet: bool = False,
+    ) -> "FastFitPipeline":
+        """``model_dir`` holds unet/, vae/ and scheduler/ (diffusers layout)."""
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"FastFit model folder not found: {model_dir}")
+        missing = [sub for sub in ("unet", "vae", "scheduler") if not (model_dir / sub).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"{model_dir} is not a FastFit model folder: missing {', '.join(missing)}/")
+        device = torch.device(device)
+        scheduler = load_scheduler(model_dir / "scheduler")
+        unet = FastFitUNet.from_pretrained(model_dir / "unet", device=device, dtype=dtype)
+        vae = load_vae(model_dir / "vae", device=device, dtype=dtype)
+        if channels_last:
+            unet.to(memory_format=torch.channels_last)
+            vae.to(memory_format=torch.channels_last)
+        pipe = cls(unet, vae, scheduler, device, dtype)
+        if compile_unet:
+            pipe.compile_unet()
+        return pipe
+
+    def compile_unet(self, **kwargs) -> None:
+        """torch.compile the denoising forward (GPU option; the reference pass stays eager)."""
+        compiled = torch.compile(self.unet.forward, **kwargs)
+        unet = self.unet
+
+        def denoise(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            unet.kv_cache.set_read()
+            try:
+                return compiled(sample, timestep, None)
+            finally:
+                unet.kv_cache.mode = "off"
+
+        self._denoise = denoise
+
+    # -- preprocessing ----------------------------------------------------------------------------
+    def _image_tensor(self, image: Image.Image) -> torch.Tensor:
+        """uint8 RGB -> [1,3,H,W] in [-1,1]; the scaling happens in fp32 before the cast."""
+        arr = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
+        x = arr.to(self.device).permute(2, 0, 1).unsqueeze(0).float()
+        return (x / 127.5 - 1.0).to(self.dtype)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(x).latent_dist.mode() * self.vae_scale
+
+    def _validate(self, person, mask, references, pose, num_inference_steps) -> list[tuple[int, Image.Image]]:
+        _check_image(person, "person image")
+        if not isinstance(mask, Image.Image):
+            raise ValueError(f"mask must be a PIL image, got {type(mask).__name__}")
+        if mask.size != person.size:
+            raise ValueError(f"mask size {mask.size[0]}x{mask.size[1]} != person size {person.size[0]}x{person.size[1]}")
+        if pose is not None and not isinstance(pose, Image.Image):
+            raise ValueError(f"pose must be a PIL image or None, got {type(pose).__name__}")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if references is None or len(references) == 0:
+            raise ValueError("at least one reference garment is required")
+        refs = []
+        for i, item in enumerate(references):
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise ValueError(f"reference {i} must be a (label, PIL image) pair")
+            label, image = item
+            idx = _label_index(label)
+            _check_image(image, f"reference {i} ({_LABEL_NAMES[idx]})")
+            refs.append((idx, image))
+        return refs
+
+    # -- call -------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def __call__(
+        self,
+        person: Image.Image,
+        mask: Image.Image,
+        references: Sequence[tuple[str | int, Image.Image]],
+        pose: Image.Image | None = None,
+        num_inference_steps: int = 30,
+        guidance_scale: float = 2.5,
+        seed: int = 0,
+        *,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> Image.Image:
+        """Return the try-on result as a PIL RGB image of the person's size."""
+        refs = self._validate(person, mask, references, pose, num_inference_steps)
+        num_inference_steps = int(num_inference_steps)
+        device, dtype = self.device, self.dtype
+        width, height = person.size
+        h, w = height // 8, width // 8
+
+        person_x = self._image_tensor(person)
+        mask_arr = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.uint8).copy())
+        mask_f32 = (mask_arr.to(device).float() / 255.0 >= 0.5).float()[None, None]
+        mask_x = mask_f32.to(dtype)
+        if pose is not None:
+            pose_img = pose.convert("RGB")
+            if pose_img.size != person.size:
+                pose_img = pose_img.resize(person.size)
+            pose_arr = torch.from_numpy(np.asarray(pose_img, dtype=np.uint8).copy())
+            pose_x = (pose_arr.to(device).permute(2, 0, 1).unsqueeze(0).float() / 255.0).to(dtype)
+            masked = person_x * (1 - mask_x) + mask_x * pose_x
+        else:
+            masked = person_x * (1 - mask_x)
+
+        masked_latent = self._encode(masked)
+        ref_latents = [self._encode(self._image_tensor(img)) for _, img in refs]
+        latent_mask = F.interpolate(mask_f32, size=(h, w), mode="nearest").to(dtype)
+
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+        latents = torch.randn((1, 4, h, w), generator=generator, device=device, dtype=dtype)
+
+        scheduler = type(self.scheduler).from_config(self.scheduler.config)
+        scheduler.set_timesteps(num_inference_steps)  # CPU timesteps: the step needs no host sync
+        latents = latents * scheduler.init_noise_sigma
+        timesteps = [int(t) for t in scheduler.timesteps]
+        timesteps_dev = torch.tensor(timesteps, dtype=torch.int64).to(device)
+
+        do_cfg = guidance_scale > 1.0
+        rows = 2 if do_cfg else 1
+        model_in = torch.empty((rows, 9, h, w), device=device, dtype=dtype)
+        model_in[:, 4:5] = latent_mask
+        model_in[:, 5:9] = masked_latent
+
+        cache = self.unet.kv_cache
+        try:
+            cache.begin(rows, (h, w), [tuple(lat.shape[-2:]) for lat in ref_latents])
+            self._reference_passes(refs, ref_latents, do_cfg)
+            for i, t in enumerate(timesteps):
+                model_in[:, 0:4] = scheduler.scale_model_input(latents, t)
+                noise_pred = self._denoise(model_in, timesteps_dev[i])
+                if do_cfg:
+                    uncond, cond = noise_pred.chunk(2)
+                    noise_pred = uncond + guidance_scale * (cond - uncond)
+                latents = scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
+                if callback is not None:
+                    callback(i, num_inference_steps)
+        finally:
+            cache.clear()
+
+        image = self.vae.decode(latents.to(self.vae.dtype) / self.vae_scale).sample
+        image = image * mask_x + (1 - mask_x) * person_x
+        image = (image / 2 + 0.5).clamp(0, 1)
+        arr = image[0].permute(1, 2, 0).float().cpu().numpy()
+        arr = np.round(arr * 255.0).astype(np.uint8)
+        return Image.fromarray(arr)
+
+    def _reference_passes(self, refs, ref_latents, do_cfg: bool) -> None:
+        """One UNet pass per group of equal-size references (each attends only to itself)."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, lat in enumerate(ref_latents):
+            groups.setdefault(tuple(lat.shape[-2:]), []).append(i)
+        for indices in groups.values():
+            batch, labels = [], []
+            for i in indices:
+                lat = ref_latents[i]
+                if do_cfg:
+                    batch += [torch.zeros_like(lat), lat]
+                    labels += [refs[i][0], refs[i][0]]
+                else:
+                    batch.append(lat)
+                    labels.append(refs[i][0])
+            sample = torch.cat(batch, dim=0)
+            label_t = torch.tensor(labels, dtype=torch.int64).to(self.device)
+            self.unet.forward_reference(sample, label_t, indices)

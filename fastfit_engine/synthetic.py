@@ -1,0 +1,176 @@
+"""Synthetic FastFit-MR-1024 model folders: published layout and key names, seeded random weights.
+
+Real weights never run in tests or CI; this writer produces folders that the real loaders read
+(unet/, vae/, scheduler/ with diffusers' file names). ``tiny`` keeps every key name and block
+type (4 levels, 2 layers per block, VAE factor 8) with small channel counts.
+
+CLI: ``python -m fastfit_engine.synthetic OUT_DIR [--tiny] [--seed N]`` writes a Models root:
+OUT_DIR/FastFit-MR-1024 and OUT_DIR/Human-Toolkit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "UNET_CONFIG",
+    "UNET_CONFIG_TINY",
+    "VAE_CONFIG",
+    "VAE_CONFIG_TINY",
+    "SCHEDULER_CONFIG",
+    "random_state_dict",
+    "write_fastfit_model",
+    "main",
+]
+
+UNET_CONFIG: dict[str, Any] = {
+    "_class_name": "UNet2DConditionModel",
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False,
+    "cross_attention_dim": None,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 9,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "num_class_embeds": 5,
+    "out_channels": 4,
+    "sample_size": 64,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+}
+UNET_CONFIG_TINY: dict[str, Any] = {**UNET_CONFIG, "block_out_channels": [32, 32, 64, 64], "norm_num_groups": 8}
+
+VAE_CONFIG: dict[str, Any] = {
+    "_class_name": "AutoencoderKL",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+VAE_CONFIG_TINY: dict[str, Any] = {
+    **VAE_CONFIG,
+    "block_out_channels": [16, 32, 32, 32],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 64,
+}
+
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "DDPMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+
+
+def random_state_dict(
+    model: nn.Module, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """Seeded random weights for ``model`` (may live on the meta device), module by module.
+
+    Fan-in scaled normals keep activations in a sane range through a deep random UNet, so bf16
+    runs stay finite; norms start near identity.
+    """
+    state: dict[str, torch.Tensor] = {}
+    for mod_name, module in model.named_modules():
+        params = list(module.named_parameters(recurse=False))
+        if not params:
+            continue
+        for p_name, param in sorted(params):
+            key = f"{mod_name}.{p_name}" if mod_name else p_name
+            shape = tuple(param.shape)
+            if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
+                noise = torch.randn(shape, generator=generator) * 0.05
+                value = noise + 1.0 if p_name == "weight" else noise
+            elif isinstance(module, nn.Embedding):
+                value = torch.randn(shape, generator=generator)
+            elif p_name == "weight" and len(shape) >= 2:
+                fan_in = 1
+                for s in shape[1:]:
+                    fan_in *= s
+                value = torch.randn(shape, generator=generator) * (fan_in**-0.5)
+            else:
+                value = torch.randn(shape, generator=generator) * 0.02
+            state[key] = value.to(dtype)
+    expected = set(model.state_dict())
+    if set(state) != expected:
+        raise RuntimeError(f"random_state_dict missed keys: {sorted(expected - set(state))[:5]}")
+    return state
+
+
+def _save(folder: Path, config: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "diffusion_pytorch_model.safetensors"))
+
+
+def write_fastfit_model(
+    folder: str | os.PathLike, *, tiny: bool = False, seed: int = 0, dtype: torch.dtype | None = None
+) -> Path:
+    """Write unet/, vae/ and scheduler/ of a FastFit-MR-1024-style folder; returns the folder.
+
+    Full size is stored in fp16 (1.7 GB instead of 3.4 GB); tiny in fp32 unless ``dtype`` says otherwise.
+    """
+    from diffusers import AutoencoderKL
+
+    from fastfit_engine.unet import FastFitUNet
+
+    folder = Path(folder)
+    dtype = dtype or (torch.float32 if tiny else torch.float16)
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    unet_cfg = UNET_CONFIG_TINY if tiny else UNET_CONFIG
+    vae_cfg = VAE_CONFIG_TINY if tiny else VAE_CONFIG
+    with torch.device("meta"):
+        unet = FastFitUNet(unet_cfg)
+        vae = AutoencoderKL.from_config({k: v for k, v in vae_cfg.items() if not k.startswith("_")})
+    _save(folder / "unet", unet_cfg, random_state_dict(unet, generator, dtype))
+    _save(folder / "vae", vae_cfg, random_state_dict(vae, generator, dtype))
+    sched = folder / "scheduler"
+    sched.mkdir(parents=True, exist_ok=True)
+    (sched / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write a synthetic Models root (FastFit-MR-1024 + Human-Toolkit).")
+    parser.add_argument("out_dir", type=Path, help="Models root to create")
+    parser.add_argument("--tiny", action="store_true", help="small channels for fast CPU tests")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from parse_utils.synthetic import write_human_toolkit
+
+    root = args.out_dir
+    model = write_fastfit_model(root / "FastFit-MR-1024", tiny=args.tiny, seed=args.seed)
+    toolkit = write_human_toolkit(root / "Human-Toolkit", tiny=args.tiny, seed=args.seed)
+    print(f"wrote {model} and {toolkit}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
