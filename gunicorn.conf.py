@@ -1,0 +1,29 @@
+"""Gunicorn settings for the try-on service: `gunicorn -c gunicorn.conf.py server:app`.
+
+One worker process owns the GPU and the models (loaded inside the worker, never in the master,
+so CUDA is never initialised before the fork). A few threads let /health, /ready and /metrics
+answer while a try-on runs; the app itself lets one request at a time onto the GPU.
+Every setting can be overridden from the environment (see the README).
+"""
+import os
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+bind = _env("GUNICORN_BIND", "0.0.0.0:" + _env("PORT", "8000"))
+workers = 1  # one model copy per GPU; scale out with more containers, not more workers
+worker_class = "gthread"
+threads = int(_env("GUNICORN_THREADS", "4"))
+preload_app = False  # the app (and with it the engine) is created in the worker
+timeout = int(_env("GUNICORN_TIMEOUT", "300"))  # a cold first request on a slow GPU can take minutes
+graceful_timeout = int(_env("GUNICORN_GRACEFUL_TIMEOUT", "60"))  # let the running try-on finish
+keepalive = int(_env("GUNICORN_KEEPALIVE", "5"))
+max_requests = 0  # never recycle the worker: reloading the models costs far more than it saves
+limit_request_line = 8190
+accesslog = _env("GUNICORN_ACCESSLOG", "-")
+errorlog = "-"
+loglevel = _env("GUNICORN_LOGLEVEL", "info")
+capture_output = True
