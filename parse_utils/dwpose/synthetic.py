@@ -1,8 +1,9 @@
 """Small synthetic stand-ins for the published DWPose ONNX files, for tests and benchmarks.
 
 The graphs have the real tensor shapes and are run by the real loading and decoding code.
-The detector reports exactly one confident person, centred on the letterboxed image's
-contrast centroid (distance from the grey 114 fill); the pose model puts all 133 keypoints
+The detector reports exactly one confident person, centred on the centroid of the
+pixels that differ both from the image's top-left (background) colour and from the
+letterbox fill 114; the pose model puts all 133 keypoints
 in a fixed human-like layout inside that person's crop, shifted by the crop's mean value.
 So outputs depend on the input, and the whole pipeline runs end to end.
 """
@@ -70,6 +71,8 @@ def build_detector_model(rng: np.random.Generator) -> onnx.ModelProto:
     nodes = [
         _const("fill", np.float32(LETTERBOX_FILL)),
         _const("eps", np.float32(1e-3)),
+        _const("corner_start", np.array([0, 0, 0, 0], dtype=np.int64)),
+        _const("corner_end", np.array([1, 1, 1, 1], dtype=np.int64)),
         _const("ramp_x", ramp.reshape(1, 1, 1, size)),
         _const("ramp_y", ramp.reshape(1, 1, size, 1)),
         _const("base_row", base.reshape(1, 1, -1)),
@@ -82,8 +85,12 @@ def build_detector_model(rng: np.random.Generator) -> onnx.ModelProto:
         _const("range_delta", np.float32(1)),
         _const("anchor_index", np.float32(anchor_index)),
         helper.make_node("ReduceMean", ["images"], ["gray"], axes=[1], keepdims=1),
-        helper.make_node("Sub", ["gray", "fill"], ["contrast_signed"]),
-        helper.make_node("Abs", ["contrast_signed"], ["contrast"]),
+        helper.make_node("Slice", ["gray", "corner_start", "corner_end"], ["corner"]),
+        helper.make_node("Sub", ["gray", "fill"], ["off_fill_signed"]),
+        helper.make_node("Abs", ["off_fill_signed"], ["off_fill"]),
+        helper.make_node("Sub", ["gray", "corner"], ["off_corner_signed"]),
+        helper.make_node("Abs", ["off_corner_signed"], ["off_corner"]),
+        helper.make_node("Mul", ["off_fill", "off_corner"], ["contrast"]),
         helper.make_node("Add", ["contrast", "eps"], ["weight"]),
         helper.make_node("ReduceSum", ["weight"], ["total"], keepdims=1),
         helper.make_node("Mul", ["weight", "ramp_x"], ["wx"]),
