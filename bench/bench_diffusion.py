@@ -1,0 +1,211 @@
+"""Diffusion benchmark for FastFitPipeline (GPU): full-size random weights, three scenarios.
+
+Scenarios at 768x1024, 30 steps, guidance 2.5, bf16:
+  upper_lower            two 768x1024 references
+  upper_lower_shoe_bag   plus two 384x512 references
+  dress_shoe             one 768x1024 "overall" reference and one 384x512 shoe
+
+Prints JSON: seconds per request (median of N after a warm-up), ms per denoising step (CUDA
+events between step callbacks), reference-pass ms, peak VRAM. ``--quick`` runs a tiny model on
+CPU so the script itself can be checked without a GPU.
+
+    python bench/bench_diffusion.py [--variants eager,channels_last,compile] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fastfit_engine.pipeline import FastFitPipeline  # noqa: E402
+from fastfit_engine.synthetic import write_fastfit_model  # noqa: E402
+
+
+def _images(person_wh, rng):
+    def img(w, h):
+        return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+    pw, ph = person_wh
+    person = img(pw, ph)
+    m = np.zeros((ph, pw), np.uint8)
+    m[ph // 8 : ph * 7 // 8, pw // 6 : pw * 5 // 6] = 255
+    mask = Image.fromarray(m)
+    pose = img(pw, ph)
+    big = (pw, ph)
+    small = (pw // 2, ph // 2)
+    scenarios = {
+        "upper_lower": [("upper", img(*big)), ("lower", img(*big))],
+        "upper_lower_shoe_bag": [("upper", img(*big)), ("lower", img(*big)), ("shoe", img(*small)), ("bag", img(*small))],
+        "dress_shoe": [("overall", img(*big)), ("shoe", img(*small))],
+    }
+    return person, mask, pose, scenarios
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def _reference_pass_ms(pipe, person, refs, device) -> float:
+    """Time only the reference passes (VAE encodes excluded)."""
+    labelled = pipe._validate(person, Image.new("L", person.size), refs, None, 1)
+    latents = [pipe._encode(pipe._image_tensor(img)) for _, img in labelled]
+    cache = pipe.unet.kv_cache
+    w, h = person.size
+    _sync(device)
+    t0 = time.perf_counter()
+    try:
+        cache.begin(2, (h // 8, w // 8), [tuple(lat.shape[-2:]) for lat in latents])
+        pipe._reference_passes(labelled, latents, True)
+        _sync(device)
+        return (time.perf_counter() - t0) * 1000.0
+    finally:
+        cache.clear()
+
+
+def _sdpa_context(variant: str):
+    """Variant tokens sdpa_flash / sdpa_cudnn / sdpa_efficient pin the attention backend."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {
+        "sdpa_flash": SDPBackend.FLASH_ATTENTION,
+        "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
+        "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
+    }
+    for token, backend in backends.items():
+        if token in variant:
+            return sdpa_kernel([backend])
+    return contextlib.nullcontext()
+
+
+def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, scenarios):
+    pipe = FastFitPipeline.from_pretrained(
+        model_dir,
+        device=device,
+        dtype=dtype,
+        channels_last="channels_last" in variant,
+        compile_unet="compile" in variant,
+    )
+    results = {}
+    for name, refs in scenarios.items():
+        kwargs = dict(pose=pose, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=0)
+        for _ in range(args.warmup):
+            out = pipe(person, mask, refs, **kwargs)
+        arr = np.asarray(out)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times, step_ms = [], []
+        for _ in range(args.repeats):
+            events = []
+
+            def cb(i, n, events=events):
+                if device.type == "cuda":
+                    ev = torch.cuda.Event(enable_timing=True)
+                    ev.record()
+                    events.append(ev)
+                else:
+                    events.append(time.perf_counter())
+
+            _sync(device)
+            t0 = time.perf_counter()
+            out = pipe(person, mask, refs, callback=cb, **kwargs)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+            if len(events) > 1:
+                if device.type == "cuda":
+                    span = events[0].elapsed_time(events[-1])
+                else:
+                    span = (events[-1] - events[0]) * 1000.0
+                step_ms.append(span / (len(events) - 1))
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        ref_ms = statistics.median(_reference_pass_ms(pipe, person, refs, device) for _ in range(3))
+        same = bool(np.array_equal(arr, np.asarray(out)))
+        results[name] = {
+            "seconds_per_request": round(statistics.median(times), 4),
+            "seconds_all": [round(t, 4) for t in times],
+            "ms_per_step": round(statistics.median(step_ms), 3) if step_ms else None,
+            "reference_pass_ms": round(ref_ms, 2),
+            "peak_vram_gib": round(peak, 3) if peak is not None else None,
+            "deterministic": same,
+            "output_mean": round(float(np.asarray(out).mean()), 3),
+        }
+    del pipe
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny model on CPU, 2 steps (checks the script)")
+    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager, channels_last, compile, sdpa_flash, sdpa_cudnn, sdpa_efficient")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--guidance", type=float, default=2.5)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--model-dir", type=Path, default=None, help="existing model folder (else synthetic)")
+    args = ap.parse_args()
+
+    if args.quick:
+        device, dtype, person_wh = torch.device("cpu"), torch.float32, (96, 128)
+        args.steps, args.repeats = min(args.steps, 2), min(args.repeats, 2)
+    else:
+        if not torch.cuda.is_available():
+            print("CUDA not available; use --quick for a CPU check", file=sys.stderr)
+            return 2
+        device, dtype, person_wh = torch.device("cuda"), torch.bfloat16, (768, 1024)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    tmp = None
+    model_dir = args.model_dir
+    t0 = time.perf_counter()
+    if model_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="fastfit_bench_")
+        model_dir = write_fastfit_model(Path(tmp.name) / "FastFit-MR-1024", tiny=args.quick, seed=0)
+    build_s = time.perf_counter() - t0
+
+    rng = np.random.default_rng(0)
+    person, mask, pose, scenarios = _images(person_wh, rng)
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "dtype": str(dtype).replace("torch.", ""),
+        "size": f"{person_wh[0]}x{person_wh[1]}",
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "repeats": args.repeats,
+        "weights_build_s": round(build_s, 1),
+        "variants": {},
+    }
+    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        t1 = time.perf_counter()
+        try:
+            with _sdpa_context(variant):
+                result = run_variant(model_dir, device, dtype, variant, args, person, mask, pose, scenarios)
+        except Exception as exc:  # report and go on with the next variant
+            result = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        result["_wall_s"] = round(time.perf_counter() - t1, 1)
+        report["variants"][variant] = result
+        print(json.dumps({variant: report["variants"][variant]}), file=sys.stderr, flush=True)
+    print(json.dumps(report, indent=1))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
