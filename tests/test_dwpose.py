@@ -130,6 +130,10 @@ def test_nms_uses_plus_one_iou():
     # +1 convention: IoU = 77 / 165 = 0.467 > 0.45 -> suppressed (plain IoU would be 0.43 -> kept)
     assert list(det.nms(boxes, np.array([0.9, 0.8]), 0.45)) == [0]
     assert list(det.nms(boxes, np.array([0.9, 0.8]), 0.47)) == [0, 1]
+    # IoU exactly at the threshold is kept (only IoU > threshold suppresses)
+    half = np.array([[0, 0, 9, 9], [0, 0, 9, 19]], dtype=np.float64)  # 100 / 200
+    assert list(det.nms(half, np.array([0.8, 0.9]), 0.5)) == [1, 0]
+    assert list(det.nms(half, np.array([0.8, 0.9]), 0.49)) == [1]
 
 
 def test_select_people_thresholds_and_order():
@@ -178,16 +182,17 @@ def test_crop_person_geometry_and_normalisation():
 
 
 def test_decode_simcc():
-    sx = np.zeros((1, 4, 576), dtype=np.float32)
-    sy = np.zeros((1, 4, 768), dtype=np.float32)
+    sx = np.zeros((1, 5, 576), dtype=np.float32)
+    sy = np.zeros((1, 5, 768), dtype=np.float32)
+    sy[0, 4, 9] = 0.4                            # x row all zero: score exactly 0 -> bin -1
     sx[0, 0, 100], sy[0, 0, 50] = 0.8, 0.5      # plain
     sx[0, 1, [7, 9]], sy[0, 1, 3] = 0.6, 0.7     # tie -> first index
     sx[0, 2] = -1.0                              # score <= 0 -> bin -1
     sx[0, 2, 10], sy[0, 2, 20] = -0.5, 3.0
     sx[0, 3, 575], sy[0, 3, 767] = 1.7, 2.5      # raw, may exceed 1
     locs, scores = ps.decode_simcc(sx, sy)
-    np.testing.assert_array_equal(locs, [[50, 25], [3.5, 1.5], [-0.5, -0.5], [287.5, 383.5]])
-    np.testing.assert_allclose(scores, [0.5, 0.6, -0.5, 1.7])
+    np.testing.assert_array_equal(locs, [[50, 25], [3.5, 1.5], [-0.5, -0.5], [287.5, 383.5], [-0.5, -0.5]])
+    np.testing.assert_allclose(scores, [0.5, 0.6, -0.5, 1.7, 0.0])
 
 
 # ----------------------------------------------------------------------------- OpenPose conversion
@@ -466,3 +471,12 @@ def test_device_selection_falls_back_to_cpu():
         assert wb._providers("cuda:1")[0] == ("CUDAExecutionProvider", {"device_id": 1})
     else:
         assert wb._providers("cuda:1") == ["CPUExecutionProvider"]
+
+
+def test_bad_device_string(model_dir):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("the device string is only parsed when CUDA is offered")
+    with pytest.raises(ValueError, match="cuda:N"):
+        parse_utils.DWposeDetector(model_dir, device="cuda:x")

@@ -192,3 +192,11 @@ def write_dwpose_models(folder: Union[str, Path], *, seed: int = 0) -> Path:
     onnx.save(build_detector_model(rng), str(folder / DETECTOR_FILE))
     onnx.save(build_pose_model(rng), str(folder / POSE_FILE))
     return folder
+
+
+if __name__ == "__main__":  # python -m parse_utils.dwpose.synthetic DIR [SEED]
+    import sys
+
+    if len(sys.argv) not in (2, 3):
+        raise SystemExit("usage: python -m parse_utils.dwpose.synthetic DIR [SEED]")
+    print(write_dwpose_models(sys.argv[1], seed=int(sys.argv[2]) if len(sys.argv) == 3 else 0))

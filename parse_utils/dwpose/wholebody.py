@@ -57,6 +57,8 @@ def _providers(device: str) -> list:
 
     if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         _, _, index = str(device).partition(":")
+        if index and not index.isdigit():
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         device_id = int(index) if index else 0
         return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
