@@ -55,10 +55,10 @@ def _as_rgb_array(image: ImageInput) -> np.ndarray:
 def _providers(device: str) -> list:
     import onnxruntime as ort
 
-    if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        _, _, index = str(device).partition(":")
-        if index and not index.isdigit():
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    kind, _, index = str(device).partition(":")
+    if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if kind == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         device_id = int(index) if index else 0
         return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
