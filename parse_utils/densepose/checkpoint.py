@@ -6,6 +6,7 @@ the few globals numpy needs to rebuild arrays and refuses everything else before
 """
 from __future__ import annotations
 
+import codecs
 import collections
 import io
 import os
@@ -28,6 +29,8 @@ _ALLOWED_GLOBALS: Dict[Tuple[str, str], Any] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("collections", "OrderedDict"): collections.OrderedDict,
+    # Python 3 pickles at protocol 2 store the array bytes as latin1 text re-encoded by this.
+    ("_codecs", "encode"): codecs.encode,
 }
 
 # Keys that older detectron2 versions saved but that are not network weights.
