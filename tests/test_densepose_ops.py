@@ -233,3 +233,110 @@ def test_paint_first_instance_only_and_truncated_box():
     assert int_box_xywh(thin[0]) == (10, 5, 0, 35)
     empty = paint_first_instance((80, 100), boxes[:0], c2[:0], f2[:0])
     assert empty.shape == (80, 100) and empty.max() == 0
+
+
+# ---------------------------------------------------------------- RPN and box head on constructed weights
+def _rpn_reference(feats, bias, pre_topk, image_hw, nms_thresh=0.7, post_topk=1000):
+    """Loop-level proposal selection: logits f[y, x] + bias[a], zero deltas, anchors by the spec."""
+    from torchvision.ops import nms
+    h_img, w_img = image_hw
+    picked = []
+    for lvl, (f, size, stride) in enumerate(zip(feats, (32, 64, 128, 256, 512), (4, 8, 16, 32, 64))):
+        rows = []
+        fh, fw = f.shape
+        for y in range(fh):
+            for x in range(fw):
+                for a, ratio in enumerate((0.5, 1.0, 2.0)):
+                    w = math.sqrt(size * size / ratio)
+                    h = ratio * w
+                    box = [x * stride - w / 2, y * stride - h / 2, x * stride + w / 2, y * stride + h / 2]
+                    rows.append((float(f[y, x]) + bias[a], box))
+        rows.sort(key=lambda r: -r[0])
+        rows = rows[:pre_topk]
+        boxes = torch.tensor([[min(max(b[0], 0), w_img), min(max(b[1], 0), h_img),
+                               min(max(b[2], 0), w_img), min(max(b[3], 0), h_img)] for _, b in rows],
+                             dtype=torch.float32)
+        scores = torch.tensor([s for s, _ in rows])
+        ok = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
+        boxes, scores = boxes[ok], scores[ok]
+        keep = nms(boxes, scores, nms_thresh)
+        picked += [(float(scores[k]), boxes[k].tolist()) for k in keep]
+    picked.sort(key=lambda r: -r[0])
+    return picked[:post_topk]
+
+
+def test_rpn_order_topk_clip_and_per_level_nms():
+    from parse_utils.densepose.rpn import RPN
+    rng = np.random.default_rng(5)
+    sizes = [(20, 16), (10, 8), (5, 4), (3, 2), (2, 1)]
+    feats_np = [rng.uniform(0.0, 10.0, s).astype(np.float32) for s in sizes]
+    rpn = RPN(channels=2, pre_nms_topk=40, post_nms_topk=30)
+    bias = (0.0, 0.37, 0.71)
+    with torch.no_grad():
+        head = rpn.rpn_head
+        for p in head.parameters():
+            p.zero_()
+        head.conv.weight[0, 0, 1, 1] = 1.0  # t[0] = relu(feature channel 0)
+        head.objectness_logits.weight[:, 0, 0, 0] = 1.0
+        head.objectness_logits.bias.copy_(torch.tensor(bias))
+    feats = {}
+    for name, f in zip(("p2", "p3", "p4", "p5", "p6"), feats_np):
+        t = torch.zeros(1, 2, *f.shape)
+        t[0, 0] = torch.from_numpy(f)
+        feats[name] = t
+    image_hw = (78, 61)
+    with torch.no_grad():
+        boxes, scores = rpn(feats, image_hw)
+    ref = _rpn_reference(feats_np, bias, 40, image_hw, post_topk=30)
+    assert boxes.shape[0] == len(ref) == 30
+    np.testing.assert_allclose(scores.numpy(), [s for s, _ in ref], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(boxes.numpy(), [b for _, b in ref], rtol=0, atol=1e-4)
+
+
+def _box_branch(fc_dim, cls_bias, delta_bias):
+    from parse_utils.densepose.roi_heads import BoxHead, BoxPredictor
+    head, pred = BoxHead(2 * 49, fc_dim), BoxPredictor(fc_dim)
+    with torch.no_grad():
+        for p in list(head.parameters()) + list(pred.parameters()):
+            p.zero_()
+        pred.cls_score.bias.copy_(torch.tensor(cls_bias))
+        pred.bbox_pred.bias.copy_(torch.tensor(delta_bias))
+    return head, pred
+
+
+def test_box_head_background_last_strict_threshold_and_decoding():
+    from parse_utils.densepose.roi_heads import detect_boxes
+    feats = {k: torch.zeros(1, 2, 64 // 2 ** i, 64 // 2 ** i) for i, k in enumerate(("p2", "p3", "p4", "p5"))}
+    proposals = torch.tensor([[10.0, 20.0, 50.0, 60.0], [200.0, 100.0, 240.0, 250.0]])
+    logit = math.log(0.81 / 0.19)  # person probability 0.81 with background in column 1
+    # dx = 1.0/10 -> shift 0.1 w; dw = 5 ln2 / 5 -> width doubled
+    head, pred = _box_branch(4, [logit, 0.0], [1.0, 0.0, 5 * math.log(2.0), 0.0])
+    boxes, scores = detect_boxes(head, pred, feats, proposals, (240, 230))
+    assert scores.tolist() == pytest.approx([0.81, 0.81], abs=1e-5)
+    w0 = 40.0
+    cx = 30.0 + 0.1 * w0
+    exp0 = [max(cx - w0, 0.0), 20.0, cx + w0, 60.0]  # x1 = -6 clipped to 0
+    w1 = 40.0
+    cx1 = 220.0 + 0.1 * w1
+    exp1 = [cx1 - w1, 100.0, min(cx1 + w1, 230.0), min(250.0, 240.0)]  # clipped to W=230, H=240
+    got = sorted(boxes.tolist())
+    np.testing.assert_allclose(got, sorted([exp0, exp1]), atol=1e-4)
+    # the same margin the other way round (background column wins) detects nothing
+    head, pred = _box_branch(4, [0.0, logit], [0.0, 0.0, 0.0, 0.0])
+    assert detect_boxes(head, pred, feats, proposals, (240, 230))[0].shape[0] == 0
+    head, pred = _box_branch(4, [math.log(0.79 / 0.21), 0.0], [0.0, 0.0, 0.0, 0.0])
+    assert detect_boxes(head, pred, feats, proposals, (240, 230))[0].shape[0] == 0
+
+
+def test_box_head_nms_and_detection_cap():
+    from parse_utils.densepose.roi_heads import detect_boxes
+    feats = {k: torch.zeros(1, 2, 256 // 2 ** i, 256 // 2 ** i) for i, k in enumerate(("p2", "p3", "p4", "p5"))}
+    grid = [[x * 12.0, y * 12.0, x * 12.0 + 10.0, y * 12.0 + 10.0] for y in range(12) for x in range(12)]
+    overlapping = [[0.0, 0.0, 10.0, 10.5]]  # IoU 0.95 with the first grid box
+    proposals = torch.tensor(grid + overlapping)
+    head, pred = _box_branch(4, [3.0, 0.0], [0.0, 0.0, 0.0, 0.0])
+    boxes, scores = detect_boxes(head, pred, feats, proposals, (1000, 1000))
+    assert boxes.shape[0] == 100  # 144 separate boxes, capped at DETECTIONS_PER_IMAGE
+    head, pred = _box_branch(4, [3.0, 0.0], [0.0, 0.0, 0.0, 0.0])
+    boxes, _ = detect_boxes(head, pred, feats, torch.cat([proposals[:2], proposals[-1:]]), (1000, 1000))
+    assert boxes.shape[0] == 2  # the overlapping pair is reduced to one by NMS at 0.5
