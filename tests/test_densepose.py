@@ -193,8 +193,8 @@ def test_downscale_then_nearest_upscale(tiny_model):
     expected = Image.fromarray(tiny_model.predict_bgr(small)).resize((397, 520), Image.NEAREST)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
     assert np.asarray(out).max() > 0
-    outs = tiny_model([img.convert("L"), _person_image()])  # non-RGB is converted; list in -> list out
-    assert [o.size for o in outs] == [(397, 520), (96, 128)]
+    outs = tiny_model([_person_image(w=40, h=30).convert("L")])  # non-RGB converted; list -> list
+    assert isinstance(outs, list) and [o.size for o in outs] == [(40, 30)]
 
 
 def test_no_detection_gives_zeros(tmp_path):
@@ -265,3 +265,5 @@ def test_bad_inputs(tiny_model, tmp_path):
         tiny_model(str(tmp_path / "missing.png"))
     with pytest.raises(ValueError, match="empty list"):
         tiny_model([])
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        DensePose(tmp_path, device="gpu0")

@@ -24,6 +24,16 @@ logger = logging.getLogger(__name__)
 ImageInput = Union[Image.Image, str, os.PathLike]
 
 
+def _parse_device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
 class DensePose:
     """DensePose R-CNN R_50_FPN_s1x body-part segmentation, loaded from the official detectron2 pickle.
 
@@ -32,6 +42,7 @@ class DensePose:
     """
 
     def __init__(self, model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+        device = _parse_device(device)
         folder = Path(model_dir)
         weights = folder / WEIGHTS_NAME
         if not weights.is_file():
@@ -44,6 +55,7 @@ class DensePose:
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any], device: str | torch.device = "cpu") -> "DensePose":
         """Build from an in-memory ``{name: array}`` dict in checkpoint naming (benchmarks, conversions)."""
+        device = _parse_device(device)
         self = cls.__new__(cls)
         self.model = cls._build(state, device)
         self.device = torch.device(device)
