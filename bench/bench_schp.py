@@ -1,0 +1,133 @@
+"""Time the SCHP parsers (LIP and ATR) on a 768x1024 person image with full-size random weights.
+
+Weights are built in memory in the published layout and loaded by the real loader; no files.
+Reports, per dataset, the end-to-end call (preprocess, forward, upsample, inverse warps,
+argmax, 'P' image) and the network forward alone, as medians over timed runs after warm-up.
+
+    python bench/bench_schp.py            # cuda if available, else cpu
+    python bench/bench_schp.py --quick    # 1 warm-up + 1 timed run (smoke test on CPU)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from parse_utils.schp import SCHP  # noqa: E402
+from parse_utils.schp.synthetic import random_schp_state_dict  # noqa: E402
+
+
+def _person(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Smooth background, a darker upright figure and a head; deterministic."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([200 + 30 * x / width, 190 + 30 * y / height, np.full_like(x, 180)], -1)
+    body = ((x - width / 2) / (width * 0.18)) ** 2 + ((y - height * 0.55) / (height * 0.4)) ** 2 < 1
+    head = ((x - width / 2) / (width * 0.08)) ** 2 + ((y - height * 0.13) / (height * 0.08)) ** 2 < 1
+    image[body] = (60, 70, 140)
+    image[head] = (220, 170, 140)
+    image += rng.normal(0, 3, image.shape).astype(np.float32)
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device: torch.device, warmup: int, iters: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    return {
+        "median_ms": round(statistics.median(times), 2),
+        "min_ms": round(min(times), 2),
+        "max_ms": round(max(times), 2),
+    }
+
+
+def bench(dataset: str, device: torch.device, image: Image.Image, warmup: int, iters: int) -> dict:
+    started = time.perf_counter()
+    payload = random_schp_state_dict(dataset, tiny=False, seed=0)
+    parser = SCHP.from_state_dict(payload["state_dict"], dataset, device=device)
+    del payload
+    build_s = time.perf_counter() - started
+
+    end_to_end = _time(lambda: parser(image), device, warmup, iters)
+
+    batch = parser.preprocess(image)[0][None].to(device)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            parser.network(batch)
+
+    forward_times = _time(forward, device, warmup, iters)
+    labels = np.asarray(parser(image))
+    return {
+        "input_size": list(parser.dataset.input_size),
+        "classes": parser.dataset.num_classes,
+        "build_s": round(build_s, 2),
+        "end_to_end": _summary(end_to_end),
+        "forward": _summary(forward_times),
+        "output_size": [labels.shape[1], labels.shape[0]],
+        "labels_present": int(len(np.unique(labels))),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="1 warm-up and 1 timed run")
+    parser.add_argument("--datasets", default="lip,atr")
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--height", type=int, default=1024)
+    args = parser.parse_args()
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = device.type == "cuda"
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else (3 if on_gpu else 1))
+    iters = args.iters if args.iters is not None else (1 if args.quick else (10 if on_gpu else 3))
+    image = _person(args.width, args.height)
+
+    report = {
+        "benchmark": "schp",
+        "device": torch.cuda.get_device_name(device) if on_gpu else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "dtype": "float32",
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32) if on_gpu else None,
+        "image_size": [args.width, args.height],
+        "warmup": warmup,
+        "iters": iters,
+        "results": {},
+    }
+    total = time.perf_counter()
+    for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        report["results"][dataset] = bench(dataset, device, image, warmup, iters)
+    report["total_s"] = round(time.perf_counter() - total, 1)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
