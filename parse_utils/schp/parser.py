@@ -26,6 +26,10 @@ class SCHP:
     does. Inference is float32 without autocast, matching the reference numerics.
     """
 
+    network: AugmentCE2P
+    dataset: SCHPDataset
+    device: torch.device
+
     def __init__(
         self,
         ckpt_path: str | Path,
@@ -52,9 +56,6 @@ class SCHP:
         state = strip_prefix(state_dict)
         parser.network = build_network(state, parser.dataset.num_classes, parser.device)
         return parser
-
-    network: AugmentCE2P
-    dataset: SCHPDataset
 
     @property
     def labels(self) -> tuple[str, ...]:
