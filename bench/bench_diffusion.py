@@ -9,7 +9,7 @@ Prints JSON: seconds per request (median of N after a warm-up), ms per denoising
 events between step callbacks), reference-pass ms, peak VRAM. ``--quick`` runs a tiny model on
 CPU so the script itself can be checked without a GPU.
 
-    python bench/bench_diffusion.py [--variants eager,channels_last,compile] [--quick]
+    python bench/bench_diffusion.py [--variants eager,attn_cudnn,attn_cudnn+compile_unet+compile_vae] [--quick]
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def _sync(device):
 def _reference_pass_ms(pipe, person, refs, device) -> float:
     """Time only the reference passes (VAE encodes excluded)."""
     labelled = pipe._validate(person, Image.new("L", person.size), refs, None, 1)
-    latents = [pipe._encode(pipe._image_tensor(img)) for _, img in labelled]
+    latents = pipe._encode_all([pipe._image_tensor(img) for _, img in labelled])
     cache = pipe.unet.kv_cache
     w, h = person.size
     _sync(device)
@@ -72,6 +72,26 @@ def _reference_pass_ms(pipe, person, refs, device) -> float:
         return (time.perf_counter() - t0) * 1000.0
     finally:
         cache.clear()
+
+
+@torch.inference_mode()
+def _vae_ms(pipe, person, refs, device) -> tuple[float, float]:
+    """Median ms of the request's batched VAE encodes and of the decode."""
+    images = [pipe._image_tensor(person)] + [pipe._image_tensor(img) for _, img in refs]
+    w, h = person.size
+    lat = torch.randn((1, 4, h // 8, w // 8), device=device, dtype=pipe.dtype)
+    enc, dec = [], []
+    for _ in range(3):
+        _sync(device)
+        t0 = time.perf_counter()
+        pipe._encode_all(images)
+        _sync(device)
+        t1 = time.perf_counter()
+        pipe.vae.decode(lat / pipe.vae_scale)
+        _sync(device)
+        enc.append((t1 - t0) * 1000.0)
+        dec.append((time.perf_counter() - t1) * 1000.0)
+    return statistics.median(enc), statistics.median(dec)
 
 
 def _sdpa_context(variant: str):
@@ -97,7 +117,9 @@ def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, sce
         device=device,
         dtype=dtype,
         channels_last="channels_last" in variant,
-        compile_unet="compile" in variant,
+        compile_unet="compile_unet" in variant,
+        compile_vae="compile_vae" in variant,
+        attention_backend="cudnn" if "attn_cudnn" in variant else "auto",
     )
     results = {}
     for name, refs in scenarios.items():
@@ -132,12 +154,15 @@ def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, sce
                 step_ms.append(span / (len(events) - 1))
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         ref_ms = statistics.median(_reference_pass_ms(pipe, person, refs, device) for _ in range(3))
+        enc_ms, dec_ms = _vae_ms(pipe, person, refs, device)
         same = bool(np.array_equal(arr, np.asarray(out)))
         results[name] = {
             "seconds_per_request": round(statistics.median(times), 4),
             "seconds_all": [round(t, 4) for t in times],
             "ms_per_step": round(statistics.median(step_ms), 3) if step_ms else None,
             "reference_pass_ms": round(ref_ms, 2),
+            "vae_encode_ms": round(enc_ms, 2),
+            "vae_decode_ms": round(dec_ms, 2),
             "peak_vram_gib": round(peak, 3) if peak is not None else None,
             "deterministic": same,
             "output_mean": round(float(np.asarray(out).mean()), 3),
@@ -151,7 +176,7 @@ def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, sce
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny model on CPU, 2 steps (checks the script)")
-    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager, channels_last, compile, sdpa_flash, sdpa_cudnn, sdpa_efficient")
+    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager, channels_last, compile_unet, compile_vae, attn_cudnn, sdpa_flash")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--guidance", type=float, default=2.5)
     ap.add_argument("--repeats", type=int, default=5)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import sdpa_kernel
 
 __all__ = [
     "CacheMode",
@@ -66,6 +67,8 @@ class ReferenceKVCache:
         self.request: _Request | None = None
         self.processors: list[ReferenceAttnProcessor] = []
         self.stop_after_last_store = True
+        # optional SDPA backend priority (e.g. cuDNN first on Hopper); None leaves PyTorch's choice
+        self.sdpa_backends: list | None = None
 
     def begin(self, batch: int, person_hw: tuple[int, int], ref_hws: list[tuple[int, int]]) -> None:
         """Start a request: drop anything left over and size every layer's buffers exactly."""
@@ -197,7 +200,12 @@ class ReferenceAttnProcessor:
         q = q.view(batch, tokens, heads, head_dim).transpose(1, 2)
         keys = keys.view(keys.shape[0], keys.shape[1], heads, head_dim).transpose(1, 2)
         values = values.view(values.shape[0], values.shape[1], heads, head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, keys, values)
+        backends = self.cache.sdpa_backends
+        if backends:
+            with sdpa_kernel(backends, set_priority=True):
+                out = F.scaled_dot_product_attention(q, keys, values)
+        else:
+            out = F.scaled_dot_product_attention(q, keys, values)
         out = out.transpose(1, 2).reshape(batch, tokens, channels)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)

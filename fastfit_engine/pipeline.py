@@ -106,8 +106,15 @@ class FastFitPipeline:
         *,
         channels_last: bool = False,
         compile_unet: bool = False,
+        compile_vae: bool = False,
+        attention_backend: str = "auto",
     ) -> "FastFitPipeline":
-        """``model_dir`` holds unet/, vae/ and scheduler/ (diffusers layout)."""
+        """``model_dir`` holds unet/, vae/ and scheduler/ (diffusers layout).
+
+        GPU options: ``attention_backend`` "cudnn" puts cuDNN first in SDPA's priority for the
+        UNet's self-attention (falls back to flash where cuDNN cannot run); ``compile_unet`` /
+        ``compile_vae`` use torch.compile (slow first call per shape).
+        """
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise FileNotFoundError(f"FastFit model folder not found: {model_dir}")
@@ -122,9 +129,25 @@ class FastFitPipeline:
             unet.to(memory_format=torch.channels_last)
             vae.to(memory_format=torch.channels_last)
         pipe = cls(unet, vae, scheduler, device, dtype)
+        pipe.set_attention_backend(attention_backend)
         if compile_unet:
             pipe.compile_unet()
+        if compile_vae:
+            vae.encoder.compile()
+            vae.decoder.compile()
         return pipe
+
+    def set_attention_backend(self, name: str) -> None:
+        from torch.nn.attention import SDPBackend
+
+        orders = {
+            "auto": None,
+            "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+            "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+        }
+        if name not in orders:
+            raise ValueError(f"unknown attention_backend {name!r}; expected one of {sorted(orders)}")
+        self.unet.kv_cache.sdpa_backends = orders[name]
 
     def compile_unet(self, **kwargs) -> None:
         """torch.compile the denoising forward (GPU option; the reference pass stays eager)."""
@@ -149,6 +172,18 @@ class FastFitPipeline:
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(x).latent_dist.mode() * self.vae_scale
+
+    def _encode_all(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Encode equal-size images as one batch (the posterior mode is per-sample)."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, x in enumerate(images):
+            groups.setdefault(tuple(x.shape[-2:]), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(images)
+        for indices in groups.values():
+            latents = self._encode(torch.cat([images[i] for i in indices], dim=0))
+            for j, i in enumerate(indices):
+                out[i] = latents[j : j + 1]
+        return out
 
     def _validate(self, person, mask, references, pose, num_inference_steps) -> list[tuple[int, Image.Image]]:
         _check_image(person, "person image")
@@ -209,8 +244,7 @@ class FastFitPipeline:
         else:
             masked = person_x * (1 - mask_x)
 
-        masked_latent = self._encode(masked)
-        ref_latents = [self._encode(self._image_tensor(img)) for _, img in refs]
+        masked_latent, *ref_latents = self._encode_all([masked] + [self._image_tensor(img) for _, img in refs])
         latent_mask = F.interpolate(mask_f32, size=(h, w), mode="nearest").to(dtype)
 
         generator = torch.Generator(device=device).manual_seed(int(seed))
