@@ -1,7 +1,7 @@
 # FastFit try-on service on a CUDA GPU.
 #   docker build -t fastfit .
 #   docker run --gpus all -p 8000:8000 -v "$PWD/Models:/app/Models" fastfit
-FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+FROM nvidia/cuda:12.4.1-runtime-ubuntu22.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
