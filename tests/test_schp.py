@@ -75,6 +75,23 @@ def test_full_network_matches_manifest_exactly(dataset, classes):
     assert sum(int(np.prod(s)) for s in manifest.values()) == {"lip": 66_833_302, "atr": 66_832_788}[dataset]
 
 
+@pytest.mark.parametrize("classes,params", [(20, 66_833_302), (18, 66_832_788)])
+def test_full_network_size_without_manifest(classes, params):
+    """Runs even where the manifests are not checked out: counts and spot shapes from the spec."""
+    with torch.device("meta"):
+        shapes = expected_state_shapes(AugmentCE2P(SCHPNetworkConfig(num_classes=classes)))
+    assert len(shapes) == 599
+    assert sum(int(np.prod(s)) for s in shapes.values()) == params
+    assert shapes["fushion.3.weight"] == (classes, 256, 1, 1)
+    assert shapes["decoder.conv3.2.weight"] == (256, 256, 1, 1)
+    assert shapes["decoder.conv3.3.running_var"] == (256,)
+    assert shapes["context_encoding.bottleneck.0.weight"] == (512, 4096, 3, 3)
+    assert shapes["layer3.22.conv3.weight"] == (1024, 256, 1, 1)
+    assert "layer3.23.conv1.weight" not in shapes
+    assert shapes["layer4.0.downsample.0.weight"] == (2048, 1024, 1, 1)
+    assert shapes["edge.conv4.weight"] == (2, 256, 3, 3)
+
+
 @pytest.mark.parametrize("dataset", ["lip", "atr"])
 def test_loader_accepts_full_size_manifest_layout(dataset):
     state = {k[len("module."):]: torch.empty(s, device="meta") for k, s in _manifest(dataset).items()}
