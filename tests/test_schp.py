@@ -407,3 +407,12 @@ def test_palette_is_voc():
                            (128, 0, 128), (0, 128, 128), (128, 128, 128)]
     assert colours[8:10] == [(64, 0, 0), (192, 0, 0)]
     assert colours[16:] == [(0, 64, 0), (128, 64, 0), (0, 192, 0), (128, 192, 0)]
+
+
+def test_logits_are_at_quarter_resolution(lip_parser, atr_parser):
+    # Stem /4 with a floor-mode max-pool, layer4 dilated instead of strided.
+    with torch.inference_mode():
+        assert lip_parser.network(torch.zeros(1, 3, 473, 473)).shape == (1, 20, 119, 119)
+        assert atr_parser.network(torch.zeros(2, 3, 512, 512)).shape == (2, 18, 128, 128)
+    layer4 = lip_parser.network.layer4[0]
+    assert layer4.conv2.stride == (1, 1) and layer4.conv2.dilation == (2, 2) and layer4.conv2.padding == (2, 2)
