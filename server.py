@@ -217,7 +217,6 @@ def create_app(engine: Any = None, config: Optional[Mapping[str, Any]] = None) -
     cfg.update(config or {})
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(float(cfg["MAX_UPLOAD_MB"]) * 1024 * 1024)
-    app.config["MAX_FORM_MEMORY_SIZE"] = 64 * 1024  # plain (non-file) fields are small numbers
     svc = Service(config=cfg)
     app.extensions["fastfit"] = svc
 
