@@ -3,7 +3,8 @@
 Layout under the models root (default `Models/`, env FASTFIT_MODELS_DIR):
 
     FastFit-MR-1024/   unet/, vae/, scheduler/            (hub repo zhengchong/FastFit-MR-1024)
-    Human-Toolkit/     DWPose/, DensePose/, SCHP/         (hub repo zhengchong/Human-Toolkit)
+    Human-Toolkit/     DensePose/, SCHP/                  (hub repo zhengchong/Human-Toolkit)
+    Human-Toolkit/DWPose/  yolox_l.onnx, dw-ll_ucoco_384.onnx  (from the toolkit, else yzd-v/DWPose)
 
 Everything is checked before any model is built, so a half-downloaded folder fails with a
 message naming the missing files instead of an obscure loader error minutes later.
@@ -49,8 +50,6 @@ HUMAN_TOOLKIT = ModelRepo(
     folder="Human-Toolkit",
     repo_id="zhengchong/Human-Toolkit",
     required=(
-        ("DWPose/yolox_l.onnx",),
-        ("DWPose/dw-ll_ucoco_384.onnx",),
         ("DensePose/model_final_162be9.pkl",),
         ("SCHP/schp-lip.pth",),
         ("SCHP/schp-atr.pth",),
@@ -66,7 +65,18 @@ HUMAN_TOOLKIT = ModelRepo(
     revision_env="HUMAN_TOOLKIT_REVISION",
 )
 
-REPOS = (FASTFIT, HUMAN_TOOLKIT)
+# The app expects DWPose inside Human-Toolkit, but that hub repo has not always carried it; the
+# same two ONNX files are published by the DWPose authors, so they are fetched from there when
+# the toolkit download did not bring them.
+DWPOSE = ModelRepo(
+    folder="Human-Toolkit/DWPose",
+    repo_id="yzd-v/DWPose",
+    required=(("yolox_l.onnx",), ("dw-ll_ucoco_384.onnx",)),
+    allow_patterns=("yolox_l.onnx", "dw-ll_ucoco_384.onnx"),
+    revision_env="DWPOSE_REVISION",
+)
+
+REPOS = (FASTFIT, HUMAN_TOOLKIT, DWPOSE)
 
 
 class ModelsNotFoundError(FileNotFoundError):
@@ -176,8 +186,8 @@ def ensure_models(
 ) -> ModelPaths:
     """Check (and if needed download) both model folders; return their paths.
 
-    `revisions` maps a repo id to a commit or tag to pin; env FASTFIT_REVISION and
-    HUMAN_TOOLKIT_REVISION do the same.
+    `revisions` maps a repo id to a commit or tag to pin; env FASTFIT_REVISION,
+    HUMAN_TOOLKIT_REVISION and DWPOSE_REVISION do the same.
     """
     root = resolve_models_dir(models_dir)
     revisions = revisions or {}
@@ -185,4 +195,4 @@ def ensure_models(
         ensure_repo(r, root, download=download, revision=revisions.get(r.repo_id), downloader=downloader)
         for r in REPOS
     ]
-    return ModelPaths(root=root, fastfit=folders[0], human_toolkit=folders[1])
+    return ModelPaths(root=root, fastfit=folders[0], human_toolkit=folders[1])  # DWPose lies inside the toolkit

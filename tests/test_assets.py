@@ -8,6 +8,7 @@ import pytest
 
 from fastfit_engine import assets
 from fastfit_engine.assets import (
+    DWPOSE,
     FASTFIT,
     HUMAN_TOOLKIT,
     ModelsNotFoundError,
@@ -18,7 +19,7 @@ from fastfit_engine.assets import (
 
 
 def _touch_all(root: Path) -> None:
-    for repo in (FASTFIT, HUMAN_TOOLKIT):
+    for repo in (FASTFIT, HUMAN_TOOLKIT, DWPOSE):
         for group in repo.required:
             p = root / repo.folder / group[0]
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -26,16 +27,20 @@ def _touch_all(root: Path) -> None:
 
 
 def test_required_files_are_the_published_names():
-    flat = {g[0] for g in HUMAN_TOOLKIT.required}
+    flat = {f"{r.folder}/{g[0]}" for r in (HUMAN_TOOLKIT, DWPOSE) for g in r.required}
     assert flat == {
-        "DWPose/yolox_l.onnx", "DWPose/dw-ll_ucoco_384.onnx", "DensePose/model_final_162be9.pkl",
-        "SCHP/schp-lip.pth", "SCHP/schp-atr.pth",
+        "Human-Toolkit/DWPose/yolox_l.onnx", "Human-Toolkit/DWPose/dw-ll_ucoco_384.onnx",
+        "Human-Toolkit/DensePose/model_final_162be9.pkl",
+        "Human-Toolkit/SCHP/schp-lip.pth", "Human-Toolkit/SCHP/schp-atr.pth",
     }
     assert FASTFIT.repo_id == "zhengchong/FastFit-MR-1024" and HUMAN_TOOLKIT.repo_id == "zhengchong/Human-Toolkit"
+    assert DWPOSE.repo_id == "yzd-v/DWPose"
+    # the toolkit download also asks for its DWPose folder, should the hub repo carry one
+    assert {"DWPose/yolox_l.onnx", "DWPose/dw-ll_ucoco_384.onnx"} <= set(HUMAN_TOOLKIT.allow_patterns)
     # every required file is covered by the download patterns (otherwise a download could never complete it)
     from fnmatch import fnmatch
 
-    for repo in (FASTFIT, HUMAN_TOOLKIT):
+    for repo in (FASTFIT, HUMAN_TOOLKIT, DWPOSE):
         for group in repo.required:
             assert any(fnmatch(group[0], pat) for pat in repo.allow_patterns), group
 
@@ -43,6 +48,7 @@ def test_required_files_are_the_published_names():
 def test_synthetic_tree_is_complete(models_dir):
     assert missing_files(FASTFIT, models_dir / "FastFit-MR-1024") == []
     assert missing_files(HUMAN_TOOLKIT, models_dir / "Human-Toolkit") == []
+    assert missing_files(DWPOSE, models_dir / "Human-Toolkit" / "DWPose") == []
     paths = ensure_models(models_dir, download=False)
     assert paths.fastfit == models_dir / "FastFit-MR-1024"
     assert paths.schp_lip.is_file() and paths.schp_atr.is_file() and paths.dwpose.is_dir()
@@ -117,16 +123,41 @@ def test_downloads_only_missing_repos_with_patterns_and_revision(monkeypatch, tm
     assert len(calls) == 1
 
 
+def test_dwpose_fetched_from_its_authors_when_the_toolkit_lacks_it(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+
+    def hub(*, repo_id, local_dir, **kw):  # the toolkit repo without a DWPose folder
+        calls.append((repo_id, Path(local_dir)))
+        if repo_id == "zhengchong/FastFit-MR-1024":
+            _touch_all(tmp_path)
+            for p in (tmp_path / "Human-Toolkit" / "DWPose").glob("*"):
+                p.unlink()
+            (tmp_path / "Human-Toolkit" / "SCHP" / "schp-lip.pth").unlink()
+        elif repo_id == "zhengchong/Human-Toolkit":
+            (Path(local_dir) / "SCHP" / "schp-lip.pth").write_bytes(b"x")
+        elif repo_id == "yzd-v/DWPose":
+            for name in ("yolox_l.onnx", "dw-ll_ucoco_384.onnx"):
+                (Path(local_dir) / name).write_bytes(b"x")
+
+    paths = ensure_models(tmp_path, downloader=hub)
+    assert calls == [
+        ("zhengchong/FastFit-MR-1024", tmp_path / "FastFit-MR-1024"),
+        ("zhengchong/Human-Toolkit", tmp_path / "Human-Toolkit"),
+        ("yzd-v/DWPose", tmp_path / "Human-Toolkit" / "DWPose"),
+    ]
+    assert (paths.dwpose / "yolox_l.onnx").is_file()
+
+
 def test_incomplete_download_names_what_is_still_missing(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
-    def partial(*, local_dir, **kw):  # e.g. a hub repo without the DWPose folder
-        if "FastFit" in local_dir:
-            _touch_all(Path(local_dir).parent)
-            for p in Path(local_dir).parent.glob("Human-Toolkit/DWPose/*"):
-                p.unlink()
+    def partial(*, repo_id, local_dir, **kw):  # a repo that lacks a file we need
+        if repo_id == "zhengchong/FastFit-MR-1024":
+            _touch_all(tmp_path)
+            (tmp_path / "Human-Toolkit" / "DensePose" / "model_final_162be9.pkl").unlink()
 
-    with pytest.raises(ModelsNotFoundError, match=r"still missing DWPose/yolox_l.onnx, DWPose/dw-ll_ucoco_384.onnx "
+    with pytest.raises(ModelsNotFoundError, match=r"Human-Toolkit is still missing DensePose/model_final_162be9.pkl "
                                                   r"after downloading zhengchong/Human-Toolkit"):
         ensure_models(tmp_path, downloader=partial)
 
