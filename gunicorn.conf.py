@@ -27,3 +27,16 @@ accesslog = _env("GUNICORN_ACCESSLOG", "-")
 errorlog = "-"
 loglevel = _env("GUNICORN_LOGLEVEL", "info")
 capture_output = True
+
+
+def post_fork(server, worker):  # noqa: ARG001 - gunicorn hook signature
+    """Send the app's own log lines (engine loading, failures) to the error log, in the worker."""
+    import logging
+
+    logger = logging.getLogger("fastfit")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+                                               "%Y-%m-%d %H:%M:%S %z"))
+        logger.addHandler(handler)
+        logger.setLevel(loglevel.upper())

@@ -166,3 +166,14 @@ def test_hub_offline_parsing(monkeypatch):
     for value, expected in [("1", True), ("true", True), ("0", False), ("", False)]:
         monkeypatch.setenv("HF_HUB_OFFLINE", value)
         assert assets.hub_offline() is expected
+
+
+def test_synthetic_cli_writes_a_complete_models_tree(tmp_path, capsys):
+    """`python -m fastfit_engine.synthetic Models --tiny` gives a tree that needs no download."""
+    from fastfit_engine.synthetic import main
+
+    assert main([str(tmp_path / "Models"), "--tiny", "--seed", "3"]) == 0
+    paths = ensure_models(tmp_path / "Models", download=False)
+    for repo, folder in ((FASTFIT, paths.fastfit), (HUMAN_TOOLKIT, paths.human_toolkit), (DWPOSE, paths.dwpose)):
+        assert missing_files(repo, folder) == []
+    assert (paths.densepose / "densepose_rcnn_R_50_FPN_s1x.yaml").is_file()

@@ -112,6 +112,8 @@ def test_gunicorn_serves_health_ready_and_prompt(models_dir, sample_files, tmp_p
             log.close()
     assert code == 0, output
     assert "Traceback" not in output, output
+    assert "fastfit.server: engine ready" in output  # the app's own log lines reach the error log
+    assert '"POST /prompt HTTP/1.1" 200' in output  # access log
 
 
 def test_config_is_one_worker_threads_and_env(monkeypatch):
