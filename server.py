@@ -44,6 +44,13 @@ def _env_float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
+def _env_bool(name: str) -> Optional[bool]:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    return value in ("1", "true", "yes", "on")
+
+
 def default_config() -> dict[str, Any]:
     """Settings and the environment variables that override them (see the README)."""
     return {
@@ -56,6 +63,7 @@ def default_config() -> dict[str, Any]:
         "QUEUE_SIZE": _env_int("FASTFIT_QUEUE_SIZE", 2),
         "QUEUE_TIMEOUT": _env_float("FASTFIT_QUEUE_TIMEOUT", 120.0),
         "RETRY_AFTER": _env_int("FASTFIT_RETRY_AFTER", 10),
+        "WARMUP": _env_bool("FASTFIT_WARMUP"),  # None: warm up on CUDA only
         "ENGINE_FACTORY": None,  # callable() -> engine; default builds FastFitEngine from the above
     }
 
@@ -158,13 +166,19 @@ def _default_factory(config: Mapping[str, Any]) -> Callable[[], Any]:
     def build() -> Any:
         from fastfit_engine.engine import FastFitEngine
 
-        return FastFitEngine(
+        engine = FastFitEngine(
             models_dir=config["MODELS_DIR"],
             device=config["DEVICE"],
             dwpose_device=config["DWPOSE_DEVICE"],
             resolution=config["RESOLUTION"],
             max_pixels=config["MAX_IMAGE_PIXELS"],
         )
+        warmup = config["WARMUP"]
+        if warmup is None:
+            warmup = engine.device.type == "cuda"
+        if warmup:
+            log.info("warm-up request took %.1f s", engine.warmup())
+        return engine
 
     return build
 

@@ -120,6 +120,16 @@ class FastFitEngine:
         images = {g: load_image(garments[g], name=g, max_pixels=self.max_pixels) for g in order}
         return person_img, images
 
+    def warmup(self) -> float:
+        """One throw-away request (1 step) so the first real request does not pay for CUDA/cuDNN
+        start-up; returns its seconds. The service runs it before reporting ready on CUDA."""
+        w, h = self.resolution
+        person = Image.new("RGB", (w, h), (128, 128, 128))
+        garment = Image.new("RGB", (w, h), (200, 200, 200))
+        t0 = time.perf_counter()
+        self.process(person, {"upper": garment, "shoe": garment}, steps=1, seed=0)
+        return time.perf_counter() - t0
+
     # ----------------------------------------------------------------- process
     def process(
         self,

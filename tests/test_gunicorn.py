@@ -70,6 +70,7 @@ def test_gunicorn_serves_health_ready_and_prompt(models_dir, sample_files, tmp_p
         "FASTFIT_RESOLUTION": "128x192",
         "FASTFIT_DEVICE": "cpu",
         "HF_HUB_OFFLINE": "1",
+        "FASTFIT_WARMUP": "1",
     }
     log = open(tmp_path / "gunicorn.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "server:app"],
@@ -112,6 +113,7 @@ def test_gunicorn_serves_health_ready_and_prompt(models_dir, sample_files, tmp_p
             log.close()
     assert code == 0, output
     assert "Traceback" not in output, output
+    assert "fastfit.server: warm-up request took" in output
     assert "fastfit.server: engine ready" in output  # the app's own log lines reach the error log
     assert '"POST /prompt HTTP/1.1" 200' in output  # access log
 

@@ -257,7 +257,7 @@ def test_failed_engine_load(sample_files, caplog):
     assert any("secret" in rec.getMessage() for rec in caplog.records)  # the operator sees why
 
 
-def test_default_app_uses_models_dir_env(monkeypatch, models_dir):
+def test_default_app_uses_models_dir_env(monkeypatch, models_dir, caplog):
     """`server:app` builds the real engine from the environment, lazily (importing loads nothing)."""
     import importlib
 
@@ -266,6 +266,8 @@ def test_default_app_uses_models_dir_env(monkeypatch, models_dir):
     monkeypatch.setenv("FASTFIT_MODELS_DIR", str(models_dir))
     monkeypatch.setenv("FASTFIT_RESOLUTION", "128x192")
     monkeypatch.setenv("FASTFIT_DEVICE", "cpu")
+    monkeypatch.setenv("FASTFIT_WARMUP", "1")  # on by default on CUDA only; exercised here on CPU
+    caplog.set_level("INFO", logger="fastfit")
     mod = importlib.reload(server)
     assert mod._app is None
     app = mod.app
@@ -273,6 +275,7 @@ def test_default_app_uses_models_dir_env(monkeypatch, models_dir):
     app.extensions["fastfit"].loader.join(120)
     eng = app.extensions["fastfit"].engine
     assert eng is not None and eng.resolution == (128, 192) and eng.device.type == "cpu"
+    assert any(rec.getMessage().startswith("warm-up request took") for rec in caplog.records)
     assert app.test_client().get("/ready").status_code == 200
     assert mod.create_app is not None
     np.testing.assert_equal(app.config["MAX_CONTENT_LENGTH"], 20 * 1024 * 1024)
