@@ -96,6 +96,8 @@ def test_exif_orientation_is_honoured():
     assert out.shape == (40, 20, 3)  # upright: portrait
     # After a clockwise turn the former left half is on top.
     assert out[:20, :, 0].min() > 200 and out[20:, :, 0].max() < 50
+    # loading the loaded image again (the service decodes, then the engine normalises) is a no-op
+    assert np.array_equal(np.asarray(load_image(load_image(data))), out)
 
 
 def test_transparent_background_becomes_white():
