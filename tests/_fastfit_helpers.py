@@ -1,0 +1,149 @@
+"""Shared helpers for the FastFit engine tests: tiny synthetic folders, images and an independent,
+cache-free reference computation of the semi-attention UNet and the whole try-on loop."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from fastfit_engine.synthetic import write_fastfit_model
+from fastfit_engine.unet import FastFitUNet
+
+_TINY_CACHE: dict[int, Path] = {}
+
+
+def tiny_model_dir(root: Path, seed: int = 0) -> Path:
+    if seed not in _TINY_CACHE:
+        _TINY_CACHE[seed] = write_fastfit_model(root / f"tiny_{seed}", tiny=True, seed=seed)
+    return _TINY_CACHE[seed]
+
+
+def rand_image(rng: np.random.Generator, w: int, h: int, mode: str = "RGB") -> Image.Image:
+    if mode == "L":
+        return Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8))
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def box_mask(w: int, h: int) -> Image.Image:
+    m = np.zeros((h, w), np.uint8)
+    m[h // 5 : h * 4 // 5, w // 6 : w * 5 // 6] = 255
+    m[0, 0] = 127  # below the 0.5 threshold: must stay "keep"
+    m[h - 1, w - 1] = 128  # at the threshold: repaint
+    return Image.fromarray(m)
+
+
+class NaiveSemiAttention:
+    """Cache-free processor: records each reference's normalized hidden states at this layer, and in
+    the denoising pass recomputes their K/V from scratch with separate q/k/v projections and a
+    float64 softmax over [references in order, then the person]."""
+
+    def __init__(self) -> None:
+        self.mode = "record"
+        self.recorded: list[torch.Tensor] = []
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        x = hidden_states
+        q = attn.to_q(x)
+        if self.mode == "record":
+            self.recorded.append(x.clone())
+            keys_src = [x]
+        else:
+            keys_src = list(self.recorded) + [x]
+        k = torch.cat([attn.to_k(s) for s in keys_src], dim=1)
+        v = torch.cat([attn.to_v(s) for s in keys_src], dim=1)
+        b, n, c = q.shape
+        hd = c // attn.heads
+
+        def heads(t):
+            return t.double().view(b, -1, attn.heads, hd).transpose(1, 2)
+
+        scores = heads(q) @ heads(k).transpose(-1, -2) / math.sqrt(hd)
+        out = scores.softmax(-1) @ heads(v)
+        out = out.transpose(1, 2).reshape(b, n, c).to(x.dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def naive_unet(model_dir: Path, dtype=torch.float32) -> tuple[FastFitUNet, list[NaiveSemiAttention]]:
+    unet = FastFitUNet.from_pretrained(model_dir / "unet", device="cpu", dtype=dtype)
+    procs = []
+    for _, attn, _ in unet.self_attention_layers():
+        proc = NaiveSemiAttention()
+        attn.set_processor(proc)
+        procs.append(proc)
+    return unet, procs
+
+
+def naive_reference_then_denoise(unet, procs, ref_latents, ref_labels, denoise_inputs):
+    """Reference passes one at a time (full UNet, self-attention only), then denoising calls.
+
+    ``ref_latents``: list of [B,4,h,w]; ``denoise_inputs``: list of (sample [B,9,H,W], t)."""
+    for p in procs:
+        p.mode, p.recorded = "record", []
+    for lat, label in zip(ref_latents, ref_labels):
+        unet.forward(lat, None, torch.full((lat.shape[0],), label, dtype=torch.int64))
+    for p in procs:
+        p.mode = "read"
+    return [unet.forward(x, t, None) for x, t in denoise_inputs]
+
+
+def independent_tryon(model_dir: Path, person, mask, references, pose, steps, guidance, seed) -> np.ndarray:
+    """The whole try-on written from the spec, with the cache-free UNet above (fp32, CPU)."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    from fastfit_engine.pipeline import load_vae
+
+    labels_map = {"upper": 0, "lower": 1, "overall": 2, "shoe": 3, "bag": 4}
+    vae: AutoencoderKL = load_vae(model_dir / "vae", "cpu", torch.float32)
+    sf = vae.config.scaling_factor
+    unet, procs = naive_unet(model_dir)
+    sched = DDPMScheduler.from_pretrained(str(model_dir / "scheduler"))
+
+    def to_x(img):
+        a = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)[None].float()
+        return a / 127.5 - 1
+
+    with torch.no_grad():
+        px = to_x(person)
+        m = (torch.from_numpy(np.array(mask.convert("L"))).float() / 255 >= 0.5).float()[None, None]
+        if pose is not None:
+            pz = torch.from_numpy(np.array(pose.convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+            masked = px * (1 - m) + m * pz
+        else:
+            masked = px * (1 - m)
+        enc = lambda x: vae.encode(x).latent_dist.mode() * sf  # noqa: E731
+        masked_lat = enc(masked)
+        h, w = masked_lat.shape[-2:]
+        lmask = F.interpolate(m, size=(h, w), mode="nearest")
+        gen = torch.Generator("cpu").manual_seed(seed)
+        latents = torch.randn((1, 4, h, w), generator=gen)
+        sched.set_timesteps(steps)
+        cfg = guidance > 1
+        refs, labels = [], []
+        for label, img in references:
+            lab = labels_map[label] if isinstance(label, str) else int(label)
+            lat = enc(to_x(img))
+            refs.append(torch.cat([torch.zeros_like(lat), lat]) if cfg else lat)
+            labels.append(lab)
+        for p in procs:
+            p.mode, p.recorded = "record", []
+        for lat, lab in zip(refs, labels):
+            unet.forward(lat, None, torch.full((lat.shape[0],), lab, dtype=torch.int64))
+        for p in procs:
+            p.mode = "read"
+        for t in sched.timesteps:
+            inp = torch.cat([latents, lmask, masked_lat], dim=1)
+            if cfg:
+                inp = torch.cat([inp, inp])
+            eps = unet.forward(inp, t, None)
+            if cfg:
+                u, c = eps.chunk(2)
+                eps = u + guidance * (c - u)
+            latents = sched.step(eps, t, latents, generator=gen).prev_sample
+        img = vae.decode(latents / sf).sample
+        img = img * m + (1 - m) * px
+        img = (img / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    return img * 255.0  # float, before rounding

@@ -1,0 +1,194 @@
+"""FastFitPipeline on tiny synthetic folders: parity with an independent loop, determinism,
+absent items, guidance on/off, dtypes, cache lifetime and input validation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from _fastfit_helpers import box_mask, independent_tryon, rand_image, tiny_model_dir
+from fastfit_engine import FastFitPipeline
+
+W, H = 48, 64
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("ff"))
+
+
+@pytest.fixture(scope="module")
+def pipe(model_dir):
+    return FastFitPipeline.from_pretrained(model_dir, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    rng = np.random.default_rng(7)
+    person = rand_image(rng, W, H)
+    refs = {
+        "upper": rand_image(rng, W, H),
+        "lower": rand_image(rng, W, H),
+        "shoe": rand_image(rng, W // 2, H // 2),
+        "bag": rand_image(rng, W // 2, H // 2),
+    }
+    return person, box_mask(W, H), rand_image(rng, W, H), refs
+
+
+def test_matches_independent_cache_free_loop(pipe, model_dir, inputs):
+    person, mask, pose, refs = inputs
+    references = [("upper", refs["upper"]), ("shoe", refs["shoe"]), ("lower", refs["lower"])]
+    out = np.asarray(pipe(person, mask, references, pose=pose, num_inference_steps=3, guidance_scale=2.5, seed=3))
+    expected = independent_tryon(model_dir, person, mask, references, pose, 3, 2.5, 3)
+    assert out.shape == (H, W, 3) and out.dtype == np.uint8
+    diff = np.abs(out.astype(np.float64) - expected)
+    assert diff.max() <= 1.0, diff.max()  # rounding of values within float noise of .5
+    assert (diff > 0.5 + 1e-3).sum() == 0
+    # outside the mask the original person is kept exactly
+    keep = np.asarray(mask) < 128
+    assert np.array_equal(out[keep], np.asarray(person)[keep])
+    assert not np.array_equal(out[~keep], np.asarray(person)[~keep])
+
+
+def test_without_guidance_matches_independent_loop(pipe, model_dir, inputs):
+    person, mask, _, refs = inputs
+    references = [("bag", refs["bag"])]
+    out = np.asarray(pipe(person, mask, references, num_inference_steps=2, guidance_scale=1.0, seed=5))
+    expected = independent_tryon(model_dir, person, mask, references, None, 2, 1.0, 5)
+    assert np.abs(out - expected).max() <= 1.0
+
+
+def test_guidance_on_and_off_differ(pipe, inputs):
+    person, mask, pose, refs = inputs
+    a = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=pose, num_inference_steps=2, guidance_scale=2.5))
+    b = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=pose, num_inference_steps=2, guidance_scale=1.0))
+    assert not np.array_equal(a, b)
+
+
+def test_deterministic_and_seed_dependent(pipe, inputs):
+    person, mask, pose, refs = inputs
+    refs_list = [("upper", refs["upper"]), ("lower", refs["lower"])]
+    a = np.asarray(pipe(person, mask, refs_list, pose=pose, num_inference_steps=2, seed=11))
+    b = np.asarray(pipe(person, mask, refs_list, pose=pose, num_inference_steps=2, seed=11))
+    c = np.asarray(pipe(person, mask, refs_list, pose=pose, num_inference_steps=2, seed=12))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_absent_items_and_labels(pipe, inputs):
+    """Only present items are passed; labels as names or ints are the same; each item matters."""
+    person, mask, pose, refs = inputs
+    kw = dict(pose=pose, num_inference_steps=2, seed=1)
+    by_name = np.asarray(pipe(person, mask, [("upper", refs["upper"]), ("bag", refs["bag"])], **kw))
+    by_int = np.asarray(pipe(person, mask, [(0, refs["upper"]), (4, refs["bag"])], **kw))
+    only_upper = np.asarray(pipe(person, mask, [("upper", refs["upper"])], **kw))
+    as_lower = np.asarray(pipe(person, mask, [("lower", refs["upper"]), ("bag", refs["bag"])], **kw))
+    assert np.array_equal(by_name, by_int)
+    assert not np.array_equal(by_name, only_upper)
+    assert not np.array_equal(by_name, as_lower)
+
+
+def test_pose_changes_result(pipe, inputs):
+    person, mask, pose, refs = inputs
+    a = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=pose, num_inference_steps=1))
+    b = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=None, num_inference_steps=1))
+    # a pose of another size is resized to the person
+    c = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=pose.resize((W * 2, H * 2)), num_inference_steps=1))
+    assert not np.array_equal(a, b)
+    assert c.shape == a.shape
+
+
+def test_bf16_path_close_to_fp32(model_dir, inputs):
+    person, mask, pose, refs = inputs
+    p16 = FastFitPipeline.from_pretrained(model_dir, device="cpu", dtype=torch.bfloat16)
+    assert p16.unet.dtype == torch.bfloat16 and p16.vae.dtype == torch.bfloat16
+    p32 = FastFitPipeline.from_pretrained(model_dir, device="cpu", dtype=torch.float32)
+    refs_list = [("upper", refs["upper"]), ("shoe", refs["shoe"])]
+    a = np.asarray(p16(person, mask, refs_list, pose=pose, num_inference_steps=2, seed=2)).astype(np.float64)
+    b = np.asarray(p32(person, mask, refs_list, pose=pose, num_inference_steps=2, seed=2)).astype(np.float64)
+    keep = np.asarray(mask) < 128
+    assert np.abs(a - b)[keep].max() <= 2  # repaint path: bf16 rounding of the person only
+    assert np.abs(a - b)[~keep].mean() < 12  # generated region: same computation up to bf16 noise
+    c = np.asarray(p16(person, mask, refs_list, pose=pose, num_inference_steps=2, seed=2)).astype(np.float64)
+    assert np.array_equal(a, c)
+
+
+def test_callback_and_cache_cleared_even_on_error(pipe, inputs):
+    person, mask, pose, refs = inputs
+    refs_list = [("upper", refs["upper"]), ("lower", refs["lower"])]
+    calls = []
+    good = np.asarray(pipe(person, mask, refs_list, num_inference_steps=3, seed=4, callback=lambda i, n: calls.append((i, n))))
+    assert calls == [(0, 3), (1, 3), (2, 3)]
+    cache = pipe.unet.kv_cache
+    assert cache.nbytes() == 0 and cache.request is None
+
+    def boom(i, n):
+        assert cache.nbytes() > 0  # the cache is live during the loop
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        pipe(person, mask, refs_list, num_inference_steps=3, seed=4, callback=boom)
+    assert cache.nbytes() == 0 and cache.request is None and cache.mode == "off"
+    again = np.asarray(pipe(person, mask, refs_list, num_inference_steps=3, seed=4))
+    assert np.array_equal(good, again)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(references=[]), "at least one reference"),
+        (dict(references=[("hat", None)]), "unknown garment label 'hat'"),
+        (dict(references=[(7, None)]), "unknown garment label 7"),
+        (dict(num_inference_steps=0), "num_inference_steps must be >= 1"),
+        (dict(mask=Image.new("L", (W, H + 8))), "mask size 48x72 != person size 48x64"),
+        (dict(person=Image.new("RGB", (W + 4, H)), mask=Image.new("L", (W + 4, H))), "multiple of 8"),
+        (dict(references=[("upper", Image.new("RGB", (20, 24)))]), r"reference 0 \(upper\) size 20x24"),
+        (dict(pose=np.zeros((H, W, 3))), "pose must be a PIL image"),
+    ],
+)
+def test_input_validation(pipe, inputs, kwargs, match):
+    person, mask, _, refs = inputs
+    args = dict(person=person, mask=mask, references=[("upper", refs["upper"])], num_inference_steps=1)
+    args.update(kwargs)
+    if args["references"] and args["references"][0][1] is None:
+        args["references"] = [(args["references"][0][0], refs["upper"])]
+    with pytest.raises(ValueError, match=match):
+        pipe(**args)
+
+
+def test_wrong_folders_and_keys(model_dir, tmp_path):
+    import shutil
+
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        FastFitPipeline.from_pretrained(tmp_path / "nope", device="cpu")
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(FileNotFoundError, match=r"missing vae/"):
+        FastFitPipeline.from_pretrained(broken, device="cpu")
+    shutil.copytree(model_dir / "vae", broken / "vae")
+    (broken / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="scheduler_config.json"):
+        FastFitPipeline.from_pretrained(broken, device="cpu")
+    shutil.copytree(model_dir / "scheduler", broken / "scheduler", dirs_exist_ok=True)
+    (broken / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no weights in .*vae"):
+        FastFitPipeline.from_pretrained(broken, device="cpu")
+
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(model_dir / "vae" / "diffusion_pytorch_model.safetensors"))
+    state.pop("decoder.conv_out.bias")
+    state["encoder.extra.weight"] = torch.zeros(1)
+    save_file(state, str(broken / "vae" / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(ValueError, match=r"VAE weights .*missing keys \(1\): decoder.conv_out.bias.*unexpected keys \(1\): encoder.extra.weight"):
+        FastFitPipeline.from_pretrained(broken, device="cpu")
+
+    cfg = json.loads((model_dir / "vae" / "config.json").read_text())
+    (broken / "vae" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        FastFitPipeline.from_pretrained(broken, device="cpu")
+    assert cfg["scaling_factor"] == 0.18215
