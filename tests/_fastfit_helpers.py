@@ -147,3 +147,14 @@ def independent_tryon(model_dir: Path, person, mask, references, pose, steps, gu
         img = img * m + (1 - m) * px
         img = (img / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).numpy()
     return img * 255.0  # float, before rounding
+
+
+def single_thread():
+    """Tiny models run faster on one intra-op thread, and a shared 2-core box with other test
+    processes makes OpenMP thread teams stall; restore the setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -7,9 +7,11 @@ import json
 import pytest
 import torch
 
-from _fastfit_helpers import tiny_model_dir
+from _fastfit_helpers import single_thread as _single_thread_impl, tiny_model_dir
 from fastfit_engine.synthetic import UNET_CONFIG, VAE_CONFIG
 from fastfit_engine.unet import FastFitUNet
+
+_single_thread = pytest.fixture(scope="module", autouse=True)(_single_thread_impl)
 
 # sha256 of json.dumps(sorted([key, shape])) of the manifests in shared/spec/manifests
 # (fastfit_unet.json: 577 tensors, fastfit_vae.json: 248 tensors)
