@@ -50,7 +50,7 @@ UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64,
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
 }
-UNET_CONFIG_TINY: dict[str, Any] = {**UNET_CONFIG, "block_out_channels": [32, 32, 64, 64], "norm_num_groups": 8}
+UNET_CONFIG_TINY: dict[str, Any] = {**UNET_CONFIG, "block_out_channels": [16, 32, 64, 64], "norm_num_groups": 8}
 
 VAE_CONFIG: dict[str, Any] = {
     "_class_name": "AutoencoderKL",
@@ -68,8 +68,7 @@ VAE_CONFIG: dict[str, Any] = {
 }
 VAE_CONFIG_TINY: dict[str, Any] = {
     **VAE_CONFIG,
-    "block_out_channels": [16, 32, 32, 32],
-    "layers_per_block": 1,
+    "block_out_channels": [16, 32, 64, 64],
     "norm_num_groups": 8,
     "sample_size": 64,
 }

@@ -125,14 +125,14 @@ def test_strict_key_errors(model_dir, tmp_path):
     state.pop("condition_conv_in.bias")
     state.pop("class_embedding.weight")
     state["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q.weight"] = torch.zeros(2, 2)
-    state["conv_in.weight"] = torch.zeros(32, 4, 3, 3)
+    state["conv_in.weight"] = torch.zeros(16, 4, 3, 3)
     save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
     with pytest.raises(ValueError) as err:
         FastFitUNet.from_pretrained(folder)
     msg = str(err.value)
     assert "missing keys (2): class_embedding.weight, condition_conv_in.bias" in msg
     assert "unexpected keys (1): down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q.weight" in msg
-    assert "conv_in.weight (32, 4, 3, 3) != (32, 9, 3, 3)" in msg
+    assert "conv_in.weight (16, 4, 3, 3) != (16, 9, 3, 3)" in msg
 
 
 def test_config_rejects_cross_attention():
