@@ -11,6 +11,7 @@ parameter and FLOP counts, so bench/bench_dwpose.py can time them:
 
     python bench/dwpose_proxy_models.py /tmp/dwpose_proxy
     python bench/bench_dwpose.py --models /tmp/dwpose_proxy
+    python bench/dwpose_proxy_models.py /tmp/unused --no-export --torch-bench cuda   # eager torch timing
 
 With random weights the detector's objectness/class logits sit at the YOLOX prior
 (sigmoid ~ 0.01), so it finds no person and the pose model runs once on the whole image,
@@ -468,8 +469,6 @@ def count_macs(model: nn.Module, sample: torch.Tensor) -> int:
 
 def export(model: nn.Module, sample: torch.Tensor, path: Path, input_name: str, output_names: list[str], note: str) -> None:
     """TorchScript-based export (single file, static shapes), then tag the file as a proxy."""
-    import onnx
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
@@ -482,6 +481,10 @@ def export(model: nn.Module, sample: torch.Tensor, path: Path, input_name: str, 
             output_names=output_names,
             do_constant_folding=True,
         )
+    try:
+        import onnx
+    except ImportError:  # the tag is a courtesy; the exported file is complete without it
+        return
     proto = onnx.load(str(path))
     proto.doc_string = note
     entry = proto.metadata_props.add()
@@ -506,8 +509,29 @@ def check_with_onnxruntime(path: Path, sample: torch.Tensor, expected: list[torc
             "output_abs_max": max(float(np.abs(o).max()) for o in outs)}
 
 
-def build(out_dir: Path, seed: int) -> dict:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def time_torch(model: nn.Module, sample: torch.Tensor, device: str, half: bool, warmup: int, repeats: int) -> dict:
+    """Median/min forward time of the eager torch module (cuDNN on CUDA), batch 1."""
+    dtype = torch.float16 if half else torch.float32
+    model = model.to(device=device, dtype=dtype).eval()
+    x = sample.to(device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(warmup):
+        model(x)
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        sync()
+        times.append((time.perf_counter() - start) * 1000.0)
+    model.to(device="cpu", dtype=torch.float32)
+    times.sort()
+    return {"median_ms": round(times[len(times) // 2], 3), "min_ms": round(times[0], 3)}
+
+
+def build(out_dir: Path, seed: int, export_files: bool = True, torch_devices: tuple[str, ...] = (), repeats: int = 20) -> dict:
+    if export_files:
+        out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
     report: dict = {"seed": seed, "opset": OPSET, "torch": torch.__version__, "out_dir": str(out_dir)}
 
@@ -527,18 +551,22 @@ def build(out_dir: Path, seed: int) -> dict:
             expected = model(sample)
         expected = list(expected) if isinstance(expected, tuple) else [expected]
         macs = count_macs(model, sample)
-        path = out_dir / file_name
-        note = f"random-weight {key} proxy from bench/dwpose_proxy_models.py (seed {seed}); outputs are meaningless"
-        export(model, sample, path, input_name, output_names, note)
-        report[key] = {
-            "file": str(path),
-            "bytes": path.stat().st_size,
+        entry: dict = {
             "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
             "gmacs": round(macs / 1e9, 3),
             "gflops_2x_macs": round(2 * macs / 1e9, 3),
-            "build_s": round(time.perf_counter() - start, 1),
-            **check_with_onnxruntime(path, sample, expected),
         }
+        if export_files:
+            path = out_dir / file_name
+            note = f"random-weight {key} proxy from bench/dwpose_proxy_models.py (seed {seed}); outputs are meaningless"
+            export(model, sample, path, input_name, output_names, note)
+            entry.update(file=str(path), bytes=path.stat().st_size, build_s=round(time.perf_counter() - start, 1))
+            entry.update(check_with_onnxruntime(path, sample, expected))
+        for device in torch_devices:
+            entry[f"torch_{device}_fp32"] = time_torch(model, sample, device, False, 3, repeats)
+            if device.startswith("cuda"):
+                entry[f"torch_{device}_fp16"] = time_torch(model, sample, device, True, 3, repeats)
+        report[key] = entry
     report["published"] = PUBLISHED
     return report
 
@@ -547,11 +575,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path, help="folder to write yolox_l.onnx and dw-ll_ucoco_384.onnx into")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--torch-bench",
+        default="",
+        help="comma list of torch devices (cpu, cuda) to also time the eager modules on, e.g. where "
+        "onnxruntime has no CUDA provider; CUDA adds an fp16 run",
+    )
+    parser.add_argument("--repeats", type=int, default=20, help="timed forwards per model and device for --torch-bench")
+    parser.add_argument("--no-export", action="store_true", help="only count (and with --torch-bench, time); write no files")
     args = parser.parse_args()
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise SystemExit(f"output path exists and is not a folder: {args.out_dir}")
+    devices = tuple(d.strip() for d in args.torch_bench.split(",") if d.strip())
+    for device in devices:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise SystemExit(f"--torch-bench asked for {device!r} but torch sees no CUDA device")
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
+    if devices and any(d.startswith("cuda") for d in devices):
+        torch.backends.cudnn.benchmark = True
     torch.set_grad_enabled(False)
-    print(json.dumps(build(args.out_dir, args.seed)))
+    print(json.dumps(build(args.out_dir, args.seed, not args.no_export, devices, args.repeats)))
 
 
 if __name__ == "__main__":
