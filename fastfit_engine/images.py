@@ -36,6 +36,15 @@ class ImageTooLargeError(ImageError):
     code = "image_too_large"
 
 
+class ImageTooSmallError(ImageError):
+    code = "image_too_small"
+
+
+# Below this many pixels on a side an input carries nothing usable (and a 1-pixel-wide photo
+# would crop to zero width at 3:4).
+MIN_SIDE = 16
+
+
 def _open(source: ImageSource, label: str, field: Optional[str]) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
@@ -102,6 +111,7 @@ def load_image(
     name: str = "image",
     max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
+    min_side: int = MIN_SIDE,
 ) -> Image.Image:
     """Load a path, encoded bytes or PIL image as an upright 8-bit RGB image.
 
@@ -111,8 +121,8 @@ def load_image(
     label = name
     image = _open(source, label, name)
     w, h = image.size
-    if w < 1 or h < 1:
-        raise ImageError(f"{label} has no pixels ({w}x{h})", name)
+    if w < min_side or h < min_side:
+        raise ImageTooSmallError(f"{label} is too small: {w}x{h} pixels, at least {min_side}x{min_side} needed", name)
     if max_pixels is not None and w * h > max_pixels:
         raise ImageTooLargeError(f"{label} is too large: {w}x{h} pixels, the limit is {max_pixels} pixels", name)
     try:

@@ -12,6 +12,7 @@ from PIL import Image
 from fastfit_engine.images import (
     ImageError,
     ImageTooLargeError,
+    ImageTooSmallError,
     center_crop_to_aspect_ratio,
     load_image,
     prepare_person,
@@ -104,7 +105,7 @@ def test_transparent_background_becomes_white():
     rgba = np.zeros((10, 10, 4), np.uint8)
     rgba[2:8, 2:8] = (10, 200, 30, 255)  # opaque garment; transparent (black) elsewhere
     rgba[0, 0] = (0, 0, 0, 128)  # half-transparent black over white -> mid grey
-    out = np.asarray(load_image(_encode(Image.fromarray(rgba, "RGBA"))))
+    out = np.asarray(load_image(_encode(Image.fromarray(rgba, "RGBA")), min_side=1))
     assert (out[5, 5] == (10, 200, 30)).all()
     assert (out[9, 9] == 255).all()
     assert abs(int(out[0, 0, 0]) - 127) <= 1
@@ -112,14 +113,14 @@ def test_transparent_background_becomes_white():
 
 def test_la_and_palette_transparency_become_white():
     la = Image.fromarray(np.stack([np.full((4, 4), 50, np.uint8), np.zeros((4, 4), np.uint8)], -1), "LA")
-    assert (np.asarray(load_image(_encode(la))) == 255).all()
+    assert (np.asarray(load_image(_encode(la), min_side=1)) == 255).all()
     p = Image.new("P", (4, 4), 1)
     p.putpalette([0, 0, 0, 9, 9, 9] + [0] * 762)
     p.info["transparency"] = 1
-    assert (np.asarray(load_image(_encode(p))) == 255).all()
+    assert (np.asarray(load_image(_encode(p), min_side=1)) == 255).all()
     p2 = Image.new("P", (4, 4), 1)
     p2.putpalette([0, 0, 0, 9, 99, 9] + [0] * 762)  # no transparency: palette colour
-    assert (np.asarray(load_image(_encode(p2))) == (9, 99, 9)).all()
+    assert (np.asarray(load_image(_encode(p2), min_side=1)) == (9, 99, 9)).all()
 
 
 def test_cmyk_jpeg_becomes_rgb():
@@ -132,7 +133,7 @@ def test_cmyk_jpeg_becomes_rgb():
 def test_16bit_grey_is_scaled_not_clipped():
     arr = np.array([[0, 257 * 100, 65535, 32896]], dtype=np.uint16)
     img = Image.fromarray(arr)  # I;16
-    out = np.asarray(load_image(_encode(img)))
+    out = np.asarray(load_image(_encode(img), min_side=1))
     assert out.shape == (1, 4, 3)
     assert out[0, :, 0].tolist() == [0, 100, 255, 128]
     assert to_rgb(Image.fromarray(np.full((2, 2), 0.5, np.float32), "F")).getpixel((0, 0)) == (128, 128, 128)
@@ -142,7 +143,7 @@ def test_animated_image_uses_first_frame():
     frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
-    out = np.asarray(load_image(buf.getvalue()))
+    out = np.asarray(load_image(buf.getvalue(), min_side=1))
     assert out[0, 0, 0] > 200 and out[0, 0, 2] < 50
 
 
@@ -179,6 +180,13 @@ def test_truncated_image_is_refused():
     data = _encode(_gradient(64, 64), "JPEG")
     with pytest.raises(ImageError, match="bag is not a decodable image"):
         load_image(data[: len(data) // 2], name="bag")
+
+
+def test_too_small_is_refused():
+    with pytest.raises(ImageTooSmallError, match=r"^person is too small: 1x300 pixels, at least 16x16 needed$") as info:
+        load_image(_encode(Image.new("RGB", (1, 300))), name="person")
+    assert info.value.code == "image_too_small" and info.value.field == "person"
+    assert load_image(Image.new("RGB", (16, 16))).size == (16, 16)
 
 
 def test_empty_missing_and_wrong_type(tmp_path):

@@ -100,6 +100,7 @@ BAD_REQUESTS = [
     ("garbage bag", lambda f: {**_files(f, "person", "upper"), "bag": (io.BytesIO(b"\x89PNG\r\n\x1a\n"), "b.png")}, "invalid_image", "bag is not a decodable image"),
     ("empty named upload", lambda f: {**_files(f, "person"), "upper": (io.BytesIO(b""), "u.png")}, "invalid_image", "upper is empty"),
     ("too many pixels", lambda f: {**_files(f, "person"), "shoe": (io.BytesIO(_png_claiming(7000, 7000)), "s.png")}, "image_too_large", "shoe is too large: 7000x7000 pixels"),
+    ("tiny person", lambda f: {**_files(f, "upper"), "person": (io.BytesIO(png_bytes(Image.new("RGB", (8, 12)))), "p.png")}, "image_too_small", "person is too small: 8x12 pixels"),
     ("bomb", lambda f: {**_files(f, "upper"), "person": (io.BytesIO(_png_claiming(40000, 40000)), "p.png")}, "image_too_large", "person is too large"),
 ]
 
