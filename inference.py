@@ -79,6 +79,8 @@ def _validate(args: argparse.Namespace) -> tuple[dict, dict]:
     for name, path in [("person", args.person)] + list(garments.items()):
         if not Path(path).is_file():
             raise UsageError(f"--{name}: file not found: {path}")
+    if Path(args.output).is_dir():
+        raise UsageError(f"--output is a folder, give a file name: {args.output}")
     out_dir = Path(args.output).resolve().parent
     if not out_dir.is_dir():
         raise UsageError(f"--output: folder does not exist: {out_dir}")

@@ -6,6 +6,7 @@ table all come from the declarations below, so the three entry points cannot dri
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -71,12 +72,12 @@ class NumberField:
             except ValueError:
                 kind = "an integer" if self.kind is int else "a number"
                 raise RequestError("invalid_number", f"{label} must be {kind}, got {value!r}", self.name) from None
-        elif isinstance(value, (int, float)):
-            number = value
-            if self.kind is int:
-                if isinstance(value, float) and not value.is_integer():
+        elif isinstance(value, numbers.Real):  # int, float and NumPy scalars
+            number = int(value) if isinstance(value, numbers.Integral) else float(value)
+            if self.kind is int and isinstance(number, float):
+                if not number.is_integer():
                     raise RequestError("invalid_number", f"{label} must be an integer, got {value!r}", self.name)
-                number = int(value)
+                number = int(number)
         else:
             raise RequestError("invalid_number", f"{label} must be a number, got {type(value).__name__}", self.name)
         if isinstance(number, float) and not math.isfinite(number):

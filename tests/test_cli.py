@@ -57,6 +57,8 @@ ERRORS = [
     (lambda f, t: ["--person", t / "nobody.jpg", "--upper", f["upper"]], 2, "error: --person: file not found: {t}/nobody.jpg"),
     (lambda f, t: ["--person", f["person"], "--lower", t / "none.png"], 2, "error: --lower: file not found: {t}/none.png"),
     (lambda f, t: ["--person", f["person"], "--upper", t / "garbage.png"], 2, "error: --upper is not a decodable image..."),
+    (lambda f, t: ["--person", f["person"], "--upper", f["upper"], "--output", t], 2,
+     "error: --output is a folder, give a file name: {t}"),
     (lambda f, t: ["--person", f["person"], "--upper", f["upper"], "--output", t / "no" / "dir" / "o.png"], 2,
      "error: --output: folder does not exist: {t}/no/dir"),
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fastfit_engine import schema
@@ -26,6 +27,8 @@ def test_defaults():
         ({"guidance_scale": "1"}, {"guidance_scale": 1.0}),
         ({"guidance_scale": "10.0"}, {"guidance_scale": 10.0}),
         ({"steps": 7.0}, {"steps": 7}),
+        ({"seed": np.int64(5)}, {"seed": 5}),
+        ({"guidance_scale": np.float32(2.0)}, {"guidance_scale": 2.0}),
     ],
 )
 def test_bounds_are_inclusive(values, expected):
