@@ -120,6 +120,7 @@ def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, sce
         compile_unet="compile_unet" in variant,
         compile_vae="compile_vae" in variant,
         attention_backend="cudnn" if "attn_cudnn" in variant else "auto",
+        fast_group_norm="native_gn" not in variant,
     )
     results = {}
     for name, refs in scenarios.items():
@@ -173,15 +174,71 @@ def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, sce
     return results
 
 
+def attention_micro(device) -> dict:
+    """SDPA ms per backend at the denoising shapes of upper+lower (B=2, 8 heads, P queries, P+2R keys)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    shapes = {0: (12288, 40), 1: (3072, 80), 2: (768, 160), 3: (192, 160)}
+    g = torch.Generator(device=device).manual_seed(0)
+    out = {}
+    for level, (p, d) in shapes.items():
+        q = torch.randn(2, p, 8, d, device=device, dtype=torch.bfloat16, generator=g).transpose(1, 2)
+        kv = torch.randn(2, 3 * p, 2, 8, d, device=device, dtype=torch.bfloat16, generator=g)
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+        row = {}
+        for name, backend in [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION)]:
+            try:
+                with sdpa_kernel([backend]):
+                    for _ in range(3):
+                        torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for _ in range(10):
+                        torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                    end.record()
+                    torch.cuda.synchronize()
+                    ms = start.elapsed_time(end) / 10
+                flops = 4 * 2 * 8 * p * 3 * p * d
+                row[name] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1)}
+            except Exception as exc:  # backend unavailable for this shape
+                row[name] = f"{type(exc).__name__}: {str(exc)[:120]}"
+        out[f"level{level}"] = row
+    return out
+
+
+@torch.inference_mode()
+def profile_steps(model_dir, device, dtype, person, mask, refs, variant) -> str:
+    """Top CUDA kernels over 3 denoising steps (upper+lower), as a text table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    pipe = FastFitPipeline.from_pretrained(
+        model_dir, device=device, dtype=dtype, compile_unet="compile_unet" in variant,
+        channels_last="channels_last" in variant, fast_group_norm="native_gn" not in variant,
+        attention_backend="cudnn" if "attn_cudnn" in variant else "auto",
+    )
+    steps = {"n": 0}
+
+    def cb(i, n):
+        steps["n"] = i
+
+    pipe(person, mask, refs, num_inference_steps=4, callback=cb)
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        pipe(person, mask, refs, num_inference_steps=3)
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny model on CPU, 2 steps (checks the script)")
-    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager, channels_last, compile_unet, compile_vae, attn_cudnn, sdpa_flash")
+    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager, channels_last, compile_unet, compile_vae, attn_cudnn, native_gn, sdpa_flash")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--guidance", type=float, default=2.5)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--model-dir", type=Path, default=None, help="existing model folder (else synthetic)")
+    ap.add_argument("--micro", action="store_true", help="also time SDPA backends at the denoising shapes")
+    ap.add_argument("--profile", default=None, help="variant to profile over 3 requests' steps (kernel table)")
     args = ap.parse_args()
 
     if args.quick:
@@ -216,6 +273,11 @@ def main() -> int:
         "weights_build_s": round(build_s, 1),
         "variants": {},
     }
+    if args.micro and device.type == "cuda":
+        report["attention_micro"] = attention_micro(device)
+        print(json.dumps(report["attention_micro"]), file=sys.stderr, flush=True)
+    if args.profile and device.type == "cuda":
+        print(profile_steps(model_dir, device, dtype, person, mask, scenarios["upper_lower"], args.profile), file=sys.stderr, flush=True)
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         t1 = time.perf_counter()
         try:

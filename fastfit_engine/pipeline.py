@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fastfit_engine.unet import GARMENT_LABELS, FastFitUNet, check_state_dict_keys, load_weight_file
+from fastfit_engine.unet import (
+    GARMENT_LABELS,
+    FastFitUNet,
+    check_state_dict_keys,
+    load_weight_file,
+    use_fast_group_norm,
+)
 
 __all__ = ["FastFitPipeline", "GARMENT_LABELS", "load_vae", "load_scheduler"]
 
@@ -108,12 +114,14 @@ class FastFitPipeline:
         compile_unet: bool = False,
         compile_vae: bool = False,
         attention_backend: str = "auto",
+        fast_group_norm: bool | None = None,
     ) -> "FastFitPipeline":
         """``model_dir`` holds unet/, vae/ and scheduler/ (diffusers layout).
 
         GPU options: ``attention_backend`` "cudnn" puts cuDNN first in SDPA's priority for the
         UNet's self-attention (falls back to flash where cuDNN cannot run); ``compile_unet`` /
-        ``compile_vae`` use torch.compile (slow first call per shape).
+        ``compile_vae`` use torch.compile (slow first call per shape); ``fast_group_norm``
+        (default: on for CUDA) swaps GroupNorm for a same-numerics, better-parallelised version.
         """
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
@@ -125,6 +133,11 @@ class FastFitPipeline:
         scheduler = load_scheduler(model_dir / "scheduler")
         unet = FastFitUNet.from_pretrained(model_dir / "unet", device=device, dtype=dtype)
         vae = load_vae(model_dir / "vae", device=device, dtype=dtype)
+        if fast_group_norm is None:
+            fast_group_norm = device.type == "cuda"
+        if fast_group_norm:
+            use_fast_group_norm(unet)
+            use_fast_group_norm(vae)
         if channels_last:
             unet.to(memory_format=torch.channels_last)
             vae.to(memory_format=torch.channels_last)

@@ -118,6 +118,18 @@ def test_bf16_path_close_to_fp32(model_dir, inputs):
     assert np.array_equal(a, c)
 
 
+def test_gpu_options_keep_numerics(model_dir, pipe, inputs):
+    """fast_group_norm and channels_last (GPU defaults/options) give the same image on CPU."""
+    person, mask, pose, refs = inputs
+    refs_list = [("upper", refs["upper"]), ("lower", refs["lower"])]
+    fast = FastFitPipeline.from_pretrained(model_dir, device="cpu", dtype=torch.float32, fast_group_norm=True, channels_last=True)
+    a = np.asarray(pipe(person, mask, refs_list, pose=pose, num_inference_steps=2)).astype(int)
+    b = np.asarray(fast(person, mask, refs_list, pose=pose, num_inference_steps=2)).astype(int)
+    assert np.abs(a - b).max() <= 1
+    with pytest.raises(ValueError, match="unknown attention_backend"):
+        fast.set_attention_backend("fastest")
+
+
 def test_callback_and_cache_cleared_even_on_error(pipe, inputs):
     person, mask, pose, refs = inputs
     refs_list = [("upper", refs["upper"]), ("lower", refs["lower"])]

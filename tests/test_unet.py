@@ -142,3 +142,33 @@ def test_config_rejects_cross_attention():
     with pytest.raises(ValueError, match="unsupported down block type"):
         with torch.device("meta"):
             FastFitUNet({**UNET_CONFIG, "down_block_types": ["Foo"] * 4})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_group_norm_matches_native(dtype, channels_last):
+    from torch import nn
+
+    from fastfit_engine.unet import FastGroupNorm, use_fast_group_norm
+
+    g = torch.Generator().manual_seed(0)
+    native = nn.GroupNorm(8, 32, eps=1e-6)
+    with torch.no_grad():
+        native.weight.copy_(torch.randn(32, generator=g))
+        native.bias.copy_(torch.randn(32, generator=g))
+    native = native.to(dtype)
+    fast = nn.Sequential(nn.GroupNorm(8, 32, eps=1e-6).to(dtype))
+    fast.load_state_dict(nn.Sequential(native).state_dict())
+    assert use_fast_group_norm(fast) == 1 and isinstance(fast[0], FastGroupNorm)
+    x = (torch.randn(2, 32, 12, 10, generator=g) * 3 + 1).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref, out = native(x), fast(x)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    diff = (out.float() - ref.float()).abs()
+    if dtype == torch.bfloat16:  # one rounding of fp32 math: at most 1 ulp, rarely
+        assert (diff <= ref.float().abs() * 2**-7 + 1e-6).all()
+        assert (diff > 0).float().mean() < 0.01
+    else:
+        assert diff.max() <= 2e-6
