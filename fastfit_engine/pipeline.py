@@ -164,6 +164,10 @@ class FastFitPipeline:
 
     def compile_unet(self, **kwargs) -> None:
         """torch.compile the denoising forward (GPU option; the reference pass stays eager)."""
+        import torch._dynamo
+
+        # one graph per request layout (reference token counts are static ints): allow several
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         compiled = torch.compile(self.unet.forward, **kwargs)
         unet = self.unet
 
