@@ -121,7 +121,7 @@ class FastFitPipeline:
         GPU options: ``attention_backend`` "cudnn" puts cuDNN first in SDPA's priority for the
         UNet's self-attention (falls back to flash where cuDNN cannot run); ``compile_unet`` /
         ``compile_vae`` use torch.compile (slow first call per shape); ``fast_group_norm``
-        (default: on for CUDA) swaps GroupNorm for a same-numerics, better-parallelised version.
+        swaps GroupNorm for a same-numerics, better-parallelised version (default: VAE only, CUDA only).
         """
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
@@ -133,9 +133,13 @@ class FastFitPipeline:
         scheduler = load_scheduler(model_dir / "scheduler")
         unet = FastFitUNet.from_pretrained(model_dir / "unet", device=device, dtype=dtype)
         vae = load_vae(model_dir / "vae", device=device, dtype=dtype)
+        # measured on an H100: the swap speeds the VAE (full-resolution, 128-channel norms:
+        # decode 68 -> 41 ms) but slows the eager UNet step (43 -> 47 ms), so by default on CUDA
+        # it applies to the VAE only; True applies it to both, False to neither
         if fast_group_norm is None:
-            fast_group_norm = device.type == "cuda"
-        if fast_group_norm:
+            if device.type == "cuda":
+                use_fast_group_norm(vae)
+        elif fast_group_norm:
             use_fast_group_norm(unet)
             use_fast_group_norm(vae)
         if channels_last:
