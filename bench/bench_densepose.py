@@ -26,36 +26,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import person_image, sync, time_ms  # noqa: E402
 from parse_utils.densepose import DensePose  # noqa: E402
 from parse_utils.densepose.model import DensePoseRCNNConfig, resize_for_network  # noqa: E402
 from parse_utils.densepose.synthetic import synthetic_state_dict  # noqa: E402
 
 
-def person_image(width: int, height: int) -> Image.Image:
-    """Deterministic stand-in photo: a textured figure on a plain background."""
-    rng = np.random.default_rng(0)
-    img = np.full((height, width, 3), 40, dtype=np.uint8)
-    noise = rng.integers(0, 40, size=(height, width, 3), dtype=np.uint8)
-    y0, y1, x0, x1 = height // 6, height * 9 // 10, width // 3, width * 2 // 3
-    img[y0:y1, x0:x1] = np.array([200, 160, 130], dtype=np.uint8) + noise[y0:y1, x0:x1] // 2
-    return Image.fromarray(img)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _median_ms(fn, device: torch.device, warmup: int, repeats: int) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000.0)
+    times = time_ms(fn, device, warmup, repeats)
     return statistics.median(times), times
 
 
@@ -66,10 +44,10 @@ def stage_times(dp: DensePose, image: Image.Image, device: torch.device) -> dict
     t: dict[str, float] = {}
 
     def timed(name, fn, *args):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         out = fn(*args)
-        _sync(device)
+        sync(device)
         t[name] = (time.perf_counter() - start) * 1000.0
         return out
 

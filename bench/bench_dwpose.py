@@ -25,6 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import person_image  # noqa: E402
 from parse_utils.dwpose import DWposeDetector  # noqa: E402
 from parse_utils.dwpose.detector import decode_yolox, letterbox, select_people  # noqa: E402
 from parse_utils.dwpose.openpose import build_pose_result, coco_wholebody_to_openpose  # noqa: E402
@@ -33,16 +34,6 @@ from parse_utils.dwpose.render import render_openpose  # noqa: E402
 from parse_utils.dwpose.wholebody import resize_to_detect_canvas  # noqa: E402
 
 SYNTHETIC_PRODUCER = "fastfit-synthetic"
-
-
-def person_image(width: int, height: int) -> Image.Image:
-    """Deterministic stand-in photo: a textured figure on a plain background."""
-    rng = np.random.default_rng(0)
-    img = np.full((height, width, 3), 40, dtype=np.uint8)
-    noise = rng.integers(0, 40, size=(height, width, 3), dtype=np.uint8)
-    y0, y1, x0, x1 = height // 6, height * 9 // 10, width // 3, width * 2 // 3
-    img[y0:y1, x0:x1] = np.array([200, 160, 130], dtype=np.uint8) + noise[y0:y1, x0:x1] // 2
-    return Image.fromarray(img)
 
 
 def _timed(fn, *args):

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench._common import time_ms as _time  # noqa: E402
 from parse_utils.schp import SCHP  # noqa: E402
 from parse_utils.schp.synthetic import random_schp_state_dict  # noqa: E402
 
@@ -38,24 +39,6 @@ def _person(width: int, height: int, seed: int = 0) -> Image.Image:
     image[head] = (220, 170, 140)
     image += rng.normal(0, 3, image.shape).astype(np.float32)
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn, device: torch.device, warmup: int, iters: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return times
 
 
 def _summary(times: list[float]) -> dict[str, float]:

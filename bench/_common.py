@@ -1,0 +1,40 @@
+"""Shared pieces of the benchmark scripts: the stand-in photo and a synchronising timer."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+from PIL import Image
+
+
+def person_image(width: int, height: int) -> Image.Image:
+    """Deterministic stand-in photo: a textured figure on a plain background."""
+    rng = np.random.default_rng(0)
+    img = np.full((height, width, 3), 40, dtype=np.uint8)
+    noise = rng.integers(0, 40, size=(height, width, 3), dtype=np.uint8)
+    y0, y1, x0, x1 = height // 6, height * 9 // 10, width // 3, width * 2 // 3
+    img[y0:y1, x0:x1] = np.array([200, 160, 130], dtype=np.uint8) + noise[y0:y1, x0:x1] // 2
+    return Image.fromarray(img)
+
+
+def sync(device: Optional[Any]) -> None:
+    """Wait for queued CUDA work so wall-clock timings cover it (no-op elsewhere)."""
+    if device is not None and getattr(device, "type", str(device).split(":")[0]) == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], Any], device: Optional[Any], warmup: int, repeats: int) -> list[float]:
+    """Milliseconds of each of `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
