@@ -11,7 +11,6 @@ encodings use the posterior mode.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,6 +25,7 @@ from fastfit_engine.unet import (
     FastFitUNet,
     check_state_dict_keys,
     load_weight_file,
+    read_json_config,
     use_fast_group_norm,
 )
 
@@ -41,13 +41,7 @@ def load_vae(folder: str | os.PathLike, device: str | torch.device, dtype: torch
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"VAE folder not found: {folder}")
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"missing VAE config: {cfg_path}")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{cfg_path}: invalid JSON ({exc})") from None
+    config = read_json_config(folder / "config.json", "VAE")
     with torch.device("meta"):
         vae = AutoencoderKL.from_config({k: v for k, v in config.items() if not k.startswith("_")})
     state = load_weight_file(folder)
@@ -62,13 +56,7 @@ def load_scheduler(folder: str | os.PathLike):
     from diffusers import DDPMScheduler
 
     folder = Path(folder)
-    path = folder / "scheduler_config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"missing scheduler config: {path}")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON ({exc})") from None
+    config = read_json_config(folder / "scheduler_config.json", "scheduler")
     return DDPMScheduler.from_config(config)
 
 

@@ -167,14 +167,19 @@ def check_state_dict_keys(
         raise ValueError(f"{where}: checkpoint does not match the model; " + "; ".join(problems))
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "config.json"
+def read_json_config(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """A component's JSON config; a missing or broken file is an error that names it."""
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"missing UNet config: {path}")
+        raise FileNotFoundError(f"missing {what} config: {path}")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: invalid JSON ({exc})") from None
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    return read_json_config(Path(folder) / "config.json", "UNet")
 
 
 class FastFitUNet(nn.Module):

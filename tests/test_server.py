@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TEST_RESOLUTION, make_garment, png_bytes
+from conftest import TEST_RESOLUTION, png_bytes
 from server import create_app
 
 
