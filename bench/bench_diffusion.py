@@ -79,7 +79,8 @@ def _vae_ms(pipe, person, refs, device) -> tuple[float, float]:
     """Median ms of the request's batched VAE encodes and of the decode."""
     images = [pipe._image_tensor(person)] + [pipe._image_tensor(img) for _, img in refs]
     w, h = person.size
-    lat = torch.randn((1, 4, h // 8, w // 8), device=device, dtype=pipe.dtype)
+    gen = torch.Generator(device=device).manual_seed(0)
+    lat = torch.randn((1, 4, h // 8, w // 8), device=device, dtype=pipe.dtype, generator=gen)
     enc, dec = [], []
     for _ in range(3):
         _sync(device)
