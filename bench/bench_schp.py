@@ -23,22 +23,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench._common import person_image  # noqa: E402
 from bench._common import time_ms as _time  # noqa: E402
 from parse_utils.schp import SCHP  # noqa: E402
 from parse_utils.schp.synthetic import random_schp_state_dict  # noqa: E402
-
-
-def _person(width: int, height: int, seed: int = 0) -> Image.Image:
-    """Smooth background, a darker upright figure and a head; deterministic."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.stack([200 + 30 * x / width, 190 + 30 * y / height, np.full_like(x, 180)], -1)
-    body = ((x - width / 2) / (width * 0.18)) ** 2 + ((y - height * 0.55) / (height * 0.4)) ** 2 < 1
-    head = ((x - width / 2) / (width * 0.08)) ** 2 + ((y - height * 0.13) / (height * 0.08)) ** 2 < 1
-    image[body] = (60, 70, 140)
-    image[head] = (220, 170, 140)
-    image += rng.normal(0, 3, image.shape).astype(np.float32)
-    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB")
 
 
 def _summary(times: list[float]) -> dict[str, float]:
@@ -92,7 +80,7 @@ def main() -> None:
     on_gpu = device.type == "cuda"
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else (3 if on_gpu else 1))
     iters = args.iters if args.iters is not None else (1 if args.quick else (10 if on_gpu else 3))
-    image = _person(args.width, args.height)
+    image = person_image(args.width, args.height)
 
     report = {
         "benchmark": "schp",
