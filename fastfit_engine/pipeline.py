@@ -79,6 +79,14 @@ def _check_image(image: Any, what: str) -> None:
         raise ValueError(f"{what} size {w}x{h} must be a positive multiple of 8 in both sides")
 
 
+def _indices_by_size(tensors: Sequence[torch.Tensor]) -> list[list[int]]:
+    """Indices grouped by spatial size, in first-seen order, so equal sizes can share a batch."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, x in enumerate(tensors):
+        groups.setdefault(tuple(x.shape[-2:]), []).append(i)
+    return list(groups.values())
+
+
 class FastFitPipeline:
     """Loads unet/, vae/, scheduler/ from a FastFit model folder and runs try-on requests."""
 
@@ -184,11 +192,8 @@ class FastFitPipeline:
 
     def _encode_all(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Encode equal-size images as one batch (the posterior mode is per-sample)."""
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, x in enumerate(images):
-            groups.setdefault(tuple(x.shape[-2:]), []).append(i)
         out: list[torch.Tensor | None] = [None] * len(images)
-        for indices in groups.values():
+        for indices in _indices_by_size(images):
             latents = self._encode(torch.cat([images[i] for i in indices], dim=0))
             for j, i in enumerate(indices):
                 out[i] = latents[j : j + 1]
@@ -296,10 +301,7 @@ class FastFitPipeline:
 
     def _reference_passes(self, refs, ref_latents, do_cfg: bool) -> None:
         """One UNet pass per group of equal-size references (each attends only to itself)."""
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, lat in enumerate(ref_latents):
-            groups.setdefault(tuple(lat.shape[-2:]), []).append(i)
-        for indices in groups.values():
+        for indices in _indices_by_size(ref_latents):
             batch, labels = [], []
             for i in indices:
                 lat = ref_latents[i]
