@@ -81,13 +81,18 @@ def naive_reference_then_denoise(unet, procs, ref_latents, ref_labels, denoise_i
     """Reference passes one at a time (full UNet, self-attention only), then denoising calls.
 
     ``ref_latents``: list of [B,4,h,w]; ``denoise_inputs``: list of (sample [B,9,H,W], t)."""
+    record_references(unet, procs, ref_latents, ref_labels)
+    return [unet.forward(x, t, None) for x, t in denoise_inputs]
+
+
+def record_references(unet, procs, ref_latents, ref_labels) -> None:
+    """Full reference passes, one per latent, recording K/V; leaves the processors reading."""
     for p in procs:
         p.mode, p.recorded = "record", []
     for lat, label in zip(ref_latents, ref_labels):
         unet.forward(lat, None, torch.full((lat.shape[0],), label, dtype=torch.int64))
     for p in procs:
         p.mode = "read"
-    return [unet.forward(x, t, None) for x, t in denoise_inputs]
 
 
 def independent_tryon(model_dir: Path, person, mask, references, pose, steps, guidance, seed) -> np.ndarray:
@@ -128,12 +133,7 @@ def independent_tryon(model_dir: Path, person, mask, references, pose, steps, gu
             lat = enc(to_x(img))
             refs.append(torch.cat([torch.zeros_like(lat), lat]) if cfg else lat)
             labels.append(lab)
-        for p in procs:
-            p.mode, p.recorded = "record", []
-        for lat, lab in zip(refs, labels):
-            unet.forward(lat, None, torch.full((lat.shape[0],), lab, dtype=torch.int64))
-        for p in procs:
-            p.mode = "read"
+        record_references(unet, procs, refs, labels)
         for t in sched.timesteps:
             inp = torch.cat([latents, lmask, masked_lat], dim=1)
             if cfg:

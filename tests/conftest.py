@@ -6,6 +6,8 @@ images are meaningless, the plumbing is real.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +78,13 @@ def sample_files(tmp_path_factory) -> dict[str, Path]:
         out[name] = root / f"{name}.png"
         img.save(out[name])
     return out
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (the pixel data is not even there)."""
+    data = bytearray(png_bytes(Image.new("L", (1, 1))))
+    ihdr = bytearray(data[16:29])
+    ihdr[0:8] = struct.pack(">II", width, height)
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)) & 0xFFFFFFFF)
+    return bytes(data)

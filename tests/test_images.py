@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -19,6 +17,8 @@ from fastfit_engine.images import (
     prepare_reference,
     to_rgb,
 )
+
+from conftest import png_claiming
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -148,24 +148,14 @@ def test_animated_image_uses_first_frame():
 
 
 # -- refusals ----------------------------------------------------------------------------------
-def _png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height (the pixel data is not even there)."""
-    data = bytearray(_encode(Image.new("L", (1, 1))))
-    ihdr = bytearray(data[16:29])
-    ihdr[0:8] = struct.pack(">II", width, height)
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)) & 0xFFFFFFFF)
-    return bytes(data)
-
-
 def test_pixel_limit_is_checked_before_decoding():
     with pytest.raises(ImageTooLargeError, match=r"upper is too large: 5000x5000 pixels, the limit is 1000000"):
-        load_image(_png_claiming(5000, 5000), name="upper", max_pixels=1_000_000)
+        load_image(png_claiming(5000, 5000), name="upper", max_pixels=1_000_000)
 
 
 def test_decompression_bomb_guard():
     with pytest.raises(ImageTooLargeError, match="decompression bomb") as info:
-        load_image(_png_claiming(30000, 30000), name="person", max_pixels=None)
+        load_image(png_claiming(30000, 30000), name="person", max_pixels=None)
     assert info.value.field == "person" and info.value.code == "image_too_large"
 
 

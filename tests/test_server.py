@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import io
-import struct
 import threading
 import time
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TEST_RESOLUTION, png_bytes
+from conftest import TEST_RESOLUTION, png_bytes, png_claiming
 from server import create_app
 
 
@@ -70,15 +68,6 @@ def test_random_seed_is_reported(client, sample_files):
 
 
 # -- 400s: validation, in the documented order --------------------------------------------------
-def _png_claiming(width: int, height: int) -> bytes:
-    data = bytearray(png_bytes(Image.new("L", (1, 1))))
-    ihdr = bytearray(data[16:29])
-    ihdr[0:8] = struct.pack(">II", width, height)
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)) & 0xFFFFFFFF)
-    return bytes(data)
-
-
 BAD_REQUESTS = [
     # (description, builder(sample_files) -> data, code, message fragment)
     ("no person", lambda f: _files(f, "upper"), "missing_person", "person image is required"),
@@ -99,9 +88,9 @@ BAD_REQUESTS = [
     ("garbage person", lambda f: {**_files(f, "upper"), "person": (io.BytesIO(b"hello"), "p.png")}, "invalid_image", "person is not a decodable image"),
     ("garbage bag", lambda f: {**_files(f, "person", "upper"), "bag": (io.BytesIO(b"\x89PNG\r\n\x1a\n"), "b.png")}, "invalid_image", "bag is not a decodable image"),
     ("empty named upload", lambda f: {**_files(f, "person"), "upper": (io.BytesIO(b""), "u.png")}, "invalid_image", "upper is empty"),
-    ("too many pixels", lambda f: {**_files(f, "person"), "shoe": (io.BytesIO(_png_claiming(7000, 7000)), "s.png")}, "image_too_large", "shoe is too large: 7000x7000 pixels"),
+    ("too many pixels", lambda f: {**_files(f, "person"), "shoe": (io.BytesIO(png_claiming(7000, 7000)), "s.png")}, "image_too_large", "shoe is too large: 7000x7000 pixels"),
     ("tiny person", lambda f: {**_files(f, "upper"), "person": (io.BytesIO(png_bytes(Image.new("RGB", (8, 12)))), "p.png")}, "image_too_small", "person is too small: 8x12 pixels"),
-    ("bomb", lambda f: {**_files(f, "upper"), "person": (io.BytesIO(_png_claiming(40000, 40000)), "p.png")}, "image_too_large", "person is too large"),
+    ("bomb", lambda f: {**_files(f, "upper"), "person": (io.BytesIO(png_claiming(40000, 40000)), "p.png")}, "image_too_large", "person is too large"),
 ]
 
 
