@@ -241,6 +241,7 @@ def main() -> int:
     ap.add_argument("--model-dir", type=Path, default=None, help="existing model folder (else synthetic)")
     ap.add_argument("--micro", action="store_true", help="also time SDPA backends at the denoising shapes")
     ap.add_argument("--profile", default=None, help="variant to profile over 3 requests' steps (kernel table)")
+    ap.add_argument("--scenarios", default=None, help="comma list of scenario names (default: all three)")
     args = ap.parse_args()
 
     if args.quick:
@@ -264,6 +265,12 @@ def main() -> int:
 
     rng = np.random.default_rng(0)
     person, mask, pose, scenarios = _images(person_wh, rng)
+    if args.scenarios:
+        wanted = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+        unknown = sorted(set(wanted) - set(scenarios))
+        if unknown:
+            ap.error(f"unknown scenarios {unknown}; expected some of {sorted(scenarios)}")
+        scenarios = {name: scenarios[name] for name in wanted}
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
