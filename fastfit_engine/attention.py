@@ -9,7 +9,9 @@ Differences from the reference implementation, all numerically neutral up to flo
 - one buffer per layer sized exactly for this request (sum of reference tokens + person tokens),
   allocated once per request, so a denoising step only writes the person K/V into the tail slot;
 - no K/V self-duplication and no attention mask, so SDPA may take its flash path;
-- absent garments are simply not in the cache.
+- absent garments are simply not in the cache;
+- a pass may fill only some cache rows, and one reference's K/V in one row can be snapshotted and
+  restored later, which lets the pipeline reuse the unconditional (zero-latent) row across requests.
 """
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ class _Request:
     ref_hws: list[tuple[int, int]]
     # refs whose K/V are being stored by the current reference pass, in batch order
     current: list[int] = field(default_factory=list)
+    # cache rows the current reference pass fills (the pass batch is [ref][row])
+    rows: list[int] = field(default_factory=list)
 
 
 class ReferenceKVCache:
@@ -79,11 +83,31 @@ class ReferenceKVCache:
         for proc in self.processors:
             proc.allocate(self.request)
 
-    def set_store(self, ref_indices: list[int]) -> None:
+    def set_store(self, ref_indices: list[int], rows: list[int] | None = None) -> None:
+        """Next pass stores ``ref_indices``; ``rows`` picks the cache rows it fills (default: all)."""
         if self.request is None:
             raise RuntimeError("ReferenceKVCache.begin() must be called before a reference pass")
+        rows = list(range(self.request.batch)) if rows is None else [int(r) for r in rows]
+        if not rows or len(set(rows)) != len(rows) or not all(0 <= r < self.request.batch for r in rows):
+            raise ValueError(f"cache rows {rows} must be distinct and within 0..{self.request.batch - 1}")
         self.request.current = list(ref_indices)
+        self.request.rows = rows
         self.mode = CacheMode.STORE
+
+    def snapshot(self, ref: int, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of every layer's stored K/V for one reference in one cache row."""
+        if self.request is None:
+            raise RuntimeError("ReferenceKVCache.begin() must be called before a snapshot")
+        return [proc.snapshot(ref, row) for proc in self.processors]
+
+    def restore(self, ref: int, row: int, snapshot: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Fill one reference's slot in one cache row from :meth:`snapshot` output (no UNet pass)."""
+        if self.request is None:
+            raise RuntimeError("ReferenceKVCache.begin() must be called before a restore")
+        if len(snapshot) != len(self.processors):
+            raise ValueError(f"snapshot has {len(snapshot)} layers, the cache has {len(self.processors)}")
+        for proc, (k, v) in zip(self.processors, snapshot):
+            proc.restore(ref, row, k, v)
 
     def set_read(self) -> None:
         if self.request is None:
@@ -121,7 +145,7 @@ class ReferenceAttnProcessor:
         self.v_buf: torch.Tensor | None = None
         self.offsets: list[int] = []
         self.ref_tokens = 0
-        self.filled: set[int] = set()
+        self.filled: set[tuple[int, int]] = set()  # (reference, cache row) slots written
 
     # -- weights -------------------------------------------------------------------------------
     def fuse(self, attn: nn.Module) -> None:
@@ -153,7 +177,32 @@ class ReferenceAttnProcessor:
 
     def complete(self) -> bool:
         request = self.cache.request
-        return request is not None and len(self.filled) == len(request.ref_hws)
+        return request is not None and len(self.filled) == len(request.ref_hws) * request.batch
+
+    def _slot(self, ref: int) -> tuple[int, int]:
+        request = self.cache.request
+        if not 0 <= ref < len(request.ref_hws):
+            raise ValueError(f"{self.name}: reference index {ref} out of range for {len(request.ref_hws)} references")
+        return self.offsets[ref], level_token_count(*request.ref_hws[ref], self.level)
+
+    def snapshot(self, ref: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if (ref, row) not in self.filled:
+            raise RuntimeError(f"{self.name}: reference {ref} row {row} has not been stored")
+        start, tokens = self._slot(ref)
+        return self.k_buf[row, start : start + tokens].clone(), self.v_buf[row, start : start + tokens].clone()
+
+    def restore(self, ref: int, row: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        start, tokens = self._slot(ref)
+        if k.shape != v.shape or k.ndim != 2 or k.shape[0] != tokens:
+            raise ValueError(f"{self.name}: snapshot of shape {tuple(k.shape)} does not fit reference {ref} ({tokens} tokens)")
+        if not 0 <= row < self.cache.request.batch:
+            raise ValueError(f"{self.name}: cache row {row} out of range")
+        self._ensure_buffers(k, k.shape[-1])
+        if k.shape[-1] != self.k_buf.shape[-1] or k.dtype != self.k_buf.dtype or k.device != self.k_buf.device:
+            raise ValueError(f"{self.name}: snapshot {k.dtype}/{k.device}/{k.shape[-1]} channels does not match the cache")
+        self.k_buf[row, start : start + tokens].copy_(k)
+        self.v_buf[row, start : start + tokens].copy_(v)
+        self.filled.add((ref, row))
 
     def nbytes(self) -> int:
         if self.k_buf is None:
@@ -213,18 +262,23 @@ class ReferenceAttnProcessor:
 
     def _store(self, k: torch.Tensor, v: torch.Tensor, batch: int, tokens: int, channels: int) -> None:
         request = self.cache.request
-        n = len(request.current)
-        if batch != n * request.batch:
+        n, rows = len(request.current), request.rows
+        if batch != n * len(rows):
             raise ValueError(
-                f"{self.name}: reference pass batch {batch} != {n} references x cache batch {request.batch}"
+                f"{self.name}: reference pass batch {batch} != {n} references x {len(rows)} cache rows"
             )
         self._ensure_buffers(k, channels)
-        rows = request.batch
+        all_rows = rows == list(range(request.batch))
         for j, ref in enumerate(request.current):
-            expected = level_token_count(*request.ref_hws[ref], self.level)
+            start, expected = self._slot(ref)
             if tokens != expected:
                 raise ValueError(f"{self.name}: reference {ref} has {tokens} tokens, cache expects {expected}")
-            start = self.offsets[ref]
-            self.k_buf[:, start : start + tokens].copy_(k[j * rows : (j + 1) * rows])
-            self.v_buf[:, start : start + tokens].copy_(v[j * rows : (j + 1) * rows])
-            self.filled.add(ref)
+            ks, vs = k[j * len(rows) : (j + 1) * len(rows)], v[j * len(rows) : (j + 1) * len(rows)]
+            if all_rows:
+                self.k_buf[:, start : start + tokens].copy_(ks)
+                self.v_buf[:, start : start + tokens].copy_(vs)
+            else:
+                for i, row in enumerate(rows):
+                    self.k_buf[row, start : start + tokens].copy_(ks[i])
+                    self.v_buf[row, start : start + tokens].copy_(vs[i])
+            self.filled.update((ref, row) for row in rows)

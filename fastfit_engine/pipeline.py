@@ -12,6 +12,7 @@ encodings use the posterior mode.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -98,6 +99,10 @@ class FastFitPipeline:
         self.dtype = dtype
         self.vae_scale = float(vae.config.scaling_factor)
         self._denoise = unet.forward_denoise
+        # K/V of the zero reference latent (the unconditional row) depend only on the weights,
+        # the label and the latent size, so they are computed once and reused across requests
+        self.unconditional_memo_size = 10
+        self._unconditional_memo: OrderedDict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
 
     @classmethod
     def from_pretrained(
@@ -299,18 +304,37 @@ class FastFitPipeline:
         arr = np.round(arr * 255.0).astype(np.uint8)
         return Image.fromarray(arr)
 
+    def clear_unconditional_memo(self) -> None:
+        """Drop the memoised unconditional reference K/V (e.g. after changing the UNet weights)."""
+        self._unconditional_memo.clear()
+
+    def _unconditional_reference(self, ref: int, label: int, latent: torch.Tensor) -> None:
+        """Fill cache row 0 of ``ref`` with the K/V of a zero latent carrying ``label``.
+
+        Always computed alone (batch 1), so the stored values do not depend on which request
+        first needed them and repeated requests stay bit-identical.
+        """
+        cache = self.unet.kv_cache
+        key = (label, tuple(latent.shape[-2:]), self.unet.dtype, str(self.unet.device))
+        memo = self._unconditional_memo
+        if key in memo:
+            memo.move_to_end(key)
+            cache.restore(ref, 0, memo[key])
+            return
+        label_t = torch.tensor([label], dtype=torch.int64).to(self.device)
+        self.unet.forward_reference(torch.zeros_like(latent), label_t, [ref], rows=[0])
+        if self.unconditional_memo_size > 0:
+            memo[key] = cache.snapshot(ref, 0)
+            while len(memo) > self.unconditional_memo_size:
+                memo.popitem(last=False)
+
     def _reference_passes(self, refs, ref_latents, do_cfg: bool) -> None:
-        """One UNet pass per group of equal-size references (each attends only to itself)."""
+        """Unconditional row from the memo; one conditional pass per group of equal-size references."""
+        if do_cfg:
+            for i, (label, _) in enumerate(refs):
+                self._unconditional_reference(i, label, ref_latents[i])
+        cond_row = 1 if do_cfg else 0
         for indices in _indices_by_size(ref_latents):
-            batch, labels = [], []
-            for i in indices:
-                lat = ref_latents[i]
-                if do_cfg:
-                    batch += [torch.zeros_like(lat), lat]
-                    labels += [refs[i][0], refs[i][0]]
-                else:
-                    batch.append(lat)
-                    labels.append(refs[i][0])
-            sample = torch.cat(batch, dim=0)
-            label_t = torch.tensor(labels, dtype=torch.int64).to(self.device)
-            self.unet.forward_reference(sample, label_t, indices)
+            sample = torch.cat([ref_latents[i] for i in indices], dim=0)
+            label_t = torch.tensor([refs[i][0] for i in indices], dtype=torch.int64).to(self.device)
+            self.unet.forward_reference(sample, label_t, indices, rows=[cond_row])

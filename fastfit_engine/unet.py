@@ -408,13 +408,20 @@ class FastFitUNet(nn.Module):
         hidden = conv(sample)
         return self._backbone(hidden, emb, tuple(sample.shape[-2:]))
 
-    def forward_reference(self, latents: torch.Tensor, class_labels: torch.Tensor, ref_indices: list[int]) -> None:
+    def forward_reference(
+        self,
+        latents: torch.Tensor,
+        class_labels: torch.Tensor,
+        ref_indices: list[int],
+        rows: list[int] | None = None,
+    ) -> None:
         """Reference pass: store K/V of ``len(ref_indices)`` references batched as [ref][cache row].
 
-        Work after the last caching layer is skipped: its output is never used.
+        ``rows`` names the cache rows the batch covers (default: all of them). Work after the
+        last caching layer is skipped: its output is never used.
         """
         cache = self.kv_cache
-        cache.set_store(ref_indices)
+        cache.set_store(ref_indices, rows)
         try:
             self.forward(latents, None, class_labels)
         except ReferencePassComplete:

@@ -96,7 +96,7 @@ def test_cache_misuse_errors(model_dir):
             unet.forward_denoise(person[0], torch.tensor(1))  # second reference never stored
         with pytest.raises(ValueError, match="reference 1 has 48 tokens, cache expects 12"):
             unet.forward_reference(refs[0], torch.tensor([0, 0]), [1])
-        with pytest.raises(ValueError, match="batch 2 != 2 references x cache batch 2"):
+        with pytest.raises(ValueError, match="batch 2 != 2 references x 2 cache rows"):
             unet.forward_reference(refs[0], torch.tensor([0, 0]), [0, 1])
         assert cache.mode == "off"
         cache.clear()
@@ -111,3 +111,48 @@ def test_processors_are_per_layer(model_dir):
     # fused weights follow dtype changes
     unet.to(torch.bfloat16)
     assert all(p.qkv_weight.dtype == torch.bfloat16 for p in procs)
+
+
+def test_rows_stored_separately_and_snapshots_restore_exactly(model_dir):
+    """Per-row passes and snapshot/restore fill the same cache as one all-rows pass."""
+    unet = FastFitUNet.from_pretrained(model_dir / "unet")
+    cache = unet.kv_cache
+    g = torch.Generator().manual_seed(11)
+    ref = torch.randn(1, 4, 8, 6, generator=g)
+    zero = torch.zeros_like(ref)
+    person = torch.randn(2, 9, 8, 6, generator=g)
+    t = torch.tensor(700)
+    with torch.no_grad():
+        cache.begin(2, (8, 6), [(8, 6)])
+        unet.forward_reference(torch.cat([zero, ref]), torch.tensor([1, 1]), [0])
+        together = unet.forward_denoise(person, t)
+        cache.begin(2, (8, 6), [(8, 6)])
+        unet.forward_reference(zero, torch.tensor([1]), [0], rows=[0])
+        with pytest.raises(RuntimeError, match="incomplete"):
+            unet.forward_denoise(person, t)  # row 1 still empty
+        snap = cache.snapshot(0, 0)
+        with pytest.raises(RuntimeError, match="row 1 has not been stored"):
+            cache.snapshot(0, 1)
+        unet.forward_reference(ref, torch.tensor([1]), [0], rows=[1])
+        separate = unet.forward_denoise(person, t)
+        # a later request restores row 0 instead of running the zero pass
+        cache.begin(2, (8, 6), [(4, 3), (8, 6)])
+        with pytest.raises(ValueError, match="does not fit reference 0"):
+            cache.restore(0, 0, snap)
+        cache.restore(1, 0, snap)
+        unet.forward_reference(ref, torch.tensor([1]), [1], rows=[1])
+        unet.forward_reference(torch.zeros(2, 4, 4, 3), torch.tensor([3, 3]), [0])
+        restored = unet.forward_denoise(person, t)
+        cache.begin(2, (8, 6), [(4, 3), (8, 6)])
+        unet.forward_reference(torch.zeros(2, 4, 4, 3), torch.tensor([3, 3]), [0])
+        unet.forward_reference(zero, torch.tensor([1]), [1], rows=[0])
+        unet.forward_reference(ref, torch.tensor([1]), [1], rows=[1])
+        direct = unet.forward_denoise(person, t)
+        with pytest.raises(ValueError, match=r"cache rows \[2\] must be distinct and within 0..1"):
+            unet.forward_reference(ref, torch.tensor([1]), [1], rows=[2])
+        with pytest.raises(ValueError, match="batch 1 != 1 references x 2 cache rows"):
+            unet.forward_reference(ref, torch.tensor([1]), [1], rows=[0, 1])
+        cache.clear()
+    assert (separate - together).abs().max() <= 1e-5 * together.abs().max()
+    assert torch.equal(restored, direct)
+    assert not torch.allclose(restored, separate, atol=1e-3)  # the extra reference is attended to

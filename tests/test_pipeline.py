@@ -150,6 +150,42 @@ def test_callback_and_cache_cleared_even_on_error(pipe, inputs):
     assert np.array_equal(good, again)
 
 
+def test_unconditional_memo_reused_and_exact(model_dir, inputs):
+    """The zero-reference K/V are computed once per (label, size); reuse changes no pixel."""
+    person, mask, pose, refs = inputs
+    refs_list = [("upper", refs["upper"]), ("shoe", refs["shoe"]), ("lower", refs["lower"])]
+    memo_pipe = FastFitPipeline.from_pretrained(model_dir, device="cpu", dtype=torch.float32)
+    fresh_pipe = FastFitPipeline.from_pretrained(model_dir, device="cpu", dtype=torch.float32)
+    fresh_pipe.unconditional_memo_size = 0  # recompute every time
+    passes = []
+    inner = memo_pipe.unet.forward_reference
+    memo_pipe.unet.forward_reference = lambda x, labels, idx, rows=None: passes.append((labels.tolist(), rows)) or inner(x, labels, idx, rows)
+    run = lambda p: np.asarray(p(person, mask, refs_list, pose=pose, num_inference_steps=3, seed=2))
+    first = run(memo_pipe)
+    # three zero-latent passes (batch 1 each, row 0), then the two size groups into row 1
+    assert passes == [([0], [0]), ([3], [0]), ([1], [0]), ([0, 1], [1]), ([3], [1])]
+    assert len(memo_pipe._unconditional_memo) == 3
+    passes.clear()
+    second = run(memo_pipe)
+    assert passes == [([0, 1], [1]), ([3], [1])]
+    assert np.array_equal(first, second)
+    assert np.array_equal(first, run(fresh_pipe)) and len(fresh_pipe._unconditional_memo) == 0
+    expected = independent_tryon(model_dir, person, mask, refs_list, pose, 3, 2.5, 2)
+    assert np.abs(second.astype(np.float64) - expected).max() <= 1.0
+    # a new size is a new entry; without guidance nothing is memoised; the memo is bounded (LRU)
+    passes.clear()
+    memo_pipe(person, mask, [("upper", refs["shoe"])], num_inference_steps=1)
+    assert passes == [([0], [0]), ([0], [1])] and len(memo_pipe._unconditional_memo) == 4
+    memo_pipe(person, mask, [("bag", refs["bag"])], num_inference_steps=1, guidance_scale=1.0)
+    assert len(memo_pipe._unconditional_memo) == 4
+    memo_pipe.unconditional_memo_size = 2
+    memo_pipe(person, mask, [("bag", refs["bag"])], num_inference_steps=1)
+    keys = list(memo_pipe._unconditional_memo)
+    assert [(k[0], k[1]) for k in keys] == [(0, (H // 16, W // 16)), (4, (H // 16, W // 16))]
+    memo_pipe.clear_unconditional_memo()
+    assert len(memo_pipe._unconditional_memo) == 0
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
