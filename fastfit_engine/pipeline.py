@@ -151,8 +151,7 @@ class FastFitPipeline:
         if compile_unet:
             pipe.compile_unet()
         if compile_vae:
-            vae.encoder.compile()
-            vae.decoder.compile()
+            pipe.compile_vae()
         return pipe
 
     def set_attention_backend(self, name: str) -> None:
@@ -167,13 +166,28 @@ class FastFitPipeline:
             raise ValueError(f"unknown attention_backend {name!r}; expected one of {sorted(orders)}")
         self.unet.kv_cache.sdpa_backends = orders[name]
 
-    def compile_unet(self, **kwargs) -> None:
-        """torch.compile the denoising forward (GPU option; the reference pass stays eager)."""
+    @staticmethod
+    def _compile_options(kwargs: dict) -> dict:
+        """Static shapes: one graph per request layout, never a shape-generic one.
+
+        With PyTorch's default automatic dynamic shapes, a second layout would recompile the model
+        shape-generically and later requests of the first layout would switch to that graph,
+        whose kernels round differently: the first request's image would not repeat bit for bit.
+        """
         import torch._dynamo
 
-        # one graph per request layout (reference token counts are static ints): allow several
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-        compiled = torch.compile(self.unet.forward, **kwargs)
+        return {"dynamic": False, **kwargs}
+
+    def compile_vae(self, **kwargs) -> None:
+        """torch.compile the VAE encoder and decoder (GPU option; one graph per image batch shape)."""
+        options = self._compile_options(kwargs)
+        self.vae.encoder.compile(**options)
+        self.vae.decoder.compile(**options)
+
+    def compile_unet(self, **kwargs) -> None:
+        """torch.compile the denoising forward (GPU option; the reference pass stays eager)."""
+        compiled = torch.compile(self.unet.forward, **self._compile_options(kwargs))
         unet = self.unet
 
         def denoise(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
