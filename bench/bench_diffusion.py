@@ -117,7 +117,7 @@ def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, sce
         model_dir,
         device=device,
         dtype=dtype,
-        channels_last="channels_last" in variant,
+        channels_last=True if "channels_last" in variant else (False if "nchw" in variant else None),
         compile_unet="compile_unet" in variant,
         compile_vae="compile_vae" in variant,
         attention_backend="cudnn" if "attn_cudnn" in variant else "auto",
@@ -214,7 +214,7 @@ def profile_steps(model_dir, device, dtype, person, mask, refs, variant) -> str:
 
     pipe = FastFitPipeline.from_pretrained(
         model_dir, device=device, dtype=dtype, compile_unet="compile_unet" in variant,
-        channels_last="channels_last" in variant,
+        channels_last=True if "channels_last" in variant else (False if "nchw" in variant else None),
         fast_group_norm=False if "native_gn" in variant else (True if "fast_gn" in variant else None),
         attention_backend="cudnn" if "attn_cudnn" in variant else "auto",
     )
@@ -233,7 +233,7 @@ def profile_steps(model_dir, device, dtype, person, mask, refs, variant) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny model on CPU, 2 steps (checks the script)")
-    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager, channels_last, compile_unet, compile_vae, attn_cudnn, native_gn, fast_gn, sdpa_flash")
+    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager (the defaults), channels_last, nchw (channels_last off), compile_unet, compile_vae, attn_cudnn, native_gn, fast_gn, sdpa_flash")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--guidance", type=float, default=2.5)
     ap.add_argument("--repeats", type=int, default=5)

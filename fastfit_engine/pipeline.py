@@ -111,7 +111,7 @@ class FastFitPipeline:
         device: str | torch.device = "cuda",
         dtype: torch.dtype = torch.bfloat16,
         *,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         compile_unet: bool = False,
         compile_vae: bool = False,
         attention_backend: str = "auto",
@@ -119,8 +119,9 @@ class FastFitPipeline:
     ) -> "FastFitPipeline":
         """``model_dir`` holds unet/, vae/ and scheduler/ (diffusers layout).
 
-        GPU options: ``attention_backend`` "cudnn" puts cuDNN first in SDPA's priority for the
-        UNet's self-attention (falls back to flash where cuDNN cannot run); ``compile_unet`` /
+        GPU options: ``channels_last`` (default: on for CUDA, off on CPU) stores conv weights
+        NHWC; ``attention_backend`` "cudnn" puts cuDNN first in SDPA's priority for the UNet's
+        self-attention (falls back to flash where cuDNN cannot run); ``compile_unet`` /
         ``compile_vae`` use torch.compile (slow first call per shape); ``fast_group_norm``
         swaps GroupNorm for a same-numerics, better-parallelised version (default: VAE only, CUDA only).
         """
@@ -143,6 +144,10 @@ class FastFitPipeline:
         elif fast_group_norm:
             use_fast_group_norm(unet)
             use_fast_group_norm(vae)
+        # measured on an H100 (eager, 768x1024): channels_last spares cuDNN its layout conversions,
+        # upper+lower 1.54 -> 1.48 s, dress+shoe 1.46 -> 1.33 s; default on CUDA, off on CPU
+        if channels_last is None:
+            channels_last = device.type == "cuda"
         if channels_last:
             unet.to(memory_format=torch.channels_last)
             vae.to(memory_format=torch.channels_last)

@@ -126,6 +126,9 @@ def test_gpu_options_keep_numerics(model_dir, pipe, inputs):
     a = np.asarray(pipe(person, mask, refs_list, pose=pose, num_inference_steps=2)).astype(int)
     b = np.asarray(fast(person, mask, refs_list, pose=pose, num_inference_steps=2)).astype(int)
     assert np.abs(a - b).max() <= 1
+    conv = lambda p: p.unet.conv_in.weight
+    assert conv(pipe).is_contiguous() and not conv(pipe).is_contiguous(memory_format=torch.channels_last)  # CPU default
+    assert conv(fast).is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="unknown attention_backend"):
         fast.set_attention_backend("fastest")
 
