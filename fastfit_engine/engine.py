@@ -121,13 +121,15 @@ class FastFitEngine:
         return person_img, images
 
     def warmup(self) -> float:
-        """One throw-away request (1 step) so the first real request does not pay for CUDA/cuDNN
-        start-up; returns its seconds. The service runs it before reporting ready on CUDA."""
+        """Throw-away 1-step requests covering every garment slot, so real requests pay neither
+        CUDA/cuDNN start-up nor the first computation of a slot's unconditional reference K/V;
+        returns the seconds taken. The service runs it before reporting ready on CUDA."""
         w, h = self.resolution
         person = Image.new("RGB", (w, h), (128, 128, 128))
         garment = Image.new("RGB", (w, h), (200, 200, 200))
         t0 = time.perf_counter()
-        self.process(person, {"upper": garment, "shoe": garment}, steps=1, seed=0)
+        for slots in (("upper", "lower", "shoe", "bag"), ("dress",)):
+            self.process(person, {slot: garment for slot in slots}, steps=1, seed=0)
         return time.perf_counter() - t0
 
     # ----------------------------------------------------------------- process

@@ -10,6 +10,7 @@ from fastfit_engine.assets import ModelsNotFoundError
 from fastfit_engine.engine import DEFAULT_RESOLUTION, STAGES, FastFitEngine, parse_resolution
 from fastfit_engine.images import ImageError, load_image, prepare_person, prepare_reference
 from fastfit_engine.schema import RequestError
+from fastfit_engine.unet import GARMENT_LABELS
 
 
 class RecordingPipeline:
@@ -129,3 +130,17 @@ def test_resolution_option():
 def test_missing_models_are_named(tmp_path):
     with pytest.raises(ModelsNotFoundError, match=r"FastFit-MR-1024 is missing unet/config.json"):
         FastFitEngine(tmp_path, device="cpu", download=False)
+
+
+def test_warmup_covers_every_garment_slot(models_dir):
+    """After warm-up each slot's unconditional reference K/V is ready at its reference size."""
+    eng = FastFitEngine(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
+    seconds = eng.warmup()
+    assert seconds > 0
+    pipe = eng.pipeline
+    memo = {(label, hw) for label, hw, *_ in pipe._unconditional_memo}
+    sizes = eng.reference_sizes
+    slot_label = {"upper": "upper", "lower": "lower", "dress": "overall", "shoe": "shoe", "bag": "bag"}
+    expected = {(GARMENT_LABELS[slot_label[s]], (sizes[s][1] // 8, sizes[s][0] // 8)) for s in sizes}
+    assert memo == expected and len(expected) == 5
+    assert pipe.unet.kv_cache.request is None  # nothing left live after the throw-away requests
