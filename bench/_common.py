@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 from PIL import Image
@@ -38,3 +38,13 @@ def time_ms(fn: Callable[[], Any], device: Optional[Any], warmup: int, repeats: 
         sync(device)
         times.append((time.perf_counter() - start) * 1000.0)
     return times
+
+
+def pick_scenarios(parser: Any, value: Optional[str], available: Iterable[str]) -> list[str]:
+    """Names from a comma list (all when empty); an unknown name is a usage error."""
+    available = list(available)
+    wanted = [name.strip() for name in (value or "").split(",") if name.strip()] or available
+    unknown = sorted(set(wanted) - set(available))
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; expected some of {sorted(available)}")
+    return wanted

@@ -27,6 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import pick_scenarios  # noqa: E402
 from fastfit_engine.pipeline import FastFitPipeline  # noqa: E402
 from fastfit_engine.synthetic import write_fastfit_model  # noqa: E402
 
@@ -265,12 +266,7 @@ def main() -> int:
 
     rng = np.random.default_rng(0)
     person, mask, pose, scenarios = _images(person_wh, rng)
-    if args.scenarios:
-        wanted = [name.strip() for name in args.scenarios.split(",") if name.strip()]
-        unknown = sorted(set(wanted) - set(scenarios))
-        if unknown:
-            ap.error(f"unknown scenarios {unknown}; expected some of {sorted(scenarios)}")
-        scenarios = {name: scenarios[name] for name in wanted}
+    scenarios = {name: scenarios[name] for name in pick_scenarios(ap, args.scenarios, scenarios)}
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,

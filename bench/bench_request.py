@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import pick_scenarios  # noqa: E402
 from fastfit_engine.engine import STAGES, FastFitEngine  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
@@ -70,13 +71,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dwpose-device", default="cpu")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of " + ", ".join(SCENARIOS))
+    ap.add_argument("--scenarios", default=None, help="comma list of " + ", ".join(SCENARIOS) + " (default: all)")
     ap.add_argument("--quick", action="store_true", help="tiny models on CPU, 2 steps, 1 repeat")
     args = ap.parse_args()
-    wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = sorted(set(wanted) - set(SCENARIOS))
-    if unknown:
-        ap.error(f"unknown scenarios {unknown}; expected some of {sorted(SCENARIOS)}")
+    wanted = pick_scenarios(ap, args.scenarios, SCENARIOS)
 
     if args.quick:
         device, resolution = "cpu", (192, 256)
