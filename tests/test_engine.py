@@ -132,12 +132,20 @@ def test_missing_models_are_named(tmp_path):
         FastFitEngine(tmp_path, device="cpu", download=False)
 
 
-def test_warmup_covers_every_garment_slot(models_dir):
-    """After warm-up each slot's unconditional reference K/V is ready at its reference size."""
+def test_warmup_covers_every_layout_and_garment_slot(models_dir):
+    """Warm-up runs each reference-size layout once and leaves every slot's unconditional K/V ready."""
     eng = FastFitEngine(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
+    pipe = eng.pipeline
+    eng.pipeline = recorder = RecordingPipeline(pipe)
     seconds = eng.warmup()
     assert seconds > 0
-    pipe = eng.pipeline
+    # every layout of reference sizes (0-2 person-size x 0-2 half-size items, not none) once
+    full = eng.reference_sizes["upper"]
+    layouts = []
+    for args, _ in recorder.calls:
+        sizes = [img.size for _, img in args[2]]
+        layouts.append((sizes.count(full), len(sizes) - sizes.count(full)))
+    assert sorted(layouts) == sorted({(b, s) for b in range(3) for s in range(3)} - {(0, 0)})
     memo = {(label, hw) for label, hw, *_ in pipe._unconditional_memo}
     sizes = eng.reference_sizes
     slot_label = {"upper": "upper", "lower": "lower", "dress": "overall", "shoe": "shoe", "bag": "bag"}
