@@ -113,17 +113,19 @@ def _sdpa_context(variant: str):
     return contextlib.nullcontext()
 
 
+def _pipeline_options(variant: str) -> dict:
+    """from_pretrained keywords for a variant's +-joined tokens; absent tokens keep the defaults."""
+    return {
+        "channels_last": True if "channels_last" in variant else (False if "nchw" in variant else None),
+        "compile_unet": "compile_unet" in variant,
+        "compile_vae": "compile_vae" in variant,
+        "attention_backend": "cudnn" if "attn_cudnn" in variant else "auto",
+        "fast_group_norm": False if "native_gn" in variant else (True if "fast_gn" in variant else None),
+    }
+
+
 def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, scenarios):
-    pipe = FastFitPipeline.from_pretrained(
-        model_dir,
-        device=device,
-        dtype=dtype,
-        channels_last=True if "channels_last" in variant else (False if "nchw" in variant else None),
-        compile_unet="compile_unet" in variant,
-        compile_vae="compile_vae" in variant,
-        attention_backend="cudnn" if "attn_cudnn" in variant else "auto",
-        fast_group_norm=False if "native_gn" in variant else (True if "fast_gn" in variant else None),
-    )
+    pipe = FastFitPipeline.from_pretrained(model_dir, device=device, dtype=dtype, **_pipeline_options(variant))
     results = {}
     for name, refs in scenarios.items():
         kwargs = dict(pose=pose, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=0)
@@ -213,12 +215,8 @@ def profile_steps(model_dir, device, dtype, person, mask, refs, variant) -> str:
     """Top CUDA kernels over 3 denoising steps (upper+lower), as a text table."""
     from torch.profiler import ProfilerActivity, profile
 
-    pipe = FastFitPipeline.from_pretrained(
-        model_dir, device=device, dtype=dtype, compile_unet="compile_unet" in variant,
-        channels_last=True if "channels_last" in variant else (False if "nchw" in variant else None),
-        fast_group_norm=False if "native_gn" in variant else (True if "fast_gn" in variant else None),
-        attention_backend="cudnn" if "attn_cudnn" in variant else "auto",
-    )
+    options = {**_pipeline_options(variant), "compile_vae": False}  # only the steps are profiled
+    pipe = FastFitPipeline.from_pretrained(model_dir, device=device, dtype=dtype, **options)
     steps = {"n": 0}
 
     def cb(i, n):

@@ -268,17 +268,11 @@ class ReferenceAttnProcessor:
                 f"{self.name}: reference pass batch {batch} != {n} references x {len(rows)} cache rows"
             )
         self._ensure_buffers(k, channels)
-        all_rows = rows == list(range(request.batch))
         for j, ref in enumerate(request.current):
             start, expected = self._slot(ref)
             if tokens != expected:
                 raise ValueError(f"{self.name}: reference {ref} has {tokens} tokens, cache expects {expected}")
-            ks, vs = k[j * len(rows) : (j + 1) * len(rows)], v[j * len(rows) : (j + 1) * len(rows)]
-            if all_rows:
-                self.k_buf[:, start : start + tokens].copy_(ks)
-                self.v_buf[:, start : start + tokens].copy_(vs)
-            else:
-                for i, row in enumerate(rows):
-                    self.k_buf[row, start : start + tokens].copy_(ks[i])
-                    self.v_buf[row, start : start + tokens].copy_(vs[i])
+            part = slice(j * len(rows), (j + 1) * len(rows))
+            self.k_buf[rows, start : start + tokens] = k[part]
+            self.v_buf[rows, start : start + tokens] = v[part]
             self.filled.update((ref, row) for row in rows)
