@@ -40,7 +40,7 @@ __all__ = [
     "check_state_dict_keys",
 ]
 
-GARMENT_LABELS = {"upper": 0, "lower": 1, "overall": 2, "shoe": 3, "bag": 4}
+from fastfit_engine.schema import MODEL_LABEL_INDEX as GARMENT_LABELS  # noqa: E402 - label -> class index, from the slot table
 
 WEIGHTS_SAFETENSORS = "diffusion_pytorch_model.safetensors"
 WEIGHTS_BIN = "diffusion_pytorch_model.bin"

@@ -40,8 +40,6 @@ def test_process_result_and_saved_file(engine, sample_files, tmp_path):
     assert result.output_path == out
     with Image.open(out) as saved:
         assert saved.format == "PNG" and np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(result.image))
-    header = result.server_timing()
-    assert header.startswith("pose;dur=") and "diffusion;dur=" in header and header.count(",") == len(STAGES) - 1
 
 
 def test_deterministic_for_a_seed_and_reported_random_seed(engine, sample_files):

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from fastfit_engine import schema
-from fastfit_engine.schema import RequestError, check_garments, parse_numbers
+from fastfit_engine.schema import RequestError, TryOnParams, check_garments, parse_numbers
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults():
-    assert parse_numbers({}) == {"steps": 30, "seed": None, "guidance_scale": 2.5}
-    assert parse_numbers({"steps": "", "seed": " ", "guidance_scale": None})["steps"] == 30
+    assert parse_numbers({}) == TryOnParams(steps=30, seed=None, guidance_scale=2.5)
+    assert parse_numbers({"steps": "", "seed": " ", "guidance_scale": None}).steps == 30
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ def test_defaults():
 def test_bounds_are_inclusive(values, expected):
     out = parse_numbers(values)
     for k, v in expected.items():
-        assert out[k] == v and type(out[k]) is type(v)
+        assert getattr(out, k) == v and type(getattr(out, k)) is type(v)
 
 
 @pytest.mark.parametrize(
