@@ -98,8 +98,8 @@ def load_image(
 ) -> Image.Image:
     """Load a path, encoded bytes or PIL image as an upright 8-bit RGB image.
 
-    `name` is the request field the image came from; errors name it (the CLI shows its flag). The pixel limit is checked on the
-    header's size, before any pixel is decoded.
+    `name` is the request field the image came from; errors name it (the CLI shows its flag).
+    The pixel limit is checked on the header's size, before any pixel is decoded.
     """
     image = _open(source, name)
     w, h = image.size

@@ -64,8 +64,8 @@ class Service:
         if self.load_error is not None:
             raise ServiceUnavailable("the model engine failed to load; see the server log", code="engine_failed")
         raise ServiceUnavailable(
-                "the models are still loading; retry shortly", code="loading", retry_after=self.config["RETRY_AFTER"]
-            )
+            "the models are still loading; retry shortly", code="loading", retry_after=self.config["RETRY_AFTER"]
+        )
 
     def _busy(self, code: str) -> ServiceUnavailable:
         return ServiceUnavailable("the server is busy; retry shortly", code=code, retry_after=self.config["RETRY_AFTER"])

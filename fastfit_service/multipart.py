@@ -10,7 +10,14 @@ from flask import Request
 from PIL import Image
 
 from fastfit_engine.images import load_image
-from fastfit_engine.schema import IMAGE_FIELDS, NUMBER_FIELDS_BY_NAME, RequestError, TryOnParams, check_images, parse_numbers
+from fastfit_engine.schema import (
+    IMAGE_FIELDS,
+    NUMBER_FIELDS_BY_NAME,
+    RequestError,
+    TryOnParams,
+    check_images,
+    parse_numbers,
+)
 
 
 def _form_error(code: str, message: str, field: str) -> RequestError:
