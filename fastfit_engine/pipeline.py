@@ -21,44 +21,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fastfit_engine.unet import (
-    GARMENT_LABELS,
-    FastFitUNet,
-    check_state_dict_keys,
-    load_weight_file,
-    read_json_config,
-    use_fast_group_norm,
-)
+from fastfit_engine.group_norm import use_fast_group_norm
+from fastfit_engine.loading import load_scheduler, load_vae
+from fastfit_engine.unet import GARMENT_LABELS, FastFitUNet
 
-__all__ = ["FastFitPipeline", "GARMENT_LABELS", "load_vae", "load_scheduler"]
+__all__ = ["FastFitPipeline", "GARMENT_LABELS"]
 
 _LABEL_NAMES = {v: k for k, v in GARMENT_LABELS.items()}
-
-
-def load_vae(folder: str | os.PathLike, device: str | torch.device, dtype: torch.dtype):
-    """AutoencoderKL from a diffusers ``vae`` folder with strict key checks (no silent random init)."""
-    from diffusers import AutoencoderKL
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"VAE folder not found: {folder}")
-    config = read_json_config(folder / "config.json", "VAE")
-    with torch.device("meta"):
-        vae = AutoencoderKL.from_config({k: v for k, v in config.items() if not k.startswith("_")})
-    state = load_weight_file(folder)
-    expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
-    check_state_dict_keys(expected, state, f"VAE weights in {folder}")
-    vae.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
-    return vae.eval().requires_grad_(False)
-
-
-def load_scheduler(folder: str | os.PathLike):
-    """DDPMScheduler from the folder's config, whatever class name the config carries (as the reference)."""
-    from diffusers import DDPMScheduler
-
-    folder = Path(folder)
-    config = read_json_config(folder / "scheduler_config.json", "scheduler")
-    return DDPMScheduler.from_config(config)
 
 
 def _label_index(label: Any) -> int:
