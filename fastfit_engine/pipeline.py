@@ -11,6 +11,7 @@ encodings use the posterior mode.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -162,16 +163,7 @@ class FastFitPipeline:
     def compile_unet(self, **kwargs) -> None:
         """torch.compile the denoising forward (GPU option; the reference pass stays eager)."""
         compiled = torch.compile(self.unet.forward, **self._compile_options(kwargs))
-        unet = self.unet
-
-        def denoise(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            unet.kv_cache.set_read()
-            try:
-                return compiled(sample, timestep, None)
-            finally:
-                unet.kv_cache.mode = "off"
-
-        self._denoise = denoise
+        self._denoise = functools.partial(self.unet.forward_denoise, forward=compiled)
 
     # -- preprocessing ----------------------------------------------------------------------------
     def _image_tensor(self, image: Image.Image) -> torch.Tensor:

@@ -14,7 +14,7 @@ Two passes:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -312,11 +312,19 @@ class FastFitUNet(nn.Module):
         finally:
             cache.mode = CacheMode.OFF
 
-    def forward_denoise(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """Denoising pass: person queries attend to every stored reference, then to themselves."""
+    def forward_denoise(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        forward: Callable[..., torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Denoising pass: person queries attend to every stored reference, then to themselves.
+
+        ``forward`` replaces :meth:`forward` for the pass (e.g. its torch.compile'd version).
+        """
         cache = self.kv_cache
         cache.set_read()
         try:
-            return self.forward(sample, timestep, None)
+            return (forward or self.forward)(sample, timestep, None)
         finally:
             cache.mode = CacheMode.OFF
