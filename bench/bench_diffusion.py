@@ -14,6 +14,7 @@ CPU at 48x64 so the script itself can be checked without a GPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -38,8 +39,15 @@ def _reference_size(slot: str, person_wh: tuple[int, int]) -> tuple[int, int]:
     return FastFitEngine.reference_sizes.fget(SimpleNamespace(resolution=person_wh))[slot]
 
 
-def _images(person_wh, rng, names):
-    def img(w, h):
+References = list[tuple[str, Image.Image]]
+
+
+def _images(
+    person_wh: tuple[int, int], rng: np.random.Generator, names: list[str]
+) -> tuple[Image.Image, Image.Image, Image.Image, dict[str, References]]:
+    """Person, mask, pose and each named scenario's (model label, image) references, all random."""
+
+    def img(w: int, h: int) -> Image.Image:
         return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
     pw, ph = person_wh
@@ -56,7 +64,9 @@ def _images(person_wh, rng, names):
 
 
 @torch.inference_mode()
-def _reference_pass_ms(pipe: FastFitPipeline, person, mask, refs, device) -> float:
+def _reference_pass_ms(
+    pipe: FastFitPipeline, person: Image.Image, mask: Image.Image, refs: References, device: torch.device
+) -> float:
     """Time only the reference passes with guidance (VAE encodes excluded)."""
     labelled = pipe.check_inputs(person, mask, refs, None, 1)
     latents = pipe.encode_images([pipe.preprocess_image(img) for _, img in labelled])
@@ -69,7 +79,9 @@ def _reference_pass_ms(pipe: FastFitPipeline, person, mask, refs, device) -> flo
 
 
 @torch.inference_mode()
-def _vae_ms(pipe: FastFitPipeline, person, refs, device, runs: int) -> tuple[float, float]:
+def _vae_ms(
+    pipe: FastFitPipeline, person: Image.Image, refs: References, device: torch.device, runs: int
+) -> tuple[float, float]:
     """Median ms of the request's batched VAE encodes and of the decode."""
     images = [pipe.preprocess_image(person)] + [pipe.preprocess_image(img) for _, img in refs]
     w, h = person.size
@@ -89,10 +101,8 @@ def _vae_ms(pipe: FastFitPipeline, person, refs, device, runs: int) -> tuple[flo
     return statistics.median(enc), statistics.median(dec)
 
 
-def _sdpa_context(variant: str):
+def _sdpa_context(variant: str) -> contextlib.AbstractContextManager:
     """Variant tokens sdpa_flash / sdpa_cudnn / sdpa_efficient pin the attention backend."""
-    import contextlib
-
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backends = {
@@ -117,7 +127,18 @@ def _pipeline_options(variant: str) -> dict:
     }
 
 
-def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, scenarios):
+def run_variant(
+    model_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    variant: str,
+    args: argparse.Namespace,
+    person: Image.Image,
+    mask: Image.Image,
+    pose: Image.Image,
+    scenarios: dict[str, References],
+) -> dict:
+    """Every scenario through one pipeline built with the variant's options."""
     pipe = FastFitPipeline.from_pretrained(model_dir, device=device, dtype=dtype, **_pipeline_options(variant))
     results = {}
     for name, refs in scenarios.items():
@@ -172,7 +193,7 @@ def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, sce
     return results
 
 
-def attention_micro(device) -> dict:
+def attention_micro(device: torch.device) -> dict:
     """SDPA ms per backend at the denoising shapes of upper+lower (B=2, 8 heads, P queries, P+2R keys)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -205,7 +226,15 @@ def attention_micro(device) -> dict:
 
 
 @torch.inference_mode()
-def profile_steps(model_dir, device, dtype, person, mask, refs, variant) -> str:
+def profile_steps(
+    model_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    person: Image.Image,
+    mask: Image.Image,
+    refs: References,
+    variant: str,
+) -> str:
     """Top CUDA kernels over 3 denoising steps of one scenario, as a text table."""
     from torch.profiler import ProfilerActivity, profile
 

@@ -10,9 +10,12 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDPMScheduler
 
 __all__ = [
     "WEIGHTS_SAFETENSORS",
@@ -82,7 +85,7 @@ def read_json_config(path: str | os.PathLike, what: str) -> dict[str, Any]:
         raise ValueError(f"{path}: invalid JSON ({exc})") from None
 
 
-def load_vae(folder: str | os.PathLike, device: str | torch.device, dtype: torch.dtype):
+def load_vae(folder: str | os.PathLike, device: str | torch.device, dtype: torch.dtype) -> AutoencoderKL:
     """AutoencoderKL from a diffusers ``vae`` folder with strict key checks (no silent random init)."""
     from diffusers import AutoencoderKL
 
@@ -99,7 +102,7 @@ def load_vae(folder: str | os.PathLike, device: str | torch.device, dtype: torch
     return vae.eval().requires_grad_(False)
 
 
-def load_scheduler(folder: str | os.PathLike):
+def load_scheduler(folder: str | os.PathLike) -> DDPMScheduler:
     """DDPMScheduler from the folder's config, whatever class name the config carries (as the reference)."""
     from diffusers import DDPMScheduler
 

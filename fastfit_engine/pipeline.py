@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from PIL import Image
 from fastfit_engine.group_norm import use_fast_group_norm
 from fastfit_engine.loading import load_scheduler, load_vae
 from fastfit_engine.unet import GARMENT_LABELS, FastFitUNet
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDPMScheduler
 
 __all__ = ["FastFitPipeline", "PersonInputs", "GARMENT_LABELS"]
 
@@ -86,7 +89,9 @@ class FastFitPipeline:
     Call them under ``torch.inference_mode()``, as ``__call__`` does.
     """
 
-    def __init__(self, unet: FastFitUNet, vae, scheduler, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, unet: FastFitUNet, vae: AutoencoderKL, scheduler: DDPMScheduler, device: str | torch.device, dtype: torch.dtype
+    ) -> None:
         self.unet = unet
         self.vae = vae
         self.scheduler = scheduler
@@ -179,13 +184,13 @@ class FastFitPipeline:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         return {"dynamic": False, **kwargs}
 
-    def compile_vae(self, **kwargs) -> None:
+    def compile_vae(self, **kwargs: Any) -> None:
         """torch.compile the VAE encoder and decoder (GPU option; one graph per image batch shape)."""
         options = self._compile_options(kwargs)
         self.vae.encoder.compile(**options)
         self.vae.decoder.compile(**options)
 
-    def compile_unet(self, **kwargs) -> None:
+    def compile_unet(self, **kwargs: Any) -> None:
         """torch.compile the denoising forward (GPU option; the reference pass stays eager)."""
         compiled = torch.compile(self.unet.forward, **self._compile_options(kwargs))
         self._denoise = functools.partial(self.unet.forward_denoise, forward=compiled)
@@ -259,7 +264,7 @@ class FastFitPipeline:
                 out[i] = latents[j : j + 1]
         return out
 
-    def prepare_timesteps(self, num_inference_steps: int) -> tuple[Any, list[int], torch.Tensor]:
+    def prepare_timesteps(self, num_inference_steps: int) -> tuple[DDPMScheduler, list[int], torch.Tensor]:
         """A per-request copy of the scheduler set to ``num_inference_steps``, its timesteps on the
         host and on the device (the step needs no host sync)."""
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
@@ -267,7 +272,9 @@ class FastFitPipeline:
         timesteps = [int(t) for t in scheduler.timesteps]
         return scheduler, timesteps, torch.tensor(timesteps, dtype=torch.int64).to(self.device)
 
-    def prepare_latents(self, latent_size: tuple[int, int], generator: torch.Generator, scheduler: Any) -> torch.Tensor:
+    def prepare_latents(
+        self, latent_size: tuple[int, int], generator: torch.Generator, scheduler: DDPMScheduler
+    ) -> torch.Tensor:
         """Initial noise [1, 4, h, w] in the weight dtype: the generator's first draw."""
         latents = torch.randn((1, 4, *latent_size), generator=generator, device=self.device, dtype=self.dtype)
         return latents * scheduler.init_noise_sigma
@@ -314,7 +321,7 @@ class FastFitPipeline:
         latents: torch.Tensor,
         timestep: int,
         timestep_device: torch.Tensor,
-        scheduler: Any,
+        scheduler: DDPMScheduler,
         guidance_scale: float,
         generator: torch.Generator,
     ) -> torch.Tensor:
