@@ -16,22 +16,26 @@ Differences from the reference implementation, all numerically neutral up to flo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import sdpa_kernel
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = [
     "CacheMode",
     "ReferenceKVCache",
     "ReferenceAttnProcessor",
     "ReferencePassComplete",
+    "attend",
     "level_token_count",
 ]
 
 
-class CacheMode:
+class CacheMode(str, Enum):
+    """What every caching self-attention layer does on the next UNet pass (equal to its value string)."""
+
     OFF = "off"  # plain self-attention, nothing stored (used by tests and sanity checks)
     STORE = "store"  # reference pass: attend to self, store K/V
     READ = "read"  # denoising pass: attend to stored references + self
@@ -52,6 +56,19 @@ def level_token_count(height: int, width: int, level: int) -> int:
     return height * width
 
 
+def attend(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, backends: list[SDPBackend] | None = None
+) -> torch.Tensor:
+    """The attention kernel of every caching layer: [batch, heads, tokens, head_dim] in and out.
+
+    ``backends`` is an optional SDPA backend priority list; None leaves PyTorch's choice.
+    """
+    if backends:
+        with sdpa_kernel(backends, set_priority=True):
+            return F.scaled_dot_product_attention(query, key, value)
+    return F.scaled_dot_product_attention(query, key, value)
+
+
 @dataclass
 class _Request:
     batch: int
@@ -67,12 +84,12 @@ class ReferenceKVCache:
     """Shared controller: holds the request layout and the pass mode; each layer owns its buffers."""
 
     def __init__(self) -> None:
-        self.mode = CacheMode.OFF
+        self.mode: CacheMode = CacheMode.OFF
         self.request: _Request | None = None
         self.processors: list[ReferenceAttnProcessor] = []
         self.stop_after_last_store = True
         # optional SDPA backend priority (e.g. cuDNN first on Hopper); None leaves PyTorch's choice
-        self.sdpa_backends: list | None = None
+        self.sdpa_backends: list[SDPBackend] | None = None
 
     def begin(self, batch: int, person_hw: tuple[int, int], ref_hws: list[tuple[int, int]]) -> None:
         """Start a request: drop anything left over and size every layer's buffers exactly."""
@@ -234,12 +251,12 @@ class ReferenceAttnProcessor:
         q, k, v = qkv.split(channels, dim=-1)
 
         mode = self.cache.mode
-        if mode == CacheMode.STORE:
+        if mode is CacheMode.STORE:
             self._store(k, v, batch, tokens, channels)
             if self.is_last and self.cache.stop_after_last_store:
                 raise ReferencePassComplete()
             keys, values = k, v
-        elif mode == CacheMode.READ:
+        elif mode is CacheMode.READ:
             self.k_buf[:, self.ref_tokens :].copy_(k)
             self.v_buf[:, self.ref_tokens :].copy_(v)
             keys, values = self.k_buf, self.v_buf
@@ -249,12 +266,7 @@ class ReferenceAttnProcessor:
         q = q.view(batch, tokens, heads, head_dim).transpose(1, 2)
         keys = keys.view(keys.shape[0], keys.shape[1], heads, head_dim).transpose(1, 2)
         values = values.view(values.shape[0], values.shape[1], heads, head_dim).transpose(1, 2)
-        backends = self.cache.sdpa_backends
-        if backends:
-            with sdpa_kernel(backends, set_priority=True):
-                out = F.scaled_dot_product_attention(q, keys, values)
-        else:
-            out = F.scaled_dot_product_attention(q, keys, values)
+        out = attend(q, keys, values, self.cache.sdpa_backends)
         out = out.transpose(1, 2).reshape(batch, tokens, channels)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)

@@ -55,7 +55,7 @@ def test_tiny_model_keeps_every_key_name(tmp_path):
 
 
 def test_tiny_vae_downsamples_by_8_and_loads(tmp_path):
-    from fastfit_engine.pipeline import load_vae
+    from fastfit_engine.loading import load_vae
 
     folder = write_fastfit_model(tmp_path / "m", tiny=True)
     vae = load_vae(folder / "vae", "cpu", torch.float32)
