@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, List, Mapping, Union
+from typing import Any
 
 import cv2
 import numpy as np
@@ -21,7 +22,7 @@ WRAPPER_MAX_SIDE = 512
 
 logger = logging.getLogger(__name__)
 
-ImageInput = Union[Image.Image, str, os.PathLike]
+ImageInput = Image.Image | str | os.PathLike
 
 
 def _parse_device(device: str | torch.device) -> torch.device:
@@ -53,7 +54,7 @@ class DensePose:
         self.device = torch.device(device)
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any], device: str | torch.device = "cpu") -> "DensePose":
+    def from_state_dict(cls, state: Mapping[str, Any], device: str | torch.device = "cpu") -> DensePose:
         """Build from an in-memory ``{name: array}`` dict in checkpoint naming (benchmarks, conversions)."""
         device = _parse_device(device)
         self = cls.__new__(cls)
@@ -110,8 +111,8 @@ class DensePose:
         labels = Image.fromarray(self.predict_bgr(bgr), mode="L")
         return labels.resize((w0, h0), Image.NEAREST)
 
-    def __call__(self, image: ImageInput | List[ImageInput], resize: int = WRAPPER_MAX_SIDE
-                 ) -> Image.Image | List[Image.Image]:
+    def __call__(self, image: ImageInput | list[ImageInput], resize: int = WRAPPER_MAX_SIDE
+                 ) -> Image.Image | list[Image.Image]:
         """Part map of the image's size; a list of inputs gives a list of maps."""
         if resize < 1:
             raise ValueError(f"resize must be positive, got {resize}")

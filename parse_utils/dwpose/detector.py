@@ -6,7 +6,7 @@ no sigmoid on the outputs, "+1 pixel" IoU and unclipped boxes.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

@@ -5,7 +5,7 @@ aspect-fixed box; the decoded points are mapped back with that same fixed scale.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

@@ -7,7 +7,6 @@ face/hand points and a bilinear resize back to the input size.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
 
 import cv2
 import numpy as np
@@ -22,7 +21,7 @@ DETECTOR_FILE = "yolox_l.onnx"
 POSE_FILE = "dw-ll_ucoco_384.onnx"
 DETECT_RESOLUTION = 512
 
-ImageInput = Union[Image.Image, np.ndarray]
+ImageInput = Image.Image | np.ndarray
 
 
 def detect_canvas_size(height: int, width: int, resolution: int = DETECT_RESOLUTION) -> tuple[int, int]:
@@ -72,7 +71,7 @@ class DWposeDetector:
     execution provider when onnxruntime offers it and falls back to CPU otherwise.
     """
 
-    def __init__(self, model_dir: Union[str, Path], device: str = "cpu") -> None:
+    def __init__(self, model_dir: str | Path, device: str = "cpu") -> None:
         import onnxruntime as ort
 
         model_dir = Path(model_dir)
@@ -98,7 +97,7 @@ class DWposeDetector:
 
     def __call__(
         self, image: ImageInput, detect_resolution: int = DETECT_RESOLUTION, output_type: str = "pil"
-    ) -> Union[Image.Image, np.ndarray]:
+    ) -> Image.Image | np.ndarray:
         """Rendered RGB skeleton of the input's size ("pil" image or "np" uint8 array)."""
         if output_type not in ("pil", "np"):
             raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")

@@ -48,7 +48,7 @@ class SCHP:
         state_dict: Mapping[str, torch.Tensor],
         dataset: str,
         device: str | torch.device = "cpu",
-    ) -> "SCHP":
+    ) -> SCHP:
         """Build from an in-memory checkpoint state dict ('module.'-prefixed keys)."""
         parser = cls.__new__(cls)
         parser.dataset = _dataset(dataset)
