@@ -96,7 +96,7 @@ def record_references(unet, procs, ref_latents, ref_labels) -> None:
 
 
 def independent_tryon(model_dir: Path, person, mask, references, pose, steps, guidance, seed) -> np.ndarray:
-    """The whole try-on written from the spec, with the cache-free UNet above (fp32, CPU)."""
+    """The whole try-on written from the paper's description (arXiv 2508.20586), with the cache-free UNet above (fp32, CPU)."""
     from diffusers import AutoencoderKL, DDPMScheduler
 
     from fastfit_engine.pipeline import load_vae

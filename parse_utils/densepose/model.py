@@ -1,8 +1,11 @@
 """GeneralizedRCNN assembly for DensePose R_50_FPN_s1x and the inference constants it runs with.
 
-The constants below are the merged detectron2 defaults + DensePose defaults + the two shipped YAML
-files + FastFit's score threshold (see shared/spec/densepose.md, section 1.3). Widths are a config
-so tests can build a narrow network with the same key names.
+The constants below are the effective inference configuration of facebookresearch/detectron2's
+DensePose R_50_FPN_s1x: detectron2's defaults, DensePose's ``add_densepose_config`` defaults, the
+``Base-DensePose-RCNN-FPN.yaml`` and ``densepose_rcnn_R_50_FPN_s1x.yaml`` files (projects/DensePose/
+configs), and FastFit's one override (github Zheng-Chong/FastFit): a detection score above 0.8
+instead of detectron2's 0.05. Widths are a config so tests can build a narrow network with the same
+key names.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """DWposeDetector: whole-body pose from the published Human-Toolkit ONNX files, drawn OpenPose-style.
 
-FastFit's conditioning was made with this exact pipeline (shared/spec/dwpose.md), so every
-step keeps the reference's behaviour, quirks included: detect-canvas resize, unchecked
-face/hand points and a bilinear resize back to the input size.
+FastFit's conditioning was made with this exact pipeline (easy-dwpose 1.0.2 called from github
+Zheng-Chong/FastFit's ``parse_utils/dwpose.py``), so every step keeps the reference's behaviour,
+quirks included: detect-canvas resize, unchecked face/hand points and a bilinear resize back to
+the input size.
 """
 from __future__ import annotations
 
