@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from _fastfit_helpers import single_thread as _single_thread_impl, tiny_model_dir
+from helpers import tiny_model_dir
 from fastfit_engine.synthetic import UNET_CONFIG, VAE_CONFIG
 from fastfit_engine.unet import FastFitUNet
 
-_single_thread = pytest.fixture(scope="module", autouse=True)(_single_thread_impl)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 # sha256 of json.dumps(sorted([key, shape])) of the published checkpoints' key lists
 # (fastfit_unet.json: 577 tensors, fastfit_vae.json: 248 tensors)
