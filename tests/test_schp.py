@@ -383,8 +383,9 @@ def test_atr_label_map_and_batches(atr_parser):
     results = atr_parser([a, b])
     assert isinstance(results, list) and [r.size for r in results] == [(64, 48), (31, 90)]
     assert all(r.mode == "P" and np.asarray(r).max() < 18 for r in results)
-    single = atr_parser([a])
-    assert isinstance(single, Image.Image) and single.size == (64, 48)
+    single = atr_parser([a])  # a list of one is still a list, as for every parser (parse_utils.base)
+    assert isinstance(single, list) and [r.size for r in single] == [(64, 48)]
+    assert isinstance(atr_parser(a), Image.Image)
     assert atr_parser.labels == ATR_LABELS and len(LIP_LABELS) == 20
 
 
