@@ -102,8 +102,8 @@ def test_from_pretrained_matches_the_constructor(parsers, toolkit, name):
 
 @pytest.mark.parametrize("name", PARSERS)
 def test_single_image_gives_one_result_and_a_list_gives_a_list(parsers, people, name):
-    # Four images' worth of work per parser: DensePose runs at 800 px whatever the input size, about
-    # 0.5 s an image on the 2-core CI-like box (measured 2026-12-01).
+    # Four images' worth of work per parser: DensePose runs at 800 px whatever the input size (this
+    # test: 2.3 s for DensePose's four on the shared 2-core CPU box, 2026-12-01).
     parser = parsers[name]
     single = parser(people[0])
     assert isinstance(single, Image.Image) and single.size == people[0].size
