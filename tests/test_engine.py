@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TEST_RESOLUTION, make_garment, make_person, png_bytes
+from helpers import TEST_RESOLUTION, make_garment, make_person, png_bytes
 from fastfit_engine import schema
 from fastfit_engine.assets import ModelsNotFoundError
 from fastfit_engine.engine import DEFAULT_RESOLUTION, STAGES, FastFitEngine, parse_resolution

@@ -7,11 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _fastfit_helpers import single_thread as _single_thread_impl
 from fastfit_engine.synthetic import SCHEDULER_CONFIG, UNET_CONFIG, write_fastfit_model
 from fastfit_engine.unet import FastFitUNet
 
-_single_thread = pytest.fixture(scope="module", autouse=True)(_single_thread_impl)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 FILES = [
     "unet/config.json",

@@ -19,7 +19,7 @@ from fastfit_engine.images import (
     to_rgb,
 )
 
-from conftest import png_claiming
+from helpers import png_claiming
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

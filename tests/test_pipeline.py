@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from _fastfit_helpers import single_thread as _single_thread_impl, box_mask, independent_tryon, rand_image, tiny_model_dir
+from helpers import box_mask, independent_tryon, rand_image, tiny_model_dir
 from fastfit_engine import FastFitPipeline
 
-_single_thread = pytest.fixture(scope="module", autouse=True)(_single_thread_impl)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 W, H = 48, 64
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TEST_RESOLUTION, png_bytes, png_claiming
+from helpers import TEST_RESOLUTION, png_bytes, png_claiming
 from server import create_app
 
 
