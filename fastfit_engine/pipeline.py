@@ -160,16 +160,29 @@ class FastFitPipeline:
         return pipe
 
     def set_attention_backend(self, name: str) -> None:
+        """"auto": FlashAttention-4 where it is faster (head size <= 80) and cuDNN first for the
+        rest when FA4 can run here (package installed, SM90+ GPU), else PyTorch's SDPA choice;
+        "fa4": the same, an error where FA4 cannot run; "sdpa": PyTorch's SDPA choice, no FA4;
+        "cudnn"/"flash": SDPA with that priority."""
         from torch.nn.attention import SDPBackend
 
+        from fastfit_engine.flash_attention import enable_fa4
+
+        cudnn = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
         orders = {
             "auto": None,
-            "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+            "sdpa": None,
+            "fa4": cudnn,
+            "cudnn": cudnn,
             "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
         }
         if name not in orders:
             raise ValueError(f"unknown attention_backend {name!r}; expected one of {sorted(orders)}")
-        self.unet.kv_cache.sdpa_backends = orders[name]
+        policy = self.unet.kv_cache.attention_policy
+        policy.sdpa_backends = orders[name]
+        policy.fa4 = False
+        if name in ("auto", "fa4") and enable_fa4(policy, self.device, required=name == "fa4"):
+            policy.sdpa_backends = cudnn
 
     @staticmethod
     def _compile_options(kwargs: dict) -> dict:
