@@ -203,12 +203,20 @@ class FastFitPipeline:
         self.vae.encoder.compile(**options)
         self.vae.decoder.compile(**options)
 
-    def compile_unet(self, **kwargs) -> None:
-        """torch.compile the denoising forward (GPU option; the reference pass stays eager)."""
+    def compile_unet(self, batch_sizes: tuple[int, ...] = (2,), **kwargs) -> None:
+        """torch.compile the denoising forward (GPU option; the reference pass stays eager).
+
+        Only steps of ``batch_sizes`` rows run compiled (default: 2, classifier-free guidance);
+        others (guidance 1.0: one row) stay eager, so such a request never waits minutes for a
+        layout the warm-up did not compile.
+        """
         compiled = torch.compile(self.unet.forward, **self._compile_options(kwargs))
         unet = self.unet
+        batch_sizes = tuple(batch_sizes)
 
         def denoise(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            if sample.shape[0] not in batch_sizes:
+                return unet.forward_denoise(sample, timestep)
             unet.kv_cache.set_read()
             try:
                 return compiled(sample, timestep, None)

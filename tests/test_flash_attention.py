@@ -230,3 +230,29 @@ def test_engine_compiles_when_switched_on(models_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("FASTFIT_COMPILE", "0")
     eager = FastFitEngine(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
     assert eager.compiled is False and eager.pipeline._denoise == eager.pipeline.unet.forward_denoise
+
+
+def test_compiled_step_serves_guided_batches_only(models_dir):
+    """Guidance 1.0 (one row) runs the eager step: no request compiles a layout the warm-up skipped."""
+    import numpy as np
+    from PIL import Image
+
+    from fastfit_engine.pipeline import FastFitPipeline
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
+        return gm.forward
+
+    torch._dynamo.reset()
+    pipe = FastFitPipeline.from_pretrained(models_dir / "FastFit-MR-1024", device="cpu", dtype=torch.float32)
+    pipe.compile_unet(backend=backend)
+    rng = np.random.default_rng(0)
+    person = Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8))
+    mask = Image.fromarray(np.full((64, 48), 255, np.uint8))
+    refs = [("upper", Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)))]
+    pipe(person, mask, refs, num_inference_steps=1, guidance_scale=1.0)
+    assert graphs == []
+    pipe(person, mask, refs, num_inference_steps=1, guidance_scale=2.5)
+    assert len(graphs) == 1 and any(s[:1] == (2,) and len(s) == 4 for s in graphs[0])
