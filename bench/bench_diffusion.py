@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import statistics
 import sys
@@ -117,13 +118,20 @@ def _sdpa_context(variant: str) -> contextlib.AbstractContextManager:
 
 
 def _pipeline_options(variant: str) -> dict:
-    """from_pretrained keywords for a variant's +-joined tokens; absent tokens keep the defaults."""
+    """from_pretrained keywords for a variant's +-joined tokens; absent tokens keep the defaults.
+
+    Attention: ``fa4`` FlashAttention-4 for head sizes <= 80 and cuDNN for the rest (an error
+    where FA4 cannot run), ``attn_cudnn`` SDPA with cuDNN first, no token: the shipped default
+    ("auto": FA4 where installed, else PyTorch's SDPA choice), ``sdpa`` PyTorch's SDPA choice.
+    """
+    tokens = set(variant.split("+"))
+    attention = "fa4" if "fa4" in tokens else ("cudnn" if "attn_cudnn" in tokens else ("sdpa" if "sdpa" in tokens else "auto"))
     return {
-        "channels_last": True if "channels_last" in variant else (False if "nchw" in variant else None),
-        "compile_unet": "compile_unet" in variant,
-        "compile_vae": "compile_vae" in variant,
-        "attention_backend": "cudnn" if "attn_cudnn" in variant else "auto",
-        "fast_group_norm": False if "native_gn" in variant else (True if "fast_gn" in variant else None),
+        "channels_last": True if "channels_last" in tokens else (False if "nchw" in tokens else None),
+        "compile_unet": "compile_unet" in tokens,
+        "compile_vae": "compile_vae" in tokens,
+        "attention_backend": attention,
+        "fast_group_norm": False if "native_gn" in tokens else (True if "fast_gn" in tokens else None),
     }
 
 
@@ -143,8 +151,13 @@ def run_variant(
     results = {}
     for name, refs in scenarios.items():
         kwargs = dict(pose=pose, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=0)
+        first_s = None
         for _ in range(args.warmup):
+            sync(device)
+            t0 = time.perf_counter()
             out = pipe(person, mask, refs, **kwargs)
+            sync(device)
+            first_s = time.perf_counter() - t0 if first_s is None else first_s
         arr = np.asarray(out)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -185,7 +198,9 @@ def run_variant(
             "vae_decode_ms": round(dec_ms, 2),
             "peak_vram_gib": round(peak, 3) if peak is not None else None,
             "deterministic": same,
+            "first_call_s": round(first_s, 2) if first_s is not None else None,
             "output_mean": round(float(np.asarray(out).mean()), 3),
+            "image_sha256": hashlib.sha256(np.asarray(out).tobytes()).hexdigest()[:16],
         }
     del pipe
     if device.type == "cuda":
@@ -225,6 +240,65 @@ def attention_micro(device: torch.device) -> dict:
     return out
 
 
+def fa4_micro(device) -> dict:
+    """FA4 (with tile options) against SDPA cuDNN at the denoising shapes, B=2, 8 heads.
+
+    Shapes: upper+lower (P queries, 3P keys) per level and the four-item top level. Each entry
+    gives ms (CUDA events, median of 5 rounds of 10 calls) and the relative error to cuDNN.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from fastfit_engine.flash_attention import fa4_unavailable_reason
+
+    reason = fa4_unavailable_reason(device.index or 0)
+    if reason:
+        return {"error": reason}
+    shapes = {
+        "l0_ul": (12288, 36864, 40), "l0_4items": (12288, 43008, 40), "l1_ul": (3072, 9216, 80),
+        "l2_ul": (768, 2304, 160), "l3_ul": (192, 576, 160),
+    }
+    tiles = {40: [None, (128, 128), (128, 176), (128, 192), (192, 96), (192, 112), (192, 160), (192, 192), (64, 256)],
+             80: [None, (128, 128), (192, 112), (192, 128)], 160: [None]}
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def timed(fn):
+        for _ in range(3):
+            fn()
+        rounds = []
+        for _ in range(5):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(10):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            rounds.append(start.elapsed_time(end) / 10)
+        return round(statistics.median(rounds), 4)
+
+    out = {}
+    for name, (p, n, d) in shapes.items():
+        q = torch.randn(2, p, 8, d, device=device, dtype=torch.bfloat16, generator=g)
+        k = torch.randn(2, n, 8, d, device=device, dtype=torch.bfloat16, generator=g)
+        v = torch.randn(2, n, 8, d, device=device, dtype=torch.bfloat16, generator=g)
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        row = {}
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            ref = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2).float()
+            row["cudnn"] = {"ms": timed(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))}
+        for tile in tiles[d]:
+            label = "fa4" if tile is None else f"fa4_{tile[0]}x{tile[1]}"
+            tm, tn = tile or (0, 0)
+            try:
+                got = torch.ops.fastfit.fa4_attention(q, k, v, tm, tn).float()
+                err = float((got - ref).norm() / ref.norm())
+                row[label] = {"ms": timed(lambda: torch.ops.fastfit.fa4_attention(q, k, v, tm, tn)), "rel_err_vs_cudnn": round(err, 6)}
+            except Exception as exc:  # tile not supported for this shape
+                row[label] = f"{type(exc).__name__}: {str(exc)[:100]}"
+        out[name] = row
+        print(json.dumps({name: row}), file=sys.stderr, flush=True)
+    return out
+
+
 @torch.inference_mode()
 def profile_steps(
     model_dir: Path,
@@ -254,8 +328,8 @@ def profile_steps(
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny model on CPU, 48x64, 2 steps, 1 repeat (checks the script)")
-    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager (the defaults), channels_last, nchw (channels_last off), compile_unet, compile_vae, attn_cudnn, native_gn, fast_gn, sdpa_flash")
+    ap.add_argument("--quick", action="store_true", help="tiny model on CPU, 2 steps (checks the script)")
+    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager (the defaults), channels_last, nchw (channels_last off), compile_unet, compile_vae, fa4, sdpa (no FA4), attn_cudnn, native_gn, fast_gn, sdpa_flash")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--guidance", type=float, default=2.5)
     ap.add_argument("--repeats", type=int, default=5)
@@ -264,6 +338,7 @@ def main() -> int:
     ap.add_argument("--micro", action="store_true", help="also time SDPA backends at the denoising shapes")
     ap.add_argument("--profile", default=None, help="variant to profile over 3 steps of the first scenario (kernel table)")
     ap.add_argument("--scenarios", default=None, help="comma list of scenario names (default: all three)")
+    ap.add_argument("--compile-cache", type=Path, default=None, help="persistent compiler cache folder (as FASTFIT_COMPILE_CACHE)")
     args = ap.parse_args()
 
     if args.quick:
@@ -277,6 +352,10 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    if args.compile_cache is not None:
+        from fastfit_engine.compile_cache import use_compile_cache
+
+        use_compile_cache(args.compile_cache)
     tmp = None
     model_dir = args.model_dir
     t0 = time.perf_counter()
@@ -298,6 +377,7 @@ def main() -> int:
         "variants": {},
     }
     if args.micro and device.type == "cuda":
+        report["fa4_micro"] = fa4_micro(device)
         report["attention_micro"] = attention_micro(device)
         print(json.dumps(report["attention_micro"]), file=sys.stderr, flush=True)
     if args.profile and device.type == "cuda":

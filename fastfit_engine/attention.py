@@ -21,14 +21,14 @@ from enum import Enum
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from fastfit_engine.flash_attention import FlashAttentionPolicy, attention_bshd
 
 __all__ = [
     "CacheMode",
     "ReferenceKVCache",
     "ReferenceAttnProcessor",
     "ReferencePassComplete",
-    "attend",
     "level_token_count",
 ]
 
@@ -56,19 +56,6 @@ def level_token_count(height: int, width: int, level: int) -> int:
     return height * width
 
 
-def attend(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, backends: list[SDPBackend] | None = None
-) -> torch.Tensor:
-    """The attention kernel of every caching layer: [batch, heads, tokens, head_dim] in and out.
-
-    ``backends`` is an optional SDPA backend priority list; None leaves PyTorch's choice.
-    """
-    if backends:
-        with sdpa_kernel(backends, set_priority=True):
-            return F.scaled_dot_product_attention(query, key, value)
-    return F.scaled_dot_product_attention(query, key, value)
-
-
 @dataclass
 class _Request:
     batch: int
@@ -88,8 +75,17 @@ class ReferenceKVCache:
         self.request: _Request | None = None
         self.processors: list[ReferenceAttnProcessor] = []
         self.stop_after_last_store = True
-        # optional SDPA backend priority (e.g. cuDNN first on Hopper); None leaves PyTorch's choice
-        self.sdpa_backends: list[SDPBackend] | None = None
+        # kernel per layer shape: FA4 where enabled and faster, else SDPA (see flash_attention.py)
+        self.attention_policy = FlashAttentionPolicy()
+
+    @property
+    def sdpa_backends(self) -> list | None:
+        """Optional SDPA backend priority (e.g. cuDNN first on Hopper); None leaves PyTorch's choice."""
+        return self.attention_policy.sdpa_backends
+
+    @sdpa_backends.setter
+    def sdpa_backends(self, value: list | None) -> None:
+        self.attention_policy.sdpa_backends = value
 
     def begin(self, batch: int, person_hw: tuple[int, int], ref_hws: list[tuple[int, int]]) -> None:
         """Start a request: drop anything left over and size every layer's buffers exactly."""
@@ -263,11 +259,10 @@ class ReferenceAttnProcessor:
         else:
             keys, values = k, v
 
-        q = q.view(batch, tokens, heads, head_dim).transpose(1, 2)
-        keys = keys.view(keys.shape[0], keys.shape[1], heads, head_dim).transpose(1, 2)
-        values = values.view(values.shape[0], values.shape[1], heads, head_dim).transpose(1, 2)
-        out = attend(q, keys, values, self.cache.sdpa_backends)
-        out = out.transpose(1, 2).reshape(batch, tokens, channels)
+        q = q.view(batch, tokens, heads, head_dim)
+        keys = keys.view(keys.shape[0], keys.shape[1], heads, head_dim)
+        values = values.view(values.shape[0], values.shape[1], heads, head_dim)
+        out = attention_bshd(q, keys, values, self.cache.attention_policy).reshape(batch, tokens, channels)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)
         return out

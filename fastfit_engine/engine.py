@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from .assets import ModelPaths, ensure_models
+from .compile_cache import compile_cache_dir, compile_enabled, use_compile_cache
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_image, prepare_person, prepare_reference
 from .schema import (
     GARMENT_LABELS,
@@ -88,6 +89,7 @@ class FastFitEngine:
         resolution: str | tuple[int, int] | None = DEFAULT_RESOLUTION,
         download: bool = True,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        compile: bool | None = None,
     ):
         self.device = torch.device(device) if device is not None else _default_device()
         if dtype is None:
@@ -106,7 +108,14 @@ class FastFitEngine:
         self.densepose = DensePose(self.paths.densepose, device=parser_device)
         self.schp_lip = SCHP(self.paths.schp_lip, device=parser_device)
         self.schp_atr = SCHP(self.paths.schp_atr, device=parser_device)
-        self.pipeline = FastFitPipeline.from_pretrained(self.paths.fastfit, device=self.device, dtype=self.dtype)
+        # compiled UNet step and VAE: default on CUDA (FASTFIT_COMPILE), caches on the models volume
+        self.compiled = compile_enabled(self.device) if compile is None else bool(compile)
+        if self.compiled and (cache := compile_cache_dir(self.paths.root)) is not None:
+            use_compile_cache(cache)
+        self.pipeline = FastFitPipeline.from_pretrained(
+            self.paths.fastfit, device=self.device, dtype=self.dtype,
+            compile_unet=self.compiled, compile_vae=self.compiled,
+        )
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ inputs

@@ -17,7 +17,6 @@ encodings use the posterior mode.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -160,16 +159,29 @@ class FastFitPipeline:
         return pipe
 
     def set_attention_backend(self, name: str) -> None:
+        """"auto": FlashAttention-4 where it is faster (head size <= 80) and cuDNN first for the
+        rest when FA4 can run here (package installed, SM90+ GPU), else PyTorch's SDPA choice;
+        "fa4": the same, an error where FA4 cannot run; "sdpa": PyTorch's SDPA choice, no FA4;
+        "cudnn"/"flash": SDPA with that priority."""
         from torch.nn.attention import SDPBackend
 
+        from fastfit_engine.flash_attention import enable_fa4
+
+        cudnn = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
         orders = {
             "auto": None,
-            "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+            "sdpa": None,
+            "fa4": cudnn,
+            "cudnn": cudnn,
             "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
         }
         if name not in orders:
             raise ValueError(f"unknown attention_backend {name!r}; expected one of {sorted(orders)}")
-        self.unet.kv_cache.sdpa_backends = orders[name]
+        policy = self.unet.kv_cache.attention_policy
+        policy.sdpa_backends = orders[name]
+        policy.fa4 = False
+        if name in ("auto", "fa4") and enable_fa4(policy, self.device, required=name == "fa4"):
+            policy.sdpa_backends = cudnn
 
     @staticmethod
     def _compile_options(kwargs: dict) -> dict:
@@ -190,10 +202,23 @@ class FastFitPipeline:
         self.vae.encoder.compile(**options)
         self.vae.decoder.compile(**options)
 
-    def compile_unet(self, **kwargs: Any) -> None:
-        """torch.compile the denoising forward (GPU option; the reference pass stays eager)."""
+    def compile_unet(self, batch_sizes: tuple[int, ...] = (2,), **kwargs: Any) -> None:
+        """torch.compile the denoising forward (GPU option; the reference pass stays eager).
+
+        Only steps of ``batch_sizes`` rows run compiled (default: 2, classifier-free guidance);
+        others (guidance 1.0: one row) stay eager, so such a request never waits minutes for a
+        layout the warm-up did not compile.
+        """
         compiled = torch.compile(self.unet.forward, **self._compile_options(kwargs))
-        self._denoise = functools.partial(self.unet.forward_denoise, forward=compiled)
+        forward_denoise = self.unet.forward_denoise
+        batch_sizes = tuple(batch_sizes)
+
+        def denoise(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            if sample.shape[0] not in batch_sizes:
+                return forward_denoise(sample, timestep)
+            return forward_denoise(sample, timestep, forward=compiled)
+
+        self._denoise = denoise
 
     # -- preparation steps (public: __call__ is built from them, benchmarks time them) -------------
     def check_inputs(
