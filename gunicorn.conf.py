@@ -40,3 +40,11 @@ def post_fork(server, worker):  # noqa: ARG001 - gunicorn hook signature
                                                "%Y-%m-%d %H:%M:%S %z"))
         logger.addHandler(handler)
         logger.setLevel(loglevel.upper())
+
+
+def post_worker_init(worker):
+    """SIGTERM (graceful stop) first puts the app into draining: requests that still reach it get
+    503 `draining` at once while the running try-on finishes (fastfit_service.admission)."""
+    from fastfit_service.admission import drain_on_signal
+
+    drain_on_signal(worker.wsgi)

@@ -23,7 +23,16 @@ from PIL import Image
 
 from .assets import ModelPaths, ensure_models
 from .compile_cache import compile_cache_dir, compile_enabled, use_compile_cache
-from .images import DEFAULT_MAX_PIXELS, ImageSource, load_image, prepare_person, prepare_reference
+from .errors import PixelBudgetExceeded
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    PERSON_ASPECT,
+    ImageSource,
+    decode_image,
+    open_image,
+    prepare_person,
+    prepare_reference,
+)
 from .schema import (
     GARMENT_LABELS,
     GARMENT_SLOTS,
@@ -126,14 +135,37 @@ class FastFitEngine:
         return {s.name: (w // s.size_factor, h // s.size_factor) for s in GARMENT_SLOTS}
 
     def load_inputs(
-        self, person: ImageSource | None, garments: Mapping[str, ImageSource | None]
+        self,
+        person: ImageSource | None,
+        garments: Mapping[str, ImageSource | None],
+        *,
+        max_total_pixels: int | None = None,
     ) -> tuple[Image.Image, dict[str, Image.Image]]:
-        """Apply the schema's image rules and decode every image (person transparency over white too)."""
+        """Apply the schema's image rules and decode every image (person transparency over white too).
+
+        Each image is decoded only as large as its model input needs (`images.open_image`), and
+        with `max_total_pixels` the sizes to decode are summed from the headers and refused over
+        that budget before any pixel is decoded; images are decoded one after the other, each
+        reduced before the next (peak memory: one full-size decode)."""
         given = [k for k, v in garments.items() if v is not None]
         order = check_images(given + ([PERSON_FIELD] if person is not None else []))
-        person_img = load_image(person, name=PERSON_FIELD, max_pixels=self.max_pixels)
-        images = {g: load_image(garments[g], name=g, max_pixels=self.max_pixels) for g in order}
-        return person_img, images
+        sizes = self.reference_sizes
+        plans = {PERSON_FIELD: (person, self.resolution, PERSON_ASPECT)}
+        plans.update({g: (garments[g], sizes[g], None) for g in order})
+        opened = {
+            name: open_image(src, name=name, max_pixels=self.max_pixels, cover=cover, crop_aspect=aspect)
+            for name, (src, cover, aspect) in plans.items()
+        }
+        total = sum(im.size[0] * im.size[1] for im in opened.values())
+        if max_total_pixels is not None and total > max_total_pixels:
+            raise PixelBudgetExceeded(
+                f"the images decode to {total} pixels together, the limit is {max_total_pixels} per request"
+            )
+        decoded = {}
+        for name, (_, cover, aspect) in plans.items():  # pop: each full-size image is freed once reduced
+            decoded[name] = decode_image(opened.pop(name), name=name, cover=cover, crop_aspect=aspect)
+        person_img = decoded.pop(PERSON_FIELD)
+        return person_img, decoded
 
     # One garment set per layout of reference sizes a request can have (0-2 person-size items
     # x 0-2 half-size ones); together they touch all five slots.
@@ -163,6 +195,7 @@ class FastFitEngine:
         *,
         output_path: str | os.PathLike | None = None,
         progress: ProgressCallback | None = None,
+        check: Callable[[], None] | None = None,
         **overrides: Any,
     ) -> TryOnResult:
         """Run one try-on. `garments` maps upper/lower/dress/shoe/bag to a path, bytes or PIL image.
@@ -170,7 +203,9 @@ class FastFitEngine:
         The numbers come either as `params` (from `schema.parse_numbers`, used as they are) or as
         keywords (`steps=`, `seed=`, `guidance_scale=`), which the schema parses here; absent ones
         get the schema's defaults. A seed of None draws a fresh one (reported in the result).
-        `progress(step, total)` is called after each denoising step.
+        `progress(step, total)` is called after each denoising step and `check()` before each
+        stage; either may raise (a passed deadline, a client gone) to stop the request there: the
+        engine lock and the reference K/V cache are released on the way out.
         """
         if params is None:
             params = parse_numbers(overrides)
@@ -180,7 +215,7 @@ class FastFitEngine:
         person_img, garment_imgs = self.load_inputs(person, garments)
 
         with self._lock:
-            result = self._run(person_img, garment_imgs, params, progress)
+            result = self._run(person_img, garment_imgs, params, progress, check)
         if output_path is not None:
             out = Path(output_path)
             result.image.save(out, format="PNG")
@@ -193,6 +228,7 @@ class FastFitEngine:
         garment_imgs: dict[str, Image.Image],
         params: TryOnParams,
         progress: ProgressCallback | None,
+        check: Callable[[], None] | None = None,
     ) -> TryOnResult:
         from parse_utils import multi_ref_cloth_agnostic_mask
 
@@ -207,8 +243,12 @@ class FastFitEngine:
                 torch.cuda.synchronize(self.device)
             now = time.perf_counter()
             timings[stage] = now - t0
+            if check is not None and stage != "diffusion":  # a finished result is always delivered
+                check()
             return now
 
+        if check is not None:
+            check()
         person = prepare_person(person_img, self.resolution)
         t = time.perf_counter()
         with torch.inference_mode():

@@ -51,5 +51,39 @@ class ImageTooLargeError(ImageError):
     code = "image_too_large"
 
 
+class PixelBudgetExceeded(ImageTooLargeError):
+    """The images of one request together would decode to more pixels than allowed."""
+
+    code = "pixel_budget_exceeded"
+
+
 class ImageTooSmallError(ImageError):
     code = "image_too_small"
+
+
+class RequestAborted(TryOnError):
+    """A request stopped between two steps of its work (its deadline passed or its client left);
+    raised from a progress check, so every lock and cache is released on the way out."""
+
+    status = 503
+
+
+class DeadlineExceeded(RequestAborted):
+    """The request's time limit passed before its result was ready."""
+
+    code = "deadline_exceeded"
+    status = 504
+
+
+class ClientGone(RequestAborted):
+    """The client closed its connection: the rest of the work would be thrown away."""
+
+    code = "client_closed_request"
+    status = 499  # nginx's status for it; nobody is left to read the answer
+
+
+class NonFiniteOutputError(TryOnError):
+    """The model produced NaN or Inf (corrupt weights, a numerical fault): never a black image."""
+
+    code = "non_finite_output"
+    status = 500

@@ -7,6 +7,7 @@ normalised here to a plain 8-bit RGB image or refused with a one-line reason.
 from __future__ import annotations
 
 import io
+import math
 import os
 from pathlib import Path
 
@@ -95,28 +96,115 @@ def load_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
     min_side: int = MIN_SIDE,
+    cover: tuple[int, int] | None = None,
+    crop_aspect: float | None = None,
 ) -> Image.Image:
     """Load a path, encoded bytes or PIL image as an upright 8-bit RGB image.
 
     `name` is the request field the image came from; errors name it (the CLI shows its flag).
-    The pixel limit is checked on the header's size, before any pixel is decoded.
+    The pixel limit is checked on the header's size, before any pixel is decoded. With `cover`
+    (W, H) the image is decoded only as large as needed to cover it (see `open_image`).
     """
+    image = open_image(source, name=name, max_pixels=max_pixels, min_side=min_side, cover=cover, crop_aspect=crop_aspect)
+    return decode_image(image, name=name, background=background, cover=cover, crop_aspect=crop_aspect)
+
+
+# Decode-size reduction keeps at least this factor above the size the model uses, Pillow's own
+# `reducing_gap` convention (Image.thumbnail): the LANCZOS resize that follows from 2x is close to
+# one from full size, while a 6000x6000 upload costs a quarter of its full decode or less.
+REDUCING_GAP = 2.0
+
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image) -> int:
+    orientation = image.getexif().get(0x0112, 1)
+    return orientation if orientation in _UPRIGHT else 1
+
+
+def _keep_scale(size: tuple[int, int], cover: tuple[int, int], crop_aspect: float | None) -> float:
+    """The smallest scale of an upright `size` image whose (aspect-cropped) part still covers
+    REDUCING_GAP x `cover`; 1.0 or more means no reduction."""
+    w, h = size
+    cw, ch = (min(w, h * crop_aspect), min(h, w / crop_aspect)) if crop_aspect else (w, h)
+    return max(REDUCING_GAP * cover[0] / max(cw, 1), REDUCING_GAP * cover[1] / max(ch, 1))
+
+
+def open_image(
+    source: ImageSource,
+    *,
+    name: str = "image",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+    cover: tuple[int, int] | None = None,
+    crop_aspect: float | None = None,
+) -> Image.Image:
+    """Open an image and check its header's size, decoding nothing. With `cover`, a JPEG is put
+    in draft mode (DCT scaling at decode time) so that its `size` becomes what decoding will
+    produce: still REDUCING_GAP x `cover` or more after the `crop_aspect` crop."""
     image = _open(source, name)
     w, h = image.size
     if w < min_side or h < min_side:
         raise ImageTooSmallError.for_field(name, f"is too small: {w}x{h} pixels, at least {min_side}x{min_side} needed")
     if max_pixels is not None and w * h > max_pixels:
         raise ImageTooLargeError.for_field(name, f"is too large: {w}x{h} pixels, the limit is {max_pixels} pixels")
+    if cover is not None and image.format == "JPEG" and getattr(image, "im", None) is None:
+        try:
+            rotated = _orientation(image) >= 5
+            upright = (h, w) if rotated else (w, h)
+            scale = _keep_scale(upright, cover, crop_aspect)
+            if scale < 0.5:  # JPEG scales by 1/2, 1/4 or 1/8
+                want = (math.ceil(upright[0] * scale), math.ceil(upright[1] * scale))
+                image.draft(None, want[::-1] if rotated else want)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageError.for_field(name, f"is not a decodable image ({type(exc).__name__})") from None
+    return image
+
+
+def decode_image(
+    image: Image.Image,
+    *,
+    name: str = "image",
+    background: tuple[int, int, int] = (255, 255, 255),
+    cover: tuple[int, int] | None = None,
+    crop_aspect: float | None = None,
+) -> Image.Image:
+    """Decode an `open_image` result to upright 8-bit RGB; with `cover`, box-reduce it at once by
+    the largest integer factor that keeps REDUCING_GAP x `cover` (the full-size pixels are
+    dropped before any mode conversion copies them)."""
     try:
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)  # animated formats: the first frame
         image.load()
-        image = ImageOps.exif_transpose(image)
+        orientation = _orientation(image)
+        if cover is not None:
+            upright = image.size[::-1] if orientation >= 5 else image.size
+            factor = int(1.0 / _keep_scale(upright, cover, crop_aspect))
+            if factor > 1:
+                if image.mode not in _REDUCIBLE or "transparency" in image.info:
+                    image = to_rgb(image, background)
+                image = image.reduce(factor)
+        if orientation != 1:
+            image = image.transpose(_UPRIGHT[orientation])
+            for key in _ORIENTATION_KEYS:  # upright now: loading the result again is a no-op
+                image.info.pop(key, None)
         return to_rgb(image, background)
     except Image.DecompressionBombError:
         raise ImageTooLargeError.for_field(name, "is too large (decompression bomb guard)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError.for_field(name, f"is not a decodable image ({type(exc).__name__})") from None
+
+
+# Metadata that can carry an orientation (Image.getexif reads all of them).
+_ORIENTATION_KEYS = ("exif", "xmp", "XML:com.adobe.xmp", "Raw profile type exif")
+
+# Modes Image.reduce averages correctly (RGBA and LA premultiplied by Pillow); others go to RGB first.
+_REDUCIBLE = ("RGB", "RGBA", "L", "LA")
 
 
 def center_crop_to_aspect_ratio(image: Image.Image, target_ratio: float) -> Image.Image:

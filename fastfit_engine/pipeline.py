@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fastfit_engine.errors import NonFiniteOutputError
 from fastfit_engine.group_norm import use_fast_group_norm
 from fastfit_engine.loading import load_scheduler, load_vae
 from fastfit_engine.unet import GARMENT_LABELS, FastFitUNet
@@ -363,7 +364,12 @@ class FastFitPipeline:
         return self.vae.decode(latents.to(self.vae.dtype) / self.vae_scale).sample
 
     def postprocess(self, image: torch.Tensor, person: PersonInputs) -> Image.Image:
-        """Repaint outside the mask with the original person, then round to a PIL RGB image."""
+        """Repaint outside the mask with the original person, then round to a PIL RGB image.
+
+        A decoded image with NaN or Inf raises NonFiniteOutputError: rounding would turn it into
+        a plausible-looking black image (corrupt weights did exactly that)."""
+        if not bool(torch.isfinite(image).all()):
+            raise NonFiniteOutputError("the model produced a non-finite (NaN/Inf) image")
         image = image * person.mask + (1 - person.mask) * person.image
         image = (image / 2 + 0.5).clamp(0, 1)
         arr = image[0].permute(1, 2, 0).float().cpu().numpy()

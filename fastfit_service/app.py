@@ -1,7 +1,9 @@
 """The Flask app factory of the try-on service: `POST /prompt` (multipart) returns a PNG.
 
-Routes: `/prompt`, `/health` (the process answers), `/ready` (the engine is loaded), `/metrics`.
-One engine per process; `admission.Service` lets one request at a time onto the GPU.
+Routes: `/prompt`, `/health` (liveness: the process answers and the GPU is not stuck), `/ready`
+(the engine is loaded and the process not draining), `/metrics`. One engine per process;
+`admission.Service` admits a request before its images are decoded and lets one request at a
+time onto the GPU, under a deadline and a check that its client is still there.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from fastfit_engine.errors import TryOnError
+from fastfit_engine.errors import ClientGone, DeadlineExceeded, NonFiniteOutputError, TryOnError
 from fastfit_engine.schema import PERSON_FIELD
 
 from .admission import Service
@@ -56,24 +58,48 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
 
     @app.get("/health")
     def health() -> Response:
+        svc.raise_if_stuck()  # liveness: a hung GPU call makes the supervisor restart the process
         return jsonify({"status": "ok"})
 
     @app.get("/ready")
     def ready() -> Response:
+        svc.raise_if_draining()
+        svc.raise_if_stuck()
         svc.require_engine()
         return jsonify({"status": "ready"})
 
     @app.get("/metrics")
     def metrics() -> Response:
+        svc.stuck()  # refresh the gauge
         return svc.metrics.exposition()
 
     @app.post("/prompt")
     def prompt() -> Response:
-        images, params = read_prompt_form(request, cfg["MAX_IMAGE_PIXELS"])
+        uploads, params = read_prompt_form(request)  # undecoded: refusals below cost no decoding
         eng = svc.require_engine()
-        person = images.pop(PERSON_FIELD)
+        control = svc.control(request.environ)
         try:
-            result = svc.run(lambda: eng.process(person, images, params))
+            with svc.admit():
+                control.check()
+                with svc.decode_lock:
+                    person, garments = eng.load_inputs(
+                        uploads.pop(PERSON_FIELD), uploads, max_total_pixels=cfg["MAX_REQUEST_PIXELS"]
+                    )
+                result = svc.run_on_gpu(
+                    lambda: eng.process(person, garments, params, progress=control.step, check=control.check), control
+                )
+        except ClientGone:
+            svc.metrics.cancelled.inc()
+            log.info("request cancelled: the client closed the connection")
+            raise
+        except DeadlineExceeded:
+            svc.metrics.expired.inc()
+            log.warning("request expired after %.0f s", cfg["REQUEST_TIMEOUT"])
+            raise
+        except NonFiniteOutputError:
+            svc.metrics.non_finite.inc()
+            log.error("the model produced a non-finite output (corrupt weights or a numerical fault)")
+            raise
         except TryOnError:
             raise
         except Exception:

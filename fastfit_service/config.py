@@ -76,6 +76,11 @@ def default_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "QUEUE_TIMEOUT": _env_float(env, "FASTFIT_QUEUE_TIMEOUT", 120.0),
         "RETRY_AFTER": _env_int(env, "FASTFIT_RETRY_AFTER", 10),
         "WARMUP": _env_bool(env, "FASTFIT_WARMUP"),  # None: warm up on CUDA only
+        # Decoded pixels of all a request's images together (after JPEG draft decoding), checked
+        # from the headers before decoding: two full-size images at the per-image limit.
+        "MAX_REQUEST_PIXELS": _env_int(env, "FASTFIT_MAX_REQUEST_PIXELS", 2 * DEFAULT_MAX_PIXELS),
+        "REQUEST_TIMEOUT": _env_float(env, "FASTFIT_REQUEST_TIMEOUT", 180.0),  # seconds; 0: none
+        "STUCK_TIMEOUT": _env_float(env, "FASTFIT_STUCK_TIMEOUT", 300.0),  # seconds without progress; 0: off
         "ENGINE_FACTORY": None,  # callable() -> engine; default builds FastFitEngine from the above
     }
 

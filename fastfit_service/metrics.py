@@ -24,6 +24,24 @@ class Metrics:
         self.queue_depth = Gauge("fastfit_queue_depth", "Requests waiting for the GPU.", registry=self.registry)
         self.in_flight = Gauge("fastfit_inflight", "Requests running on the GPU.", registry=self.registry)
         self.ready = Gauge("fastfit_engine_ready", "1 once the engine is loaded.", registry=self.registry)
+        self.steps = Counter("fastfit_denoising_steps", "Denoising steps run.", registry=self.registry)
+        self.cancelled = Counter(
+            "fastfit_requests_cancelled", "Requests stopped because their client closed the connection.",
+            registry=self.registry,
+        )
+        self.expired = Counter(
+            "fastfit_requests_expired", "Requests stopped at their deadline (FASTFIT_REQUEST_TIMEOUT).",
+            registry=self.registry,
+        )
+        self.non_finite = Counter(
+            "fastfit_non_finite_outputs", "Results refused because they held NaN or Inf (warm-up included).",
+            registry=self.registry,
+        )
+        self.stuck = Gauge(
+            "fastfit_engine_stuck", "1 while the running request has made no progress for FASTFIT_STUCK_TIMEOUT.",
+            registry=self.registry,
+        )
+        self.draining = Gauge("fastfit_draining", "1 once a graceful stop (SIGTERM) began.", registry=self.registry)
 
     def exposition(self) -> Response:
         """The `/metrics` response body in the Prometheus text format."""

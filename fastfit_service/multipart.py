@@ -7,9 +7,6 @@ HTML forms (a field given twice, a file where a number belongs, a blank file inp
 from __future__ import annotations
 
 from flask import Request
-from PIL import Image
-
-from fastfit_engine.images import load_image
 from fastfit_engine.schema import (
     IMAGE_FIELDS,
     NUMBER_FIELDS_BY_NAME,
@@ -24,8 +21,9 @@ def _form_error(code: str, message: str, field: str) -> RequestError:
     return RequestError(message, code=code, field=field)
 
 
-def read_prompt_form(request: Request, max_pixels: int | None) -> tuple[dict[str, Image.Image], TryOnParams]:
-    """Validate the multipart request against the schema; return (images by field, parameters)."""
+def read_prompt_form(request: Request) -> tuple[dict[str, bytes], TryOnParams]:
+    """Validate the multipart request against the schema; return (encoded images by field,
+    parameters). Nothing is decoded here: the app decodes once the request has a queue slot."""
     form, files = request.form, request.files  # may raise 413 (werkzeug checks the size)
     for key in list(form.keys()) + list(files.keys()):
         if key not in IMAGE_FIELDS and key not in NUMBER_FIELDS_BY_NAME:
@@ -51,5 +49,4 @@ def read_prompt_form(request: Request, max_pixels: int | None) -> tuple[dict[str
 
     check_images(uploads)
     params = parse_numbers({k: form.get(k) for k in NUMBER_FIELDS_BY_NAME})
-    images = {key: load_image(data, name=key, max_pixels=max_pixels) for key, data in uploads.items()}
-    return images, params
+    return uploads, params
