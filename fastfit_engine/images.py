@@ -153,7 +153,7 @@ def open_image(
         raise ImageTooSmallError.for_field(name, f"is too small: {w}x{h} pixels, at least {min_side}x{min_side} needed")
     if max_pixels is not None and w * h > max_pixels:
         raise ImageTooLargeError.for_field(name, f"is too large: {w}x{h} pixels, the limit is {max_pixels} pixels")
-    if cover is not None and image.format == "JPEG" and getattr(image, "im", None) is None:
+    if cover is not None and image.format == "JPEG":  # (a no-op once decoded)
         try:
             rotated = _orientation(image) >= 5
             upright = (h, w) if rotated else (w, h)
