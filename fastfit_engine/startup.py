@@ -5,8 +5,13 @@ slow to mount) or a lasting one (a corrupt file, a missing file in offline mode)
 retries the first kind a few times with a growing pause, then gives up so the worker exits
 non-zero and its supervisor restarts it, instead of staying up and "healthy" with no model.
 Errors say whether a retry can help with a ``retryable`` attribute (``ModelsNotFoundError`` from
-a failed download and anything without the attribute: yes; ``WeightIntegrityError`` and a
-missing file that nothing will download: no, retrying only delays the same error).
+a failed download: yes; ``WeightIntegrityError`` and a missing file that nothing will download:
+no, retrying only delays the same error); without it, ``LASTING_ERRORS`` are not retried.
+
+In the service (``fastfit_service.admission``) the loader thread calls the engine factory
+through ``call_with_retry``; when the last attempt fails and ``FASTFIT_EXIT_ON_LOAD_FAILURE`` is
+on (gunicorn.conf.py turns it on in the worker), the worker exits with code 1 and the gunicorn
+master starts a fresh one.
 
 Settings (env): ``FASTFIT_LOAD_ATTEMPTS`` (default 3 attempts in all), ``FASTFIT_LOAD_BACKOFF``
 (first pause, 5 s, doubled after each failure) and ``FASTFIT_LOAD_BACKOFF_MAX`` (60 s).
@@ -69,8 +74,20 @@ class RetryPolicy:
         return [min(self.first_delay * self.factor**i, self.max_delay) for i in range(self.attempts - 1)]
 
 
+# Errors that another attempt a few seconds later cannot cure, unless they say otherwise.
+LASTING_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+    ValueError, TypeError, KeyError, ImportError, NotImplementedError,
+)
+
+
 def is_retryable(exc: BaseException) -> bool:
-    return bool(getattr(exc, "retryable", True))
+    """An error's own `retryable` attribute decides; otherwise anything but LASTING_ERRORS is
+    retried (timeouts, connection errors, a GPU still held by a previous process...)."""
+    flag = getattr(exc, "retryable", None)
+    if flag is not None:
+        return bool(flag)
+    return not isinstance(exc, LASTING_ERRORS)
 
 
 def call_with_retry(

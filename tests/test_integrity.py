@@ -215,3 +215,19 @@ def test_synthetic_writer_marks_what_it_writes(marked_root):
         "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
     ]
     assert foreign_files(marked_root / "absent") == []
+
+
+def test_service_marks_responses_served_by_synthetic_weights(tree, engine, sample_files):
+    import io
+
+    from server import create_app
+
+    def post(eng):
+        data = {n: (io.BytesIO(sample_files[n].read_bytes()), f"{n}.png") for n in ("person", "upper")}
+        data["steps"] = "1"
+        return create_app(engine=eng).test_client().post("/prompt", data=data, content_type="multipart/form-data")
+
+    r = post(_engine(tree))
+    assert r.status_code == 200 and r.headers["X-FastFit-Synthetic-Weights"] == "true"
+    r = post(engine)  # conftest's tree carries no marker
+    assert r.status_code == 200 and "X-FastFit-Synthetic-Weights" not in r.headers

@@ -15,7 +15,7 @@ import pytest
 from fastfit_engine import assets
 from fastfit_engine.assets import ModelsNotFoundError, ensure_models
 from fastfit_engine.integrity import WeightIntegrityError
-from fastfit_engine.startup import RetryPolicy, call_with_retry
+from fastfit_engine.startup import RetryPolicy, call_with_retry, is_retryable
 
 ROOT = Path(__file__).resolve().parents[1]
 HANG_LIMIT = 90  # seconds; with 1 s timeouts the error comes within a few seconds (huggingface_hub retries a few times)
@@ -52,7 +52,8 @@ def silent_hub():
 def _env(endpoint: str, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "FASTFIT_"))}
     env.update(HF_ENDPOINT=endpoint, HF_HUB_ETAG_TIMEOUT="1", HF_HUB_DOWNLOAD_TIMEOUT="1",
-               HF_HOME=str(tmp_path / "hf-home"), PYTHONPATH=str(ROOT))
+               HF_HOME=str(tmp_path / "hf-home"), PYTHONPATH=str(ROOT),
+               FASTFIT_LOAD_ATTEMPTS="2", FASTFIT_LOAD_BACKOFF="0.1")
     return env
 
 
@@ -90,12 +91,16 @@ svc = app.extensions["fastfit"]
 print(json.dumps({{"status": r.status_code, "body": r.get_json(), "error": str(svc.load_error),
                   "error_code": getattr(svc.load_error, "code", None)}}))
 """
+    code = "import logging; logging.basicConfig(level=logging.INFO)\n" + code
     proc = _run([sys.executable, "-c", code], silent_hub, tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["status"] == 503 and out["body"]["error"]["code"] == "engine_failed"
     assert out["error"].startswith("could not download zhengchong/FastFit-MR-1024 (ReadTimeout: no answer within 1 s")
     assert out["error_code"] == "engine_failed"
+    # a download failure is worth another attempt (FASTFIT_LOAD_ATTEMPTS=2 here)
+    assert "engine load failed (attempt 1 of 2): ModelsNotFoundError: could not download" in proc.stderr
+    assert "engine load failed (attempt 2 of 2, attempts exhausted)" in proc.stderr
 
 
 def test_every_hub_call_gets_a_timeout_even_inside_snapshot_download(silent_hub, tmp_path):
@@ -195,3 +200,48 @@ def test_policy_from_env():
         RetryPolicy.from_env({"FASTFIT_LOAD_BACKOFF": "soon"})
     with pytest.raises(ValueError, match="invalid retry policy"):
         RetryPolicy.from_env({"FASTFIT_LOAD_ATTEMPTS": "0"})
+
+
+def test_lasting_errors_by_type_unless_they_say_otherwise():
+    assert is_retryable(TimeoutError()) and is_retryable(RuntimeError("CUDA out of memory"))
+    assert not is_retryable(FileNotFoundError("x")) and not is_retryable(KeyError("unet.conv_in.weight"))
+    assert is_retryable(ModelsNotFoundError("could not download", retryable=True))
+    assert not is_retryable(ModelsNotFoundError("is missing"))
+
+
+# ---------------------------------------------------------------------------------- service wiring
+def test_service_loader_retries_then_serves(engine):
+    from server import create_app
+
+    factory = Flaky([ConnectionError("hub reset the connection")], value=engine)
+    app = create_app(config={"ENGINE_FACTORY": factory, "LOAD_RETRY": RetryPolicy(attempts=2, first_delay=0.05)})
+    app.extensions["fastfit"].loader.join(30)
+    assert factory.calls == 2
+    assert app.test_client().get("/ready").get_json() == {"status": "ready"}
+
+
+def test_gunicorn_worker_exits_and_is_restarted_when_the_engine_cannot_load(tmp_path):
+    """No models and HF_HUB_OFFLINE: the load fails for good, the worker exits with code 1 and the
+    gunicorn master starts another one (which fails the same way)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "FASTFIT_", "GUNICORN_"))}
+    env.update(GUNICORN_BIND=f"127.0.0.1:{port}", FASTFIT_MODELS_DIR=str(tmp_path / "Models"),
+               FASTFIT_DEVICE="cpu", HF_HUB_OFFLINE="1")
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "server:app"],
+                                cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + HANG_LIMIT
+            while time.time() < deadline and log_path.read_text().count("exited with code 1") < 2:
+                assert proc.poll() is None, log_path.read_text()[-2000:]
+                time.sleep(0.5)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    text = log_path.read_text()
+    assert text.count("exited with code 1") >= 2, text[-3000:]
+    assert "engine failed to load: ModelsNotFoundError: " in text and "HF_HUB_OFFLINE is set" in text
+    assert "exiting the worker with code 1 so that it is restarted" in text
