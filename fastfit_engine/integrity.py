@@ -15,15 +15,15 @@ a difference is a ``WeightIntegrityError`` naming the file. A file without a rec
 tree copied by hand) is logged as a warning and loaded anyway, unless ``FASTFIT_REQUIRE_DIGESTS=1``.
 ``FASTFIT_VERIFY_WEIGHTS=0`` skips the hashing (the manifests are still read).
 
-Cost, and why every start re-hashes: hashlib's SHA-256 runs at 1.39 GB/s per core on the
-development machine (Intel Xeon with SHA-NI, OpenSSL 3.0, 2026-12-01; see bench/bench_sha256.py),
-and hashlib releases the GIL, so files are hashed one thread each, largest first. The real
-model set is about 5 GB (the 3.4 GB UNet dominates): about 2.5-3.5 s per start when the files
-are in the page cache, bounded by the UNet on a machine with several cores. That is small next
-to loading the models and the CUDA warm-up (tens of seconds), and the loaders read the same
-bytes from the page cache right after. A size+mtime stamp that skipped unchanged files would
-miss exactly the failure this is for: bit rot and a disk that returns bad blocks change no
-mtime. So the check runs on every start.
+Cost, and why every start re-hashes (bench/bench_sha256.py, 2026-12-01): on the GPU host (16-core
+Intel Xeon with SHA-NI, Python 3.12, an H200 machine) a file set shaped like ours (5.13 GB, the
+UNet 3.44 GB) hashes in 3.4 s with one thread per file (hashlib releases the GIL; the UNet at
+1.0-1.1 GB/s bounds it) against 4.6 s in one thread; from a cold page cache 4.3 s, where merely
+reading the files (which the loaders do anyway, and then find them cached) takes 2.8 s. The
+2-core development VM hashes 1.39 GB/s per core from memory. A few seconds is small next to
+loading the models and the CUDA warm-up (tens of seconds). A size+mtime stamp that skipped
+unchanged files would miss exactly the failure this is for: bit rot and a disk returning bad
+blocks change no mtime. So the check runs on every start.
 
 The synthetic writer marks each folder it writes with ``.fastfit-synthetic.json`` (what, when,
 seed, the files); ``verify_models`` reports it, the engine logs a WARNING and exposes
@@ -48,7 +48,7 @@ SYNTHETIC_MARKER = ".fastfit-synthetic.json"
 VERIFY_ENV = "FASTFIT_VERIFY_WEIGHTS"
 STRICT_ENV = "FASTFIT_REQUIRE_DIGESTS"
 MANIFEST_FORMAT = 1
-_CHUNK = 8 << 20  # 8 MiB reads: as fast as 1 MiB (1.39 GB/s either way, measured above), fewer calls
+_CHUNK = 8 << 20  # 8 MiB reads: as fast as 1 MiB (1.39 GB/s either way on the dev VM), fewer calls
 
 
 class WeightIntegrityError(RuntimeError):
