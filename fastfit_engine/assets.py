@@ -29,7 +29,8 @@ import os
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .integrity import compute_digests, write_manifest
 
@@ -136,14 +137,14 @@ class ModelPaths:
         return self.human_toolkit / "SCHP" / "schp-atr.pth"
 
 
-def resolve_models_dir(models_dir: Union[str, os.PathLike, None] = None) -> Path:
+def resolve_models_dir(models_dir: str | os.PathLike | None = None) -> Path:
     """The option if given, else $FASTFIT_MODELS_DIR, else ./Models."""
     if models_dir is None or str(models_dir) == "":
         models_dir = os.environ.get(MODELS_DIR_ENV) or DEFAULT_MODELS_DIR
     return Path(models_dir).expanduser()
 
 
-def missing_files(repo: ModelRepo, folder: Union[str, os.PathLike]) -> list[str]:
+def missing_files(repo: ModelRepo, folder: str | os.PathLike) -> list[str]:
     """Relative paths of the required files absent from `folder` (first alternative named)."""
     folder = Path(folder)
     missing = []
@@ -188,7 +189,7 @@ def install_hub_timeouts() -> None:
         session.event_hooks = hooks
 
 
-def hub_lfs_digests(repo_id: str, revision: Optional[str], patterns: Sequence[str]) -> tuple[str, dict[str, dict]]:
+def hub_lfs_digests(repo_id: str, revision: str | None, patterns: Sequence[str]) -> tuple[str, dict[str, dict]]:
     """(commit, {path: {"sha256", "size"}}) for the LFS files of `repo_id` matching `patterns`,
     from the Hub's file metadata (``model_info(files_metadata=True)``)."""
     from huggingface_hub import HfApi, constants
@@ -230,8 +231,8 @@ def ensure_repo(
     root: Path,
     *,
     download: bool = True,
-    revision: Optional[str] = None,
-    downloader: Optional[Callable[..., object]] = None,
+    revision: str | None = None,
+    downloader: Callable[..., object] | None = None,
 ) -> Path:
     """Make sure `root/repo.folder` holds the required files, downloading only what we use."""
     folder = root / repo.folder
@@ -274,7 +275,7 @@ def ensure_repo(
     return folder
 
 
-def _record_digests(repo: ModelRepo, folder: Path, revision: Optional[str], hub_digests: dict[str, dict]) -> None:
+def _record_digests(repo: ModelRepo, folder: Path, revision: str | None, hub_digests: dict[str, dict]) -> None:
     """Write the folder's manifest: the Hub's digest where it gave one, else hashed now."""
     files = _matching_files(folder, repo.allow_patterns)
     digests = {f: hub_digests[f] for f in files if f in hub_digests}
@@ -284,11 +285,11 @@ def _record_digests(repo: ModelRepo, folder: Path, revision: Optional[str], hub_
 
 
 def ensure_models(
-    models_dir: Union[str, os.PathLike, None] = None,
+    models_dir: str | os.PathLike | None = None,
     *,
     download: bool = True,
-    revisions: Optional[dict[str, str]] = None,
-    downloader: Optional[Callable[..., object]] = None,
+    revisions: dict[str, str] | None = None,
+    downloader: Callable[..., object] | None = None,
 ) -> ModelPaths:
     """Check (and if needed download) both model folders; return their paths.
 
