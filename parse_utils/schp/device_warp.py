@@ -96,11 +96,14 @@ def warp_affine_linear(
     *,
     inverse_map: bool = False,
     vector_lanes: int = OPENCV_VECTOR_LANES,
+    chunk_elements: int = 1 << 22,
 ) -> torch.Tensor:
     """cv2.warpAffine(plane, matrix, size, INTER_LINEAR, BORDER_CONSTANT, 0) for each plane.
 
     planes: NxHxW (or HxW) float32 on any device; matrix: 2x3, source -> destination unless
     inverse_map; size: (width, height) of the output. Returns N x height x width float32.
+    Planes are processed in groups of about `chunk_elements` output values, which bounds the
+    float64 temporaries (about 100 MB at the default).
     """
     if planes.dtype != torch.float32:
         raise TypeError(f"warp_affine_linear expects float32 planes, got {planes.dtype}")
@@ -126,19 +129,18 @@ def warp_affine_linear(
     outside = (ix < -1) | (ix >= src_w) | (iy < -1) | (iy >= src_h)
     # One zero pixel around the source stands for the border value of partly outside taps.
     stride = src_w + 2
-    flat = F.pad(planes, (1, 1, 1, 1)).reshape(count, -1)
     top_left = (iy.clamp(-1, src_h - 1) + 1) * stride + (ix.clamp(-1, src_w - 1) + 1)
-
-    def tap(offset: int) -> torch.Tensor:
-        return flat.index_select(1, top_left + offset)
-
-    p00, p01 = tap(0), tap(1)
-    v0 = _fma(ax, p01 - p00, p00)
-    del p00, p01
-    p10, p11 = tap(stride), tap(stride + 1)
-    v1 = _fma(ax, p11 - p10, p10)
-    del p10, p11
-    out = _fma(ay, v1 - v0, v0)
+    ax64, ay64 = ax.double(), ay.double()
+    out = torch.empty((count, height * width), dtype=torch.float32, device=device)
+    step = max(1, chunk_elements // max(1, height * width))
+    for start in range(0, count, step):
+        flat = F.pad(planes[start:start + step], (1, 1, 1, 1)).reshape(min(step, count - start), -1)
+        p00, p01 = flat.index_select(1, top_left), flat.index_select(1, top_left + 1)
+        v0 = _fma(ax64, p01 - p00, p00)
+        p10, p11 = flat.index_select(1, top_left + stride), flat.index_select(1, top_left + stride + 1)
+        v1 = _fma(ax64, p11 - p10, p10)
+        del p00, p01, p10, p11
+        out[start:start + step] = _fma(ay64, v1 - v0, v0)
     out = out.masked_fill_(outside, 0.0).view(count, height, width)
     return out[0] if squeeze else out
 
