@@ -112,7 +112,7 @@ def timed_request(url: str, data: bytes | None = None, headers: dict | None = No
 
 
 def small_prompt() -> tuple[bytes, dict]:
-    """A /prompt body without a garment: the app answers 400 no_garment before any model work."""
+    """A /prompt body with no image: the app answers 400 (missing_person) before any model work."""
     boundary = "fastfitslowcheck"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"steps\"\r\n\r\n1\r\n--{boundary}--\r\n").encode()
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
