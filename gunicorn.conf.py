@@ -28,6 +28,9 @@ preload_app = False  # the app (and with it the engine) is created in the worker
 timeout = int(_env("GUNICORN_TIMEOUT", "300"))  # a cold first request on a slow GPU can take minutes
 graceful_timeout = int(_env("GUNICORN_GRACEFUL_TIMEOUT", "60"))  # let the running try-on finish
 keepalive = int(_env("GUNICORN_KEEPALIVE", "5"))
+# No runtime control socket (gunicorn >= 25): changing the worker count or reloading would load a
+# second model copy on the GPU, and several instances on one host would share its default path.
+control_socket_disable = True
 max_requests = 0  # never recycle the worker: reloading the models costs far more than it saves
 limit_request_line = 8190
 accesslog = _env("GUNICORN_ACCESSLOG", "-")

@@ -124,7 +124,8 @@ def front_listen(env: dict[str, str]) -> str:
     return _env(env, "FASTFIT_LISTEN", "0.0.0.0:" + _env(env, "PORT", "8000"))
 
 
-def render_nginx_config(env: dict[str, str], instances: list[Instance], run_dir: str) -> str:
+def render_nginx_config(env: dict[str, str], instances: list[Instance], run_dir: str,
+                        temp_dir: str | None = None) -> str:
     queue = int(_env(env, "FASTFIT_QUEUE_SIZE", "2"))
     per_ip = int(_env(env, "FASTFIT_FRONT_CONN_PER_IP", "64"))
     conn_limit = ""
@@ -134,6 +135,8 @@ def render_nginx_config(env: dict[str, str], instances: list[Instance], run_dir:
     max_upload = float(_env(env, "FASTFIT_MAX_UPLOAD_MB", "20"))
     values = {
         "run_dir": run_dir,
+        "temp_dir": temp_dir or run_dir,
+        "user": nginx_user_line(),
         "worker_connections": _env(env, "FASTFIT_FRONT_MAX_CONNECTIONS", "1024"),
         "access_log": _env(env, "FASTFIT_FRONT_ACCESS_LOG", "/dev/stdout"),
         "client_header_timeout": _ms(env, "FASTFIT_FRONT_HEADER_TIMEOUT", "10"),
@@ -158,6 +161,43 @@ def render_nginx_config(env: dict[str, str], instances: list[Instance], run_dir:
     if "{{" in text:
         raise LaunchError("nginx template has an unknown placeholder: " + text.split("{{", 1)[1].split("}}")[0])
     return text
+
+
+TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def nginx_user_line() -> str:
+    """As root (CI, a root container) nginx's workers would drop to a user that cannot write the
+    run folder: name an unprivileged user explicitly (prepare_temp_dirs hands it the temp folders).
+    As any other user (the image runs as uid 1000) nginx cannot switch users and needs no line."""
+    if os.geteuid() != 0:
+        return ""
+    import grp
+    import pwd
+
+    user = pwd.getpwnam("nobody")
+    return f"user {user.pw_name} {grp.getgrgid(user.pw_gid).gr_name};"
+
+
+def prepare_temp_dirs(run_dir: str) -> str:
+    """nginx's temp folders (request bodies over 1 MB are buffered there), writable by its workers;
+    returns their parent. As root they live in a fresh folder under the system temp directory that
+    the unprivileged worker user can reach (the run folder's parents may be private)."""
+    base = Path(run_dir)
+    owner = None
+    if os.geteuid() == 0:
+        import pwd
+
+        base = Path(tempfile.mkdtemp(prefix="fastfit-nginx-temp-"))
+        base.chmod(0o711)
+        user = pwd.getpwnam("nobody")
+        owner = (user.pw_uid, user.pw_gid)
+    for name in TEMP_DIRS:
+        path = base / name
+        path.mkdir(parents=True, exist_ok=True)
+        if owner is not None:
+            os.chown(path, *owner)
+    return str(base)
 
 
 def nginx_binary(env: dict[str, str]) -> str:
@@ -191,7 +231,16 @@ def run(env: dict[str, str]) -> int:
     run_dir = env.get("FASTFIT_RUN_DIR") or tempfile.mkdtemp(prefix="fastfit-front-")
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     conf = Path(run_dir) / "nginx.conf"
-    conf.write_text(render_nginx_config(env, instances, run_dir))
+    temp_dir = prepare_temp_dirs(run_dir)
+    try:
+        conf.write_text(render_nginx_config(env, instances, run_dir, temp_dir))
+        return _run_stack(env, instances, run_dir, conf)
+    finally:
+        if temp_dir != run_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _run_stack(env: dict[str, str], instances: list[Instance], run_dir: str, conf: Path) -> int:
     nginx = nginx_binary(env)
     subprocess.run([nginx, "-t", "-q", "-e", "stderr", "-p", run_dir, "-c", str(conf)], check=True)
 

@@ -133,6 +133,17 @@ def test_front_answers_at_once_while_sixteen_clients_trickle(stack, mode):
     assert not any(e["uri"] == "/prompt" and e["upstream_status"] == "408" for e in stack.access_entries())
 
 
+def test_front_passes_a_large_body_buffered_on_disk(stack):
+    # over nginx's 1 MB in-memory buffer: the body goes through its temp folder to the app
+    boundary = "big"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="person"; filename="p.png"\r\n'
+            "Content-Type: image/png\r\n\r\n").encode() + b"\x00" * 3_000_000 + f"\r\n--{boundary}--\r\n".encode()
+    status, answer, headers, _ = slow_clients.timed_request(
+        stack.front + "/prompt", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}, timeout=30)
+    assert status == 400 and json.loads(answer)["error"]["code"] in ("no_garment", "invalid_image"), answer
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
 def test_front_errors_are_json(stack):
     cases = [
         (b"POST /prompt HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n", 413, "payload_too_large"),
