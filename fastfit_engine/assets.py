@@ -12,9 +12,9 @@ message naming the missing files instead of an obscure loader error minutes late
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
 
 DEFAULT_MODELS_DIR = "Models"
 MODELS_DIR_ENV = "FASTFIT_MODELS_DIR"
@@ -106,14 +106,14 @@ class ModelPaths:
         return self.human_toolkit / "SCHP" / "schp-atr.pth"
 
 
-def resolve_models_dir(models_dir: Union[str, os.PathLike, None] = None) -> Path:
+def resolve_models_dir(models_dir: str | os.PathLike | None = None) -> Path:
     """The option if given, else $FASTFIT_MODELS_DIR, else ./Models."""
     if models_dir is None or str(models_dir) == "":
         models_dir = os.environ.get(MODELS_DIR_ENV) or DEFAULT_MODELS_DIR
     return Path(models_dir).expanduser()
 
 
-def missing_files(repo: ModelRepo, folder: Union[str, os.PathLike]) -> list[str]:
+def missing_files(repo: ModelRepo, folder: str | os.PathLike) -> list[str]:
     """Relative paths of the required files absent from `folder` (first alternative named)."""
     folder = Path(folder)
     missing = []
@@ -138,8 +138,8 @@ def ensure_repo(
     root: Path,
     *,
     download: bool = True,
-    revision: Optional[str] = None,
-    downloader: Optional[Callable[..., object]] = None,
+    revision: str | None = None,
+    downloader: Callable[..., object] | None = None,
 ) -> Path:
     """Make sure `root/repo.folder` holds the required files, downloading only what we use."""
     folder = root / repo.folder
@@ -178,11 +178,11 @@ def ensure_repo(
 
 
 def ensure_models(
-    models_dir: Union[str, os.PathLike, None] = None,
+    models_dir: str | os.PathLike | None = None,
     *,
     download: bool = True,
-    revisions: Optional[dict[str, str]] = None,
-    downloader: Optional[Callable[..., object]] = None,
+    revisions: dict[str, str] | None = None,
+    downloader: Callable[..., object] | None = None,
 ) -> ModelPaths:
     """Check (and if needed download) both model folders; return their paths.
 
