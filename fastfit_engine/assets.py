@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any
 
 from .integrity import compute_digests, write_manifest

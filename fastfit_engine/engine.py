@@ -1,28 +1,38 @@
 """FastFitEngine: one object that owns every model and turns (person, garments) into a try-on image.
 
-It reproduces the reference app's flow (3:4 crop, LANCZOS resizes, DWPose, DensePose, SCHP LIP
-and ATR, the multi-reference mask, references in a fixed order) and adds what a service needs:
-input validation from the shared schema, a seed that is always reported, per-stage timings and
-peak VRAM, and a lock so one engine can be shared by threads.
+It reproduces the upstream FastFit app's flow (3:4 crop, LANCZOS resizes, DWPose, DensePose,
+SCHP LIP and ATR, the multi-reference mask, references in a fixed order) and adds what a service
+needs: input rules and parameters from the request schema (a `TryOnParams` is taken as it is,
+never checked again), a seed that is always reported, per-stage timings and peak VRAM, and a
+lock so one engine can be shared by threads.
 """
 from __future__ import annotations
 
 import io
 import os
-import secrets
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .assets import ModelPaths, ensure_models
+from .compile_cache import compile_cache_dir, compile_enabled, use_compile_cache
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_image, prepare_person, prepare_reference
-from .schema import GARMENT_LABELS, PERSON_FIELD, check_garments, parse_numbers
+from .schema import (
+    GARMENT_LABELS,
+    GARMENT_SLOTS,
+    PERSON_FIELD,
+    TryOnParams,
+    check_images,
+    garment_set_per_size_layout,
+    parse_numbers,
+)
 
 DEFAULT_RESOLUTION = (768, 1024)
 STAGES = ("pose", "densepose", "schp", "mask", "diffusion", "total")
@@ -37,21 +47,17 @@ class TryOnResult:
     image: Image.Image
     seed: int
     timings: dict[str, float]  # seconds per stage, STAGES order
-    peak_vram_mb: Optional[float]  # None off CUDA
-    output_path: Optional[Path] = None
-    mask: Optional[Image.Image] = field(default=None, repr=False)
+    peak_vram_mb: float | None  # None off CUDA
+    output_path: Path | None = None
+    mask: Image.Image | None = field(default=None, repr=False)
 
     def to_png_bytes(self) -> bytes:
         buf = io.BytesIO()
         self.image.save(buf, format="PNG")
         return buf.getvalue()
 
-    def server_timing(self) -> str:
-        """The timings as an HTTP Server-Timing header value (milliseconds)."""
-        return ", ".join(f"{k};dur={v * 1000.0:.1f}" for k, v in self.timings.items())
 
-
-def parse_resolution(value: Union[str, tuple[int, int], list, None]) -> tuple[int, int]:
+def parse_resolution(value: str | tuple[int, int] | list[int] | None) -> tuple[int, int]:
     """(W, H) from a tuple or a 'WxH' string; both multiples of 64 (the UNet's total downsampling)."""
     if value is None or value == "":
         return DEFAULT_RESOLUTION
@@ -75,14 +81,15 @@ class FastFitEngine:
 
     def __init__(
         self,
-        models_dir: Union[str, os.PathLike, None] = None,
-        device: Union[str, torch.device, None] = None,
-        dtype: Optional[torch.dtype] = None,
+        models_dir: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
         dwpose_device: str = "cpu",
         *,
-        resolution: Union[str, tuple[int, int], None] = DEFAULT_RESOLUTION,
+        resolution: str | tuple[int, int] | None = DEFAULT_RESOLUTION,
         download: bool = True,
-        max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        compile: bool | None = None,
     ):
         self.device = torch.device(device) if device is not None else _default_device()
         if dtype is None:
@@ -106,50 +113,50 @@ class FastFitEngine:
         self.densepose = DensePose(self.paths.densepose, device=parser_device)
         self.schp_lip = SCHP(self.paths.schp_lip, device=parser_device)
         self.schp_atr = SCHP(self.paths.schp_atr, device=parser_device)
-        self.pipeline = FastFitPipeline.from_pretrained(self.paths.fastfit, device=self.device, dtype=self.dtype)
+        # compiled UNet step and VAE: default on CUDA (FASTFIT_COMPILE), caches on the models volume
+        self.compiled = compile_enabled(self.device) if compile is None else bool(compile)
+        if self.compiled and (cache := compile_cache_dir(self.paths.root)) is not None:
+            use_compile_cache(cache)
+        self.pipeline = FastFitPipeline.from_pretrained(
+            self.paths.fastfit, device=self.device, dtype=self.dtype,
+            compile_unet=self.compiled, compile_vae=self.compiled,
+        )
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ inputs
     @property
     def reference_sizes(self) -> dict[str, tuple[int, int]]:
-        """Reference size per garment slot: clothes at the person size, shoe and bag at half of it."""
+        """Reference size per garment slot (the schema's size factor of the working size)."""
         w, h = self.resolution
-        return {"upper": (w, h), "lower": (w, h), "dress": (w, h), "shoe": (w // 2, h // 2), "bag": (w // 2, h // 2)}
+        return {s.name: (w // s.size_factor, h // s.size_factor) for s in GARMENT_SLOTS}
 
     def load_inputs(
-        self, person: ImageSource, garments: Mapping[str, ImageSource]
+        self, person: ImageSource | None, garments: Mapping[str, ImageSource | None]
     ) -> tuple[Image.Image, dict[str, Image.Image]]:
-        """Validate the garment set and decode every image (person transparency over white too)."""
-        order = check_garments([k for k, v in garments.items() if v is not None])
+        """Apply the schema's image rules and decode every image (person transparency over white too)."""
+        given = [k for k, v in garments.items() if v is not None]
+        order = check_images(given + ([PERSON_FIELD] if person is not None else []))
         person_img = load_image(person, name=PERSON_FIELD, max_pixels=self.max_pixels)
         images = {g: load_image(garments[g], name=g, max_pixels=self.max_pixels) for g in order}
         return person_img, images
 
-    # One garment set per layout of reference sizes a request can have: 0-2 person-size items
-    # (upper/lower, or a dress) x 0-2 half-size ones (shoe, bag). The first two sets also
-    # touch all five slots.
-    WARMUP_SETS = (
-        ("upper", "lower", "shoe", "bag"),
-        ("dress",),
-        ("upper", "lower", "shoe"),
-        ("upper", "lower"),
-        ("dress", "shoe", "bag"),
-        ("dress", "shoe"),
-        ("shoe", "bag"),
-        ("shoe",),
-    )
+    # One garment set per layout of reference sizes a request can have (0-2 person-size items
+    # x 0-2 half-size ones); together they touch all five slots.
+    WARMUP_SETS = garment_set_per_size_layout()
+
+    _WARMUP_PARAMS = parse_numbers({"steps": 1, "seed": 0})
 
     def warmup(self) -> float:
         """Throw-away 1-step requests, one per reference-size layout, so real requests pay neither
-        CUDA/cuDNN start-up and per-shape set-up (measured: +0.35 s on a layout's first request)
-        nor the first computation of a slot's unconditional reference K/V; returns the seconds
-        taken. The service runs it before reporting ready on CUDA."""
+        CUDA/cuDNN start-up and per-shape set-up (+0.35 s on a layout's first request; H100 80GB,
+        bf16, 768x1024, 2026-11-25) nor the first computation of a slot's unconditional reference
+        K/V; returns the seconds taken. The service runs it before reporting ready on CUDA."""
         w, h = self.resolution
         person = Image.new("RGB", (w, h), (128, 128, 128))
         garment = Image.new("RGB", (w, h), (200, 200, 200))
         t0 = time.perf_counter()
         for slots in self.WARMUP_SETS:
-            self.process(person, {slot: garment for slot in slots}, steps=1, seed=0)
+            self.process(person, {slot: garment for slot in slots}, self._WARMUP_PARAMS)
         return time.perf_counter() - t0
 
     # ----------------------------------------------------------------- process
@@ -157,23 +164,28 @@ class FastFitEngine:
         self,
         person: ImageSource,
         garments: Mapping[str, ImageSource],
-        output_path: Union[str, os.PathLike, None] = None,
-        steps: int = 30,
-        seed: Optional[int] = None,
-        guidance_scale: float = 2.5,
-        progress: Optional[ProgressCallback] = None,
+        params: TryOnParams | None = None,
+        *,
+        output_path: str | os.PathLike | None = None,
+        progress: ProgressCallback | None = None,
+        **overrides: Any,
     ) -> TryOnResult:
         """Run one try-on. `garments` maps upper/lower/dress/shoe/bag to a path, bytes or PIL image.
 
-        `seed=None` draws a fresh seed (reported in the result). `progress(step, total)` is
-        called after each denoising step.
+        The numbers come either as `params` (from `schema.parse_numbers`, used as they are) or as
+        keywords (`steps=`, `seed=`, `guidance_scale=`), which the schema parses here; absent ones
+        get the schema's defaults. A seed of None draws a fresh one (reported in the result).
+        `progress(step, total)` is called after each denoising step.
         """
-        params = parse_numbers({"steps": steps, "seed": seed, "guidance_scale": guidance_scale})
-        seed = params["seed"] if params["seed"] is not None else secrets.randbelow(2**32)
+        if params is None:
+            params = parse_numbers(overrides)
+        elif overrides:
+            raise TypeError(f"process() takes params or keywords, not both (got {', '.join(sorted(overrides))})")
+        params = params.with_seed()
         person_img, garment_imgs = self.load_inputs(person, garments)
 
         with self._lock:
-            result = self._run(person_img, garment_imgs, params["steps"], seed, params["guidance_scale"], progress)
+            result = self._run(person_img, garment_imgs, params, progress)
         if output_path is not None:
             out = Path(output_path)
             result.image.save(out, format="PNG")
@@ -184,10 +196,8 @@ class FastFitEngine:
         self,
         person_img: Image.Image,
         garment_imgs: dict[str, Image.Image],
-        steps: int,
-        seed: int,
-        guidance_scale: float,
-        progress: Optional[ProgressCallback],
+        params: TryOnParams,
+        progress: ProgressCallback | None,
     ) -> TryOnResult:
         from parse_utils import multi_ref_cloth_agnostic_mask
 
@@ -215,7 +225,8 @@ class FastFitEngine:
             atr = np.asarray(self.schp_atr(person))
             t = lap("schp", t)
             mask = multi_ref_cloth_agnostic_mask(
-                densepose, lip, atr, square_cloth_mask=False, horizon_expand=True, rng=np.random.default_rng(seed)
+                densepose, lip, atr, square_cloth_mask=False, horizon_expand=True,
+                rng=np.random.default_rng(params.seed),
             )
             t = lap("mask", t)
             sizes = self.reference_sizes
@@ -227,12 +238,12 @@ class FastFitEngine:
                 mask,
                 references,
                 pose=pose,
-                num_inference_steps=steps,
-                guidance_scale=guidance_scale,
-                seed=seed,
+                num_inference_steps=params.steps,
+                guidance_scale=params.guidance_scale,
+                seed=params.seed,
                 callback=progress,
             )
             lap("diffusion", t)
         timings["total"] = time.perf_counter() - t_start
         peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None
-        return TryOnResult(image=image, seed=seed, timings=timings, peak_vram_mb=peak, mask=mask)
+        return TryOnResult(image=image, seed=params.seed, timings=timings, peak_vram_mb=peak, mask=mask)

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastfit_engine.loading import WEIGHTS_SAFETENSORS
+
 __all__ = [
     "UNET_CONFIG",
     "UNET_CONFIG_TINY",
@@ -133,7 +135,7 @@ def _save(folder: Path, config: dict[str, Any], state: dict[str, torch.Tensor]) 
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "diffusion_pytorch_model.safetensors"))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / WEIGHTS_SAFETENSORS))
 
 
 def write_fastfit_model(

@@ -16,7 +16,7 @@ from typing import Any
 from fastfit_engine.startup import RetryPolicy, call_with_retry
 
 from .metrics import Metrics
-from .responses import ApiError
+from .responses import ServiceUnavailable
 
 log = logging.getLogger("fastfit.server")
 
@@ -74,13 +74,18 @@ class Service:
         if self.engine is not None:
             return self.engine
         if self.load_error is not None:
-            raise ApiError(503, "engine_failed", "the model engine failed to load; see the server log")
-        raise ApiError(503, "loading", "the models are still loading; retry shortly", self.config["RETRY_AFTER"])
+            raise ServiceUnavailable("the model engine failed to load; see the server log", code="engine_failed")
+        raise ServiceUnavailable(
+            "the models are still loading; retry shortly", code="loading", retry_after=self.config["RETRY_AFTER"]
+        )
+
+    def _busy(self, code: str) -> ServiceUnavailable:
+        return ServiceUnavailable("the server is busy; retry shortly", code=code, retry_after=self.config["RETRY_AFTER"])
 
     def run(self, fn: Callable[[], Any]) -> Any:
         """Run fn holding the GPU lock, waiting in the bounded queue if needed."""
         if not self.slots.acquire(blocking=False):
-            raise ApiError(503, "queue_full", "the server is busy; retry shortly", self.config["RETRY_AFTER"])
+            raise self._busy("queue_full")
         try:
             self._adjust_waiting(+1)
             try:
@@ -88,7 +93,7 @@ class Service:
             finally:
                 self._adjust_waiting(-1)
             if not acquired:
-                raise ApiError(503, "queue_timeout", "the server is busy; retry shortly", self.config["RETRY_AFTER"])
+                raise self._busy("queue_timeout")
             try:
                 self.metrics.in_flight.set(1)
                 return fn()

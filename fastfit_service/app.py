@@ -6,18 +6,18 @@ One engine per process; `admission.Service` lets one request at a time onto the 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
+from fastfit_engine.errors import TryOnError
 from fastfit_engine.schema import PERSON_FIELD
 
 from .admission import Service
 from .config import default_config, engine_settings
 from .multipart import read_prompt_form
-from .responses import ApiError, register_error_handlers
+from .responses import ProcessingFailed, register_error_handlers, server_timing
 
 log = logging.getLogger("fastfit.server")
 
@@ -69,29 +69,22 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
 
     @app.post("/prompt")
     def prompt() -> Response:
-        images, numbers = read_prompt_form(request, cfg["MAX_IMAGE_PIXELS"])
+        images, params = read_prompt_form(request, cfg["MAX_IMAGE_PIXELS"])
         eng = svc.require_engine()
         person = images.pop(PERSON_FIELD)
-
-        def work() -> Any:
-            return eng.process(
-                person, images, steps=numbers["steps"], seed=numbers["seed"],
-                guidance_scale=numbers["guidance_scale"],
-            )
-
         try:
-            result = svc.run(work)
-        except ApiError:
+            result = svc.run(lambda: eng.process(person, images, params))
+        except TryOnError:
             raise
         except Exception:
             log.exception("processing failed")
-            raise ApiError(500, "processing_failed", "the try-on could not be processed") from None
+            raise ProcessingFailed("the try-on could not be processed") from None
         png = result.to_png_bytes()
         resp = Response(png, mimetype="image/png")
         resp.headers["X-Seed"] = str(result.seed)
         if result.peak_vram_mb is not None:
             resp.headers["X-Peak-VRAM-MB"] = f"{result.peak_vram_mb:.0f}"
-        resp.headers["Server-Timing"] = result.server_timing()
+        resp.headers["Server-Timing"] = server_timing(result.timings)
         resp.headers["Cache-Control"] = "no-store"
         if getattr(eng, "synthetic_weights", False):  # random weights from fastfit_engine.synthetic
             resp.headers["X-FastFit-Synthetic-Weights"] = "true"
