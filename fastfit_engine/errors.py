@@ -87,3 +87,4 @@ class NonFiniteOutputError(TryOnError):
 
     code = "non_finite_output"
     status = 500
+    retryable = False  # the same weights give the same output: a reload cannot help

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -23,11 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastfit_engine.errors import ClientGone, DeadlineExceeded, NonFiniteOutputError
+from fastfit_engine.startup import RetryPolicy, call_with_retry
 
 from .metrics import Metrics
 from .responses import ServiceUnavailable
 
 log = logging.getLogger("fastfit.server")
+
+LOAD_FAILED_EXIT_CODE = 1  # not 3 or 4: those make the gunicorn master stop instead of restarting the worker
 
 # How often a request waiting for the GPU looks at its client and its deadline.
 WAIT_POLL_S = 0.25
@@ -118,13 +122,21 @@ class Service:
         self.metrics.ready.set(1)
 
     def load(self, factory: Callable[[], Any]) -> None:
+        """Build the engine, retrying with backoff (config LOAD_RETRY); on failure record it for
+        /ready, or with EXIT_ON_LOAD_FAILURE end the process so its supervisor starts a new one.
+        NaN/Inf at warm-up is not retried: the same weights give the same output."""
+        policy = self.config.get("LOAD_RETRY") or RetryPolicy.from_env()
         try:
-            engine = factory()
+            engine = call_with_retry(factory, policy, what="engine load")
         except BaseException as exc:  # recorded for /ready; the process keeps serving /health
             self.load_error = exc
             if isinstance(exc, NonFiniteOutputError):
                 self.metrics.non_finite.inc()
             log.error("engine failed to load: %s: %s", type(exc).__name__, exc)
+            if self.config.get("EXIT_ON_LOAD_FAILURE"):
+                log.critical("exiting the worker with code %d so that it is restarted", LOAD_FAILED_EXIT_CODE)
+                logging.shutdown()  # flush the log lines above
+                os._exit(LOAD_FAILED_EXIT_CODE)  # sys.exit would only end this loader thread
             return
         self.set_engine(engine)
         log.info("engine ready")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastfit_engine.images import DEFAULT_MAX_PIXELS
+from fastfit_engine.startup import RetryPolicy
 
 
 def _env_str(environ: Mapping[str, str], name: str) -> str | None:
@@ -82,6 +83,9 @@ def default_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "REQUEST_TIMEOUT": _env_float(env, "FASTFIT_REQUEST_TIMEOUT", 180.0),  # seconds; 0: none
         "STUCK_TIMEOUT": _env_float(env, "FASTFIT_STUCK_TIMEOUT", 300.0),  # seconds without progress; 0: off
         "ENGINE_FACTORY": None,  # callable() -> engine; default builds FastFitEngine from the above
+        "LOAD_RETRY": RetryPolicy.from_env(env),  # FASTFIT_LOAD_ATTEMPTS, FASTFIT_LOAD_BACKOFF(_MAX)
+        # Exit the process when the engine cannot be loaded (gunicorn.conf.py turns it on in the worker).
+        "EXIT_ON_LOAD_FAILURE": bool(_env_bool(env, "FASTFIT_EXIT_ON_LOAD_FAILURE")),
     }
 
 
