@@ -64,6 +64,10 @@ class KeyChecker:
         self._digests = tuple(_digest(k) for k in keys)
 
     @property
+    def count(self) -> int:
+        return len(self._digests)
+
+    @property
     def enabled(self) -> bool:
         return bool(self._digests)
 
@@ -89,7 +93,7 @@ def register_auth(app: Flask, config: Mapping[str, Any]) -> KeyChecker:
     if not checker.enabled:
         return checker
     open_paths = OPEN_PATHS | ({"/metrics"} if config["METRICS_PUBLIC"] else set())
-    log.info("API keys required (%d configured); /metrics is %s", len(checker._digests),
+    log.info("API keys required (%d configured); /metrics is %s", checker.count,
              "open" if config["METRICS_PUBLIC"] else "behind the keys")
 
     @app.before_request
