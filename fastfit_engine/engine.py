@@ -124,6 +124,11 @@ class FastFitEngine:
         self.resolution = parse_resolution(resolution)
         self.max_pixels = max_pixels
         self.paths: ModelPaths = ensure_models(models_dir, download=download)
+        from .integrity import verify_models
+        from .startup import log_loading
+
+        self.synthetic_weights: bool = verify_models(self.paths.root).synthetic_weights  # a WARNING was logged
+        log_loading(self.paths, self.device, self.dtype, dwpose_device, requested=device)
 
         from parse_utils import SCHP, DensePose, DWposeDetector
 
@@ -182,8 +187,7 @@ class FastFitEngine:
     @property
     def reference_sizes(self) -> dict[str, tuple[int, int]]:
         """Reference size per garment slot (the schema's size factor of the working size)."""
-        w, h = self.resolution
-        return {s.name: (w // s.size_factor, h // s.size_factor) for s in GARMENT_SLOTS}
+        return {s.name: s.reference_size(self.resolution) for s in GARMENT_SLOTS}
 
     def load_inputs(
         self, person: ImageSource | None, garments: Mapping[str, ImageSource | None]
