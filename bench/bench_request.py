@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -127,6 +128,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dwpose-device", default="cpu")
+    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="compiled UNet step and VAE (auto: the engine's default, on with CUDA)")
+    ap.add_argument("--compile-cache", type=Path, default=None, help="persistent compiler cache folder (as FASTFIT_COMPILE_CACHE)")
+    ap.add_argument("--warmup-all", action="store_true", help="warm up every garment layout as the service does (default: only the chosen sets')")
     ap.add_argument("--no-caches", action="store_true", help="bypass the garment and person caches in every case")
     ap.add_argument("--scenarios", default=None, help="comma list of " + ", ".join(SCENARIOS) + " (default: all)")
     ap.add_argument("--quick", action="store_true", help="tiny models on CPU, 64x128, 1 step, 1 repeat, no warm-up (checks the script)")
@@ -150,9 +154,15 @@ def main() -> int:
         models = build_models(Path(tmp.name), tiny=args.quick, dwpose_proxy=args.dwpose_proxy)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    engine = FastFitEngine(models, device=device, dwpose_device=args.dwpose_device, resolution=resolution, download=False)
+    if args.compile_cache is not None:
+        os.environ["FASTFIT_COMPILE_CACHE"] = str(args.compile_cache)
+    compile_flag = {"auto": None, "on": True, "off": False}[args.compile]
+    engine = FastFitEngine(
+        models, device=device, dwpose_device=args.dwpose_device, resolution=resolution, download=False, compile=compile_flag
+    )
     load_s = time.perf_counter() - t0
-    warmup_s = None if args.quick else engine.warmup()  # the engine's own tests cover the warm-up
+    warm_sets = None if args.warmup_all else [SCENARIOS[name] for name in wanted]
+    warmup_s = None if args.quick else engine.warmup(warm_sets)  # the engine's own tests cover the warm-up
     report = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -163,6 +173,8 @@ def main() -> int:
         "models_build_s": round(build_s, 1),
         "engine_load_s": round(load_s, 1),
         "warmup_s": None if warmup_s is None else round(warmup_s, 2),
+        "warmup_sets": "all" if warm_sets is None else [list(x) for x in warm_sets],
+        "compiled": engine.compiled,
         "caches": {
             "enabled": not args.no_caches,
             "garment_cache_mb": engine.garment_cache.max_bytes / 2**20,

@@ -21,7 +21,7 @@ import io
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,17 +205,18 @@ class FastFitEngine:
 
     _WARMUP_PARAMS = parse_numbers({"steps": 1, "seed": 0})
 
-    def warmup(self) -> float:
+    def warmup(self, sets: Sequence[Sequence[str]] | None = None) -> float:
         """Throw-away 1-step requests, one per reference-size layout, so real requests pay neither
         CUDA/cuDNN start-up and per-shape set-up (+0.35 s on a layout's first request; H100 80GB,
-        bf16, 768x1024, 2026-11-25) nor the first computation of a slot's unconditional reference
-        K/V; returns the seconds taken. The service runs it before reporting ready on CUDA."""
+        bf16, 768x1024, 2026-11-25), nor compilation, nor the first computation of a slot's
+        unconditional reference K/V; returns the seconds taken. The service runs it before
+        reporting ready on CUDA. ``sets`` limits it to some garment sets (benchmarks)."""
         w, h = self.resolution
         person = Image.new("RGB", (w, h), (128, 128, 128))
         garment = Image.new("RGB", (w, h), (200, 200, 200))
         t0 = time.perf_counter()
         with self.caches_bypassed():  # every layout runs every stage; no grey garment is cached
-            for slots in self.WARMUP_SETS:
+            for slots in self.WARMUP_SETS if sets is None else sets:
                 self.process(person, {slot: garment for slot in slots}, self._WARMUP_PARAMS)
         return time.perf_counter() - t0
 
