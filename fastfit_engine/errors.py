@@ -61,6 +61,12 @@ class ImageTooSmallError(ImageError):
     code = "image_too_small"
 
 
+class UnsupportedFormatError(ImageError):
+    """An image in a format the service does not decode (only the formats in images.ACCEPTED_FORMATS)."""
+
+    code = "unsupported_format"
+
+
 class RequestAborted(TryOnError):
     """A request stopped between two steps of its work (its deadline passed or its client left);
     raised from a progress check, so every lock and cache is released on the way out."""

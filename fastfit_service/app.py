@@ -3,7 +3,8 @@
 Routes: `/prompt`, `/health` (liveness: the process answers and the GPU is not stuck), `/ready`
 (the engine is loaded and the process not draining), `/metrics`. One engine per process;
 `admission.Service` admits a request before its images are decoded and lets one request at a
-time onto the GPU, under a deadline and a check that its client is still there.
+time onto the GPU, under a deadline and a check that its client is still there; `auth` asks for
+an API key when keys are configured; `security` adds the request id and common headers.
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from fastfit_engine.errors import ClientGone, DeadlineExceeded, NonFiniteOutputE
 from fastfit_engine.schema import PERSON_FIELD
 
 from .admission import Service
+from .auth import register_auth
 from .config import default_config, engine_settings
-from .multipart import read_prompt_form
+from .multipart import FormLimits, read_prompt_upload
 from .responses import ProcessingFailed, register_error_handlers, server_timing
+from .security import register_security
 
 log = logging.getLogger("fastfit.server")
 
@@ -55,6 +58,9 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
 
     svc.metrics.instrument(app)
     register_error_handlers(app)
+    register_security(app, cfg)  # request id, nosniff, CORS
+    register_auth(app, cfg)  # API keys, when configured
+    form_limits = FormLimits.from_config(cfg)
 
     @app.get("/health")
     def health() -> Response:
@@ -75,7 +81,7 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
 
     @app.post("/prompt")
     def prompt() -> Response:
-        uploads, params = read_prompt_form(request)  # undecoded: refusals below cost no decoding
+        uploads, params = read_prompt_upload(request, form_limits)  # undecoded: refusals below cost no decoding
         eng = svc.require_engine()
         control = svc.control(request.environ)
         try:
