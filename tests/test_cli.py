@@ -50,7 +50,7 @@ def test_cli_resolution_flag_and_forced_progress(models_dir, sample_files, tmp_p
     out = tmp_path / "small.png"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FASTFIT_RESOLUTION": "768x1024"}
     cmd = [sys.executable, "inference.py", "--person", str(sample_files["person"]), "--upper", str(sample_files["upper"]),
-           "--resolution", "192x256", "--steps", "2", "--seed", "3", "--progress", "--models-dir", str(models_dir),
+           "--resolution", "192x256", "--steps", "2", "--guidance", "1", "--seed", "3", "--progress", "--models-dir", str(models_dir),
            "--output", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
