@@ -22,22 +22,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 from PIL import Image
 
 from bench._common import SCENARIOS, pick_scenarios, sync
-from fastfit_engine.engine import FastFitEngine
 from fastfit_engine.pipeline import FastFitPipeline
-from fastfit_engine.schema import GARMENT_LABELS
+from fastfit_engine.schema import GARMENT_LABELS, GARMENT_SLOTS_BY_NAME
 from fastfit_engine.synthetic import write_fastfit_model
-
-
-def _reference_size(slot: str, person_wh: tuple[int, int]) -> tuple[int, int]:
-    """The size the engine gives a garment slot's reference at this person size."""
-    return FastFitEngine.reference_sizes.fget(SimpleNamespace(resolution=person_wh))[slot]
 
 
 References = list[tuple[str, Image.Image]]
@@ -58,7 +51,7 @@ def _images(
     mask = Image.fromarray(m)
     pose = img(pw, ph)
     scenarios = {
-        name: [(GARMENT_LABELS[slot], img(*_reference_size(slot, person_wh))) for slot in SCENARIOS[name]]
+        name: [(GARMENT_LABELS[slot], img(*GARMENT_SLOTS_BY_NAME[slot].reference_size(person_wh))) for slot in SCENARIOS[name]]
         for name in names
     }
     return person, mask, pose, scenarios

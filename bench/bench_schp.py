@@ -7,6 +7,7 @@ argmax, 'P' image) and the network forward alone, as medians over timed runs aft
 
     python -m bench.bench_schp            # cuda if available, else cpu
     python -m bench.bench_schp --quick    # tiny weights, small image, 1 warm-up + 1 timed run (script check)
+    python -m bench.bench_schp --postprocess --device cuda   # post-processing only: OpenCV vs device
 """
 from __future__ import annotations
 
@@ -62,6 +63,26 @@ def bench(dataset: str, device: torch.device, image: Image.Image, warmup: int, i
     }
 
 
+def bench_postprocess(dataset: str, device: torch.device, size: tuple[int, int], warmup: int, iters: int) -> dict:
+    """Post-processing alone (upsample, inverse warps, argmax) on random logits: OpenCV on the
+    host (after a transfer of the upsampled logits) against the warp on the logits' device."""
+    parser = SCHP.from_state_dict(random_schp_state_dict(dataset, tiny=True, seed=0)["state_dict"], dataset, device=device)
+    image = person_image(*size)
+    batch, inverse, image_size = parser.preprocess(image)
+    with torch.inference_mode():
+        side = parser.network(batch[None].to(device)).shape[-1]  # tiny weights: only the shape is used
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(parser.dataset.num_classes, side, side, generator=generator) * 4).to(device)
+    results, labels = {}, {}
+    for name, on_device in (("opencv", False), ("device", True)):
+        parser.device_postprocess = on_device
+        results[name] = _summary(_time(lambda: parser.postprocess(logits, inverse, image_size), device, warmup, iters))
+        labels[name] = parser.postprocess(logits, inverse, image_size)
+    results["labels_equal"] = bool(np.array_equal(labels["opencv"], labels["device"]))
+    results["classes"] = parser.dataset.num_classes
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
@@ -71,6 +92,8 @@ def main() -> None:
     parser.add_argument("--datasets", default="lip,atr")
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--postprocess", action="store_true",
+                        help="time only the post-processing, OpenCV vs on the device, on random logits")
     args = parser.parse_args()
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -95,7 +118,10 @@ def main() -> None:
     }
     total = time.perf_counter()
     for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-        report["results"][dataset] = bench(dataset, device, image, warmup, iters, tiny=args.quick)
+        if args.postprocess:
+            report["results"][dataset] = bench_postprocess(dataset, device, (args.width, args.height), warmup, iters)
+        else:
+            report["results"][dataset] = bench(dataset, device, image, warmup, iters, tiny=args.quick)
     report["total_s"] = round(time.perf_counter() - total, 1)
     print(json.dumps(report, indent=2))
 

@@ -123,8 +123,7 @@ class FastFitEngine:
     @property
     def reference_sizes(self) -> dict[str, tuple[int, int]]:
         """Reference size per garment slot (the schema's size factor of the working size)."""
-        w, h = self.resolution
-        return {s.name: (w // s.size_factor, h // s.size_factor) for s in GARMENT_SLOTS}
+        return {s.name: s.reference_size(self.resolution) for s in GARMENT_SLOTS}
 
     def load_inputs(
         self, person: ImageSource | None, garments: Mapping[str, ImageSource | None]

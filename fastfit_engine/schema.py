@@ -42,6 +42,11 @@ class GarmentSlot:
     def cli_flag(self) -> str:
         return f"--{self.name}"
 
+    def reference_size(self, working_size: tuple[int, int]) -> tuple[int, int]:
+        """(W, H) of this slot's reference image at a working (person) size."""
+        w, h = working_size
+        return (w // self.size_factor, h // self.size_factor)
+
 
 # In reference order: the pipeline sees the references in exactly this order. Clothes are
 # encoded at the person's size, shoes and bags at half of it (as the upstream FastFit app does);

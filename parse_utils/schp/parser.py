@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..base import PersonParser, resolve_device
 from .checkpoint import build_network, read_schp_checkpoint, strip_prefix
+from .device_warp import opencv_float_kernels, warp_argmax_labels
 from .labels import DATASETS, SCHPDataset, dataset_from_filename, label_palette
 from .network import AugmentCE2P
 from .transforms import affine_matrix, normalize, person_center_scale, warp_logits_to_image, warp_to_input
@@ -36,6 +37,9 @@ class SCHP(PersonParser[ImageInput, Image.Image]):
     network: AugmentCE2P
     dataset: SCHPDataset
     device: torch.device
+    # Inverse warps and argmax where the logits are (parse_utils/schp/device_warp.py, the same
+    # labels as OpenCV's): None = on CUDA when OpenCV >= 4.11, True = always, False = OpenCV.
+    device_postprocess: bool | None = None
 
     def __init__(
         self,
@@ -84,6 +88,11 @@ class SCHP(PersonParser[ImageInput, Image.Image]):
         upsampled = F.interpolate(
             logits[None], size=self.dataset.input_size, mode="bilinear", align_corners=True
         )[0]
+        on_device = self.device_postprocess
+        if on_device is None:
+            on_device = upsampled.device.type == "cuda" and opencv_float_kernels()
+        if on_device:
+            return warp_argmax_labels(upsampled.float(), inverse, size)
         planes = upsampled.float().cpu().numpy()
         warped = warp_logits_to_image(planes, inverse, size[0], size[1])
         return np.argmax(warped, axis=0).astype(np.uint8)
