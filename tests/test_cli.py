@@ -38,7 +38,7 @@ def test_cli_writes_a_768x1024_png(models_dir, sample_files, tmp_path):
     assert lines[3].startswith("timings: pose ")
     assert len(lines) == 4
     # stderr is a pipe: no progress bars; the CPU estimate once, measured at the full size itself
-    assert "denoising" not in proc.stderr and "preparing" not in proc.stderr
+    assert "denoising:" not in proc.stderr and "preparing:" not in proc.stderr
     assert proc.stderr.count("running on the CPU") == 1
     assert re.search(r"\(this 768x1024 request: preparation [0-9.]+ s, first denoising step [0-9.]+ s, then "
                      r"[0-9.]+ s a step\)", proc.stderr), proc.stderr
