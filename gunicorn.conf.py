@@ -40,9 +40,11 @@ capture_output = True
 
 
 def post_fork(server, worker):  # noqa: ARG001 - gunicorn hook signature
-    """Send the app's own log lines (engine loading, failures) to the error log, in the worker."""
+    """Send the app's own log lines (engine loading, failures) to the error log, in the worker, and
+    let a worker whose engine cannot be loaded exit so that this master starts a new one."""
     import logging
 
+    os.environ.setdefault("FASTFIT_EXIT_ON_LOAD_FAILURE", "1")
     logger = logging.getLogger("fastfit")
     if not logger.handlers:
         handler = logging.StreamHandler()

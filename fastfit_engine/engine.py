@@ -99,6 +99,11 @@ class FastFitEngine:
         self.resolution = parse_resolution(resolution)
         self.max_pixels = max_pixels
         self.paths: ModelPaths = ensure_models(models_dir, download=download)
+        from .integrity import verify_models
+        from .startup import log_loading
+
+        self.synthetic_weights: bool = verify_models(self.paths.root).synthetic_weights  # a WARNING was logged
+        log_loading(self.paths, self.device, self.dtype, dwpose_device, requested=device)
 
         from parse_utils import SCHP, DensePose, DWposeDetector
 

@@ -86,6 +86,8 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
             resp.headers["X-Peak-VRAM-MB"] = f"{result.peak_vram_mb:.0f}"
         resp.headers["Server-Timing"] = server_timing(result.timings)
         resp.headers["Cache-Control"] = "no-store"
+        if getattr(eng, "synthetic_weights", False):  # random weights from fastfit_engine.synthetic
+            resp.headers["X-FastFit-Synthetic-Weights"] = "true"
         return resp
 
     return app
