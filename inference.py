@@ -79,36 +79,41 @@ PREPARATION_STAGES = ("pose", "densepose", "schp", "mask")
 class Progress:
     """tqdm bars on stderr: the preparation stages, then the denoising steps (with time left).
 
-    `enabled=None` shows them only when the stream is a terminal (tqdm's own rule). Used as the
-    engine's `progress(step, total)` and `stage(name)` callbacks; `close()` ends any open bar.
+    `enabled=None` shows them only when the stream is a terminal (tqdm's own rule). `start()` opens
+    the first bar; the object is then the engine's `progress(step, total)` callback and its `stage`
+    method the `stage(name)` one; `close()` ends any open bar.
     """
 
-    def __init__(self, enabled: bool | None = None, stream: IO[str] | None = None):
+    def __init__(self, steps: int, enabled: bool | None = None, stream: IO[str] | None = None):
+        self.steps = steps
         self.stream = sys.stderr if stream is None else stream
         self.disable = None if enabled is None else not enabled
         self._bar: Any = None
 
-    def _open(self, total: int, desc: str, unit: str) -> Any:
+    def _open(self, total: int, desc: str, unit: str) -> None:
         from tqdm import tqdm
 
         self.close()
         self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, disable=self.disable,
                          dynamic_ncols=True, mininterval=0.5)
-        return self._bar
+
+    def start(self) -> None:
+        self._open(len(PREPARATION_STAGES), "preparing", "stage")
 
     def stage(self, name: str) -> None:
-        """A preparation stage has finished."""
+        """A stage has finished; after the last preparation stage the denoising bar starts, so that
+        its first step's time includes encoding the garments."""
         if name not in PREPARATION_STAGES:
             return
-        if name == PREPARATION_STAGES[0] or self._bar is None:
-            self._open(len(PREPARATION_STAGES), "preparing", "stage")
+        if self._bar is None:
+            self.start()
         self._bar.set_postfix_str(name, refresh=False)
         self._bar.update(1)
         if name == PREPARATION_STAGES[-1]:
-            self.close()
+            self._open(self.steps, "denoising", "step")
 
     def __call__(self, step: int, total: int) -> None:
-        if step == 0 or self._bar is None:
+        if self._bar is None or self._bar.total != total:
             self._open(total, "denoising", "step")
         self._bar.update(1)
         if step + 1 >= total:
@@ -169,7 +174,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.describe(cli_flag(exc.field))}", file=sys.stderr)
         return EXIT_USAGE
 
-    progress = Progress(args.progress)
+    progress = Progress(params.steps, args.progress)
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -178,6 +183,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         with logging_redirect_tqdm():  # log lines (the CPU estimate) above the bars, not through them
             print("loading models ...", file=sys.stderr, flush=True)
             engine = FastFitEngine(**settings.engine_kwargs())
+            progress.start()
             try:
                 result = engine.process(person, images, params, output_path=args.output,
                                         progress=progress, stage=progress.stage)

@@ -131,6 +131,7 @@ def test_cli_processing_failure_exits_1(sample_files, tmp_path, capsys, monkeypa
 
 
 def _drive(progress: inference.Progress, steps: int) -> None:
+    progress.start()
     for name in ("pose", "densepose", "schp", "mask", "diffusion"):
         progress.stage(name)
     for i in range(steps):
@@ -145,11 +146,12 @@ def test_progress_only_on_a_terminal_unless_forced():
 
     for enabled, stream, shown in [(None, io.StringIO(), False), (None, Terminal(), True),
                                    (True, io.StringIO(), True), (False, Terminal(), False)]:
-        _drive(inference.Progress(enabled, stream), 5)
+        _drive(inference.Progress(5, enabled, stream), 5)
         text = stream.getvalue()
         assert ("denoising" in text and "preparing" in text) is shown, (enabled, text)
-        if shown:
-            assert "5/5" in text and "4/4" in text and "mask" in text
+        if shown:  # each bar from 0, then to its end (the last stage's name beside it)
+            assert "preparing:   0%" in text and "4/4" in text and "mask" in text
+            assert "denoising:   0%" in text and "5/5" in text
         else:
             assert text == ""
 
