@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-PREPARATION_STAGES = ("pose", "densepose", "schp", "mask")
+# the engine's timed stages before diffusion (a person-cache hit skips densepose, schp, pose_wait)
+PREPARATION_STAGES = ("garments", "densepose", "schp", "pose_wait", "mask")
 
 
 class Progress:
@@ -101,15 +102,15 @@ class Progress:
         self._open(len(PREPARATION_STAGES), "preparing", "stage")
 
     def stage(self, name: str) -> None:
-        """A stage has finished; after the last preparation stage the denoising bar starts, so that
-        its first step's time includes encoding the garments."""
+        """A stage has finished; after the last preparation stage the denoising bar starts."""
         if name not in PREPARATION_STAGES:
             return
         if self._bar is None:
             self.start()
         self._bar.set_postfix_str(name, refresh=False)
-        self._bar.update(1)
-        if name == PREPARATION_STAGES[-1]:
+        last = name == PREPARATION_STAGES[-1]
+        self._bar.update(self._bar.total - self._bar.n if last else 1)
+        if last:
             self._open(self.steps, "denoising", "step")
 
     def __call__(self, step: int, total: int) -> None:

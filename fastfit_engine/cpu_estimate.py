@@ -3,8 +3,8 @@
 The synthetic test models make every stage of a request runnable on a laptop, but at the product
 size (768x1024, 30 steps) a CPU takes many minutes for one request: the attention over the
 person's and the garments' tokens does not shrink with tiny weights. Rather than a fixed rule of
-thumb, the estimate is extrapolated from the running request itself (its preparation time and its
-first denoising step), so it fits the machine and the models in use. Logged once per process on
+thumb, the estimate is extrapolated from the running request itself (its time up to diffusion and its
+first denoising steps), so it fits the machine and the models in use. Logged once per process on
 the "fastfit.engine" logger: the command line prints it on stderr, the service in its log.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ _logged = threading.Event()
 
 def full_size_seconds(prepare_s: float, first_step_s: float, step_s: float, resolution: tuple[int, int]) -> float:
     """Seconds for a FULL_SIZE, FULL_STEPS request, from one at `resolution` that took `prepare_s` up
-    to diffusion, `first_step_s` from there to the end of its first denoising step (garment encoding
-    included) and `step_s` for each later step."""
+    to diffusion, `first_step_s` from there to the end of its first denoising step and `step_s` for
+    each later step."""
     scale = (FULL_SIZE[0] * FULL_SIZE[1] / (resolution[0] * resolution[1])) ** STEP_EXPONENT
     return prepare_s + scale * (first_step_s + (FULL_STEPS - 1) * step_s)
 

@@ -5,14 +5,24 @@ SCHP LIP and ATR, the multi-reference mask, references in a fixed order) and add
 needs: input rules and parameters from the request schema (a `TryOnParams` is taken as it is,
 never checked again), a seed that is always reported, per-stage timings and peak VRAM, and a
 lock so one engine can be shared by threads.
+
+Off the critical path: DWPose (CPU by default) runs in a worker thread started as soon as the
+person is prepared (onnxruntime releases the GIL) while this thread does the work that does not
+need the pose: the garment half (VAE encodes and conditional reference passes), DensePose and
+SCHP. Exact caches across requests (fastfit_engine/caches.py): a garment's conditional reference
+K/V (GPU) and a person's parser maps (CPU); neither changes a pixel, and neither touches the
+random draws (one generator per request: the initial noise, then one draw per step; the mask's
+own generator from the seed).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +32,15 @@ import torch
 from PIL import Image
 
 from .assets import ModelPaths, ensure_models
+from .caches import (
+    GARMENT_CACHE_MB,
+    PERSON_CACHE_ITEMS,
+    PERSON_CACHE_MB,
+    LRUCache,
+    PersonMaps,
+    cache_setting,
+    image_digest,
+)
 from .compile_cache import compile_cache_dir, compile_enabled, use_compile_cache
 from .cpu_estimate import with_cpu_estimate
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_image, prepare_person, prepare_reference
@@ -36,10 +55,15 @@ from .schema import (
 )
 
 DEFAULT_RESOLUTION = (768, 1024)
-STAGES = ("pose", "densepose", "schp", "mask", "diffusion", "total")
+# Seconds per stage. "pose" is DWPose in its worker thread (overlapping "garments", "densepose"
+# and "schp"); "pose_wait" is the part of it left on the critical path (this thread blocked on
+# it). "garments": VAE encodes and reference passes (or garment-cache restores). A person-cache
+# hit reports 0 for the parser stages.
+STAGES = ("pose", "garments", "densepose", "schp", "pose_wait", "mask", "diffusion", "total")
 
 ProgressCallback = Callable[[int, int], None]
 StageCallback = Callable[[str], None]
+
 
 @dataclass
 class TryOnResult:
@@ -91,6 +115,9 @@ class FastFitEngine:
         download: bool = True,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         compile: bool | None = None,
+        garment_cache_mb: float | None = None,
+        person_cache_mb: float | None = None,
+        person_cache_items: int | None = None,
     ):
         self.device = torch.device(device) if device is not None else _default_device()
         if dtype is None:
@@ -123,6 +150,40 @@ class FastFitEngine:
             compile_unet=self.compiled, compile_vae=self.compiled,
         )
         self._lock = threading.Lock()
+        self._init_caches(garment_cache_mb, person_cache_mb, person_cache_items)
+
+    # ------------------------------------------------------------------ caches
+    def _init_caches(self, garment_mb: float | None, person_mb: float | None, person_items: int | None) -> None:
+        """Caches sized by the arguments, else FASTFIT_GARMENT_CACHE_MB, FASTFIT_PERSON_CACHE_MB and
+        FASTFIT_PERSON_CACHE_ITEMS (0 disables); a single pose worker thread."""
+        if garment_mb is None:
+            garment_mb = cache_setting("FASTFIT_GARMENT_CACHE_MB", GARMENT_CACHE_MB)
+        if person_mb is None:
+            person_mb = cache_setting("FASTFIT_PERSON_CACHE_MB", PERSON_CACHE_MB)
+        if person_items is None:
+            person_items = int(cache_setting("FASTFIT_PERSON_CACHE_ITEMS", PERSON_CACHE_ITEMS))
+        self.garment_cache = LRUCache("garment", int(garment_mb * 2**20))
+        self.person_cache = LRUCache("person", int(person_mb * 2**20), max_items=person_items)
+        self._caches_on = True
+        self._pose_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastfit-pose")
+
+    def cache_stats(self) -> dict[str, dict[str, int]]:
+        """Hits, misses, evictions, entries and bytes per cache ("garment", "person")."""
+        return {c.name: c.stats() for c in (self.garment_cache, self.person_cache)}
+
+    def clear_caches(self) -> None:
+        """Drop every cached garment and person (e.g. after changing weights); counters stay."""
+        self.garment_cache.clear()
+        self.person_cache.clear()
+
+    @contextlib.contextmanager
+    def caches_bypassed(self) -> Iterator[None]:
+        """Neither read nor fill the caches (nor count) inside the block: the warm-up uses it."""
+        previous, self._caches_on = self._caches_on, False
+        try:
+            yield
+        finally:
+            self._caches_on = previous
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -146,17 +207,19 @@ class FastFitEngine:
 
     _WARMUP_PARAMS = parse_numbers({"steps": 1, "seed": 0})
 
-    def warmup(self) -> float:
+    def warmup(self, sets: Sequence[Sequence[str]] | None = None) -> float:
         """Throw-away 1-step requests, one per reference-size layout, so real requests pay neither
         CUDA/cuDNN start-up and per-shape set-up (+0.35 s on a layout's first request; H100 80GB,
-        bf16, 768x1024, 2026-11-25) nor the first computation of a slot's unconditional reference
-        K/V; returns the seconds taken. The service runs it before reporting ready on CUDA."""
+        bf16, 768x1024, 2026-11-25), nor compilation, nor the first computation of a slot's
+        unconditional reference K/V; returns the seconds taken. The service runs it before
+        reporting ready on CUDA. ``sets`` limits it to some garment sets (benchmarks)."""
         w, h = self.resolution
         person = Image.new("RGB", (w, h), (128, 128, 128))
         garment = Image.new("RGB", (w, h), (200, 200, 200))
         t0 = time.perf_counter()
-        for slots in self.WARMUP_SETS:
-            self.process(person, {slot: garment for slot in slots}, self._WARMUP_PARAMS)
+        with self.caches_bypassed():  # every layout runs every stage; no grey garment is cached
+            for slots in self.WARMUP_SETS if sets is None else sets:
+                self.process(person, {slot: garment for slot in slots}, self._WARMUP_PARAMS)
         return time.perf_counter() - t0
 
     # ----------------------------------------------------------------- process
@@ -176,8 +239,8 @@ class FastFitEngine:
         The numbers come either as `params` (from `schema.parse_numbers`, used as they are) or as
         keywords (`steps=`, `seed=`, `guidance_scale=`), which the schema parses here; absent ones
         get the schema's defaults. A seed of None draws a fresh one (reported in the result).
-        `progress(step, total)` is called after each denoising step, `stage(name)` after each of
-        STAGES but "total".
+        `progress(step, total)` is called after each denoising step, `stage(name)` after each timed
+        stage but "pose" and "total" (a person-cache hit skips "densepose", "schp", "pose_wait").
         """
         if params is None:
             params = parse_numbers(overrides)
@@ -207,7 +270,7 @@ class FastFitEngine:
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-        timings: dict[str, float] = {}
+        timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         t_start = time.perf_counter()
 
         def lap(name: str, t0: float) -> float:
@@ -220,35 +283,68 @@ class FastFitEngine:
             return now
 
         person = prepare_person(person_img, self.resolution)
+        person_key = (image_digest(person), person.size) if self._caches_on and self.person_cache.enabled else None
+        maps: PersonMaps | None = self.person_cache.get(person_key) if person_key is not None else None
+        pose_job = self._pose_worker.submit(self._timed_pose, person) if maps is None else None
         t = time.perf_counter()
-        with torch.inference_mode():
-            pose = self.pose_detector(person)
-            t = lap("pose", t)
-            densepose = np.asarray(self.densepose(person))
-            t = lap("densepose", t)
-            lip = np.asarray(self.schp_lip(person))
-            atr = np.asarray(self.schp_atr(person))
-            t = lap("schp", t)
-            mask = multi_ref_cloth_agnostic_mask(
-                densepose, lip, atr, square_cloth_mask=False, horizon_expand=True,
-                rng=np.random.default_rng(params.seed),
-            )
-            t = lap("mask", t)
-            sizes = self.reference_sizes
-            references = [
-                (GARMENT_LABELS[g], prepare_reference(img, sizes[g])) for g, img in garment_imgs.items()
-            ]
-            image = self.pipeline(
-                person,
-                mask,
-                references,
-                pose=pose,
-                num_inference_steps=params.steps,
-                guidance_scale=params.guidance_scale,
-                seed=params.seed,
-                callback=with_cpu_estimate(progress, self.device, self.resolution, t_start, t),
-            )
-            lap("diffusion", t)
+        try:
+            with torch.inference_mode():
+                sizes = self.reference_sizes
+                references = [
+                    (GARMENT_LABELS[g], prepare_reference(img, sizes[g])) for g, img in garment_imgs.items()
+                ]
+                garment_cache = self.garment_cache if self._caches_on else None
+                with self.pipeline.prepare_references(
+                    references, person.size, params.guidance_scale, garment_cache=garment_cache
+                ) as prepared:
+                    t = lap("garments", t)
+                    if maps is None:
+                        maps, t = self._parse_person(person, pose_job, lap, t, timings)
+                        if person_key is not None:
+                            self.person_cache.put(person_key, maps, maps.nbytes)
+                    mask = multi_ref_cloth_agnostic_mask(
+                        maps.densepose, maps.lip, maps.atr, square_cloth_mask=False, horizon_expand=True,
+                        rng=np.random.default_rng(params.seed),
+                    )
+                    t = lap("mask", t)
+                    image = self.pipeline(
+                        person,
+                        mask,
+                        prepared,
+                        pose=maps.pose,
+                        num_inference_steps=params.steps,
+                        guidance_scale=params.guidance_scale,
+                        seed=params.seed,
+                        callback=with_cpu_estimate(progress, self.device, self.resolution, t_start, t),
+                    )
+                    lap("diffusion", t)
+        finally:
+            if pose_job is not None:
+                pose_job.cancel()  # only if it never started; a running one finishes on its own
         timings["total"] = time.perf_counter() - t_start
         peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None
         return TryOnResult(image=image, seed=params.seed, timings=timings, peak_vram_mb=peak, mask=mask)
+
+    def _timed_pose(self, person: Image.Image) -> tuple[Image.Image, float]:
+        """DWPose on the worker thread: the drawing and the seconds it took there."""
+        t0 = time.perf_counter()
+        pose = self.pose_detector(person)
+        return pose, time.perf_counter() - t0
+
+    def _parse_person(
+        self,
+        person: Image.Image,
+        pose_job: Future,
+        lap: Callable[[str, float], float],
+        t: float,
+        timings: dict[str, float],
+    ) -> tuple[PersonMaps, float]:
+        """DensePose and SCHP here while DWPose finishes on its thread; the maps and the clock."""
+        densepose = np.asarray(self.densepose(person))
+        t = lap("densepose", t)
+        lip = np.asarray(self.schp_lip(person))
+        atr = np.asarray(self.schp_atr(person))
+        t = lap("schp", t)
+        pose, timings["pose"] = pose_job.result()
+        t = lap("pose_wait", t)
+        return PersonMaps.frozen(pose, densepose, lip, atr), t

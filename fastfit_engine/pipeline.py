@@ -5,9 +5,12 @@ masked person composited with the pose skeleton, VAE latents, nearest-sampled la
 classifier-free guidance whose unconditional row uses zero reference latents, DDPM steps, decode,
 repaint outside the mask.
 
-Deliberate differences, none of which changes a result beyond float rounding: equal-size images
-share one VAE encode and equal-size references one reference pass; the unconditional (zero-latent)
-reference K/V are memoised per (label, latent size) across requests.
+Deliberate differences, none of which changes a result beyond float rounding: the unconditional
+(zero-latent) reference K/V are memoised per (label, latent size) across requests; every image is
+VAE-encoded alone and every garment has its own conditional reference pass (batch 1), so what a
+garment contributes never depends on the other images of the request: that is what lets the
+garment half of a request run before the pose exists (:meth:`prepare_references`) and lets a
+garment cache across requests (fastfit_engine/caches.py) return exactly what a pass computes.
 
 Determinism contract (deliberately stricter than the reference, whose VAE sampling uses the global
 RNG): one torch.Generator on the pipeline device seeded with ``seed``; its first draw is the
@@ -20,7 +23,7 @@ import contextlib
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fastfit_engine.caches import LRUCache, image_digest, snapshot_nbytes
 from fastfit_engine.group_norm import use_fast_group_norm
 from fastfit_engine.loading import load_scheduler, load_vae
 from fastfit_engine.unet import GARMENT_LABELS, FastFitUNet
@@ -36,7 +40,7 @@ from fastfit_engine.unet import GARMENT_LABELS, FastFitUNet
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDPMScheduler
 
-__all__ = ["FastFitPipeline", "PersonInputs", "GARMENT_LABELS"]
+__all__ = ["FastFitPipeline", "PersonInputs", "PreparedReferences", "GARMENT_LABELS"]
 
 _LABEL_NAMES = {v: k for k, v in GARMENT_LABELS.items()}
 
@@ -78,6 +82,25 @@ class PersonInputs:
     latent_mask: torch.Tensor  # [1, 1, H/8, W/8] the mask sampled nearest
 
 
+@dataclass(frozen=True)
+class PreparedReferences(Sequence):
+    """The garment half of one request, live in the UNet's reference K/V cache (see
+    :meth:`FastFitPipeline.prepare_references`); a sequence of the (label, image) pairs as given."""
+
+    references: tuple[tuple[str | int, Image.Image], ...]
+    labels: tuple[int, ...]  # class indices, in reference order
+    latent_size: tuple[int, int]  # the person latent (h, w) the cache was sized for
+    do_cfg: bool  # the cache holds the unconditional row too
+    cached: tuple[bool, ...]  # per reference: conditional K/V restored from the garment cache
+    request: object = field(repr=False, compare=False)  # the cache request it lives in
+
+    def __len__(self) -> int:
+        return len(self.references)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.references[index]
+
+
 class FastFitPipeline:
     """Loads unet/, vae/, scheduler/ from a FastFit model folder and runs try-on requests.
 
@@ -85,7 +108,10 @@ class FastFitPipeline:
     :meth:`prepare_person_inputs`, :meth:`encode_images`, :meth:`prepare_timesteps`,
     :meth:`prepare_latents`, :meth:`prepare_model_input`, :meth:`reference_cache` (which runs
     :meth:`run_reference_passes`), :meth:`denoise_step`, :meth:`decode_latents`, :meth:`postprocess`.
-    Call them under ``torch.inference_mode()``, as ``__call__`` does.
+    Call them under ``torch.inference_mode()``, as ``__call__`` does. The garment half needs
+    neither the person nor the pose: :meth:`prepare_references` runs it (with an optional garment
+    cache) and its result can be passed to ``__call__`` as ``references``, so a caller can do
+    that work while the pose detector runs elsewhere.
     """
 
     def __init__(
@@ -241,6 +267,11 @@ class FastFitPipeline:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        return self.check_references(references)
+
+    @staticmethod
+    def check_references(references: Sequence[tuple[str | int, Image.Image]]) -> list[tuple[int, Image.Image]]:
+        """Raise a ValueError naming the first bad reference; return them as (class index, image)."""
         if references is None or len(references) == 0:
             raise ValueError("at least one reference garment is required")
         refs = []
@@ -311,17 +342,34 @@ class FastFitPipeline:
         model_input[:, 5:9] = masked_latent
         return model_input
 
-    def run_reference_passes(self, labels: Sequence[int], ref_latents: Sequence[torch.Tensor], do_cfg: bool) -> None:
-        """Fill the begun cache: unconditional row from the memo; one conditional pass per group of
-        equal-size references."""
+    def run_reference_passes(
+        self,
+        labels: Sequence[int],
+        ref_latents: Sequence[torch.Tensor | None],
+        do_cfg: bool,
+        cached: Sequence[list[tuple[torch.Tensor, torch.Tensor]] | None] | None = None,
+    ) -> None:
+        """Fill the begun cache: the unconditional row from the memo; the conditional row of each
+        reference from ``cached[i]`` (a :meth:`ReferenceKVCache.snapshot` of that row, e.g. from
+        the garment cache; its latent may then be None) or from a pass of that reference alone.
+
+        One pass per reference (batch 1) rather than one per group of equal sizes: a garment's K/V
+        must not depend on the garments it came with, or a cached copy would not be exact.
+        """
+        cache = self.unet.kv_cache
+        if cache.request is None:
+            raise RuntimeError("ReferenceKVCache.begin() must be called before the reference passes")
+        hws = cache.request.ref_hws
         if do_cfg:
             for i, label in enumerate(labels):
-                self._unconditional_reference(i, label, ref_latents[i])
+                self._unconditional_reference(i, label, hws[i])
         cond_row = 1 if do_cfg else 0
-        for indices in _indices_by_size(ref_latents):
-            sample = torch.cat([ref_latents[i] for i in indices], dim=0)
-            label_t = torch.tensor([labels[i] for i in indices], dtype=torch.int64).to(self.device)
-            self.unet.forward_reference(sample, label_t, indices, rows=[cond_row])
+        for i, label in enumerate(labels):
+            if cached is not None and cached[i] is not None:
+                cache.restore(i, cond_row, cached[i])
+                continue
+            label_t = torch.tensor([label], dtype=torch.int64).to(self.device)
+            self.unet.forward_reference(ref_latents[i], label_t, [i], rows=[cond_row])
 
     @contextlib.contextmanager
     def reference_cache(
@@ -337,6 +385,61 @@ class FastFitPipeline:
             cache.begin(2 if do_cfg else 1, latent_size, [tuple(lat.shape[-2:]) for lat in ref_latents])
             self.run_reference_passes(labels, ref_latents, do_cfg)
             yield
+        finally:
+            cache.clear()
+
+    def reference_key(self, label: int, image: Image.Image) -> tuple:
+        """Garment-cache key of a prepared reference: what its conditional K/V depend on besides
+        the weights (content hash, slot label, size, weight dtype and device)."""
+        return (image_digest(image), int(label), tuple(image.size), str(self.unet.dtype), str(self.unet.device))
+
+    @contextlib.contextmanager
+    def prepare_references(
+        self,
+        references: Sequence[tuple[str | int, Image.Image]],
+        person_size: tuple[int, int],
+        guidance_scale: float,
+        *,
+        garment_cache: LRUCache | None = None,
+    ) -> Iterator[PreparedReferences]:
+        """The garment half of a request, which needs neither the person image nor the pose.
+
+        Encodes each reference alone, sizes the UNet's reference K/V cache for a person of
+        ``person_size`` (W, H) and fills it; with ``garment_cache``, a garment seen before (same
+        prepared image bytes, label, size, dtype, device) restores its conditional K/V instead of
+        being encoded and passed, and a new one is stored. Yields the live set, to be passed to
+        ``__call__`` as ``references`` inside this block; the cache is freed on exit.
+        """
+        refs = self.check_references(references)
+        labels = [label for label, _ in refs]
+        do_cfg = guidance_scale > 1.0
+        width, height = person_size
+        latent_size = (height // 8, width // 8)
+        use_cache = garment_cache is not None and garment_cache.enabled
+        keys = [self.reference_key(label, image) for label, image in refs] if use_cache else []
+        hits = [garment_cache.get(key) for key in keys] if use_cache else [None] * len(refs)
+        latents = [
+            self.encode_images([self.preprocess_image(image)])[0] if hit is None else None
+            for hit, (_, image) in zip(hits, refs)
+        ]
+        cache = self.unet.kv_cache
+        try:
+            cache.begin(2 if do_cfg else 1, latent_size, [(image.size[1] // 8, image.size[0] // 8) for _, image in refs])
+            self.run_reference_passes(labels, latents, do_cfg, cached=hits)
+            if use_cache:
+                cond_row = 1 if do_cfg else 0
+                for i, key in enumerate(keys):
+                    if hits[i] is None:
+                        snapshot = cache.snapshot(i, cond_row)
+                        garment_cache.put(key, snapshot, snapshot_nbytes(snapshot))
+            yield PreparedReferences(
+                references=tuple(tuple(item) for item in references),
+                labels=tuple(labels),
+                latent_size=latent_size,
+                do_cfg=do_cfg,
+                cached=tuple(hit is not None for hit in hits),
+                request=cache.request,
+            )
         finally:
             cache.clear()
 
@@ -384,27 +487,50 @@ class FastFitPipeline:
         *,
         callback: Callable[[int, int], None] | None = None,
     ) -> Image.Image:
-        """Return the try-on result as a PIL RGB image of the person's size."""
+        """Return the try-on result as a PIL RGB image of the person's size.
+
+        ``references`` are (label, image) pairs, or the live result of :meth:`prepare_references`
+        (made for this person size and guidance), whose garment work is then not repeated.
+        """
         refs = self.check_inputs(person, mask, references, pose, num_inference_steps)
-        num_inference_steps = int(num_inference_steps)
-        labels = [label for label, _ in refs]
+        if not isinstance(references, PreparedReferences):
+            with self.prepare_references(refs, person.size, guidance_scale) as prepared:
+                return self._generate(person, mask, pose, prepared, int(num_inference_steps), guidance_scale, seed, callback)
+        self._check_prepared(references, person.size, guidance_scale)
+        return self._generate(person, mask, pose, references, int(num_inference_steps), guidance_scale, seed, callback)
+
+    def _check_prepared(self, prepared: PreparedReferences, person_size: tuple[int, int], guidance_scale: float) -> None:
+        if prepared.request is None or prepared.request is not self.unet.kv_cache.request:
+            raise ValueError("prepared references are not live: use them inside their prepare_references() block")
+        width, height = person_size
+        if prepared.latent_size != (height // 8, width // 8):
+            raise ValueError(f"prepared references were made for another person size, not {width}x{height}")
+        if prepared.do_cfg != (guidance_scale > 1.0):
+            raise ValueError(f"prepared references were made for guidance {'> 1' if prepared.do_cfg else '<= 1'}, got {guidance_scale}")
+
+    def _generate(
+        self,
+        person: Image.Image,
+        mask: Image.Image,
+        pose: Image.Image | None,
+        prepared: PreparedReferences,
+        num_inference_steps: int,
+        guidance_scale: float,
+        seed: int,
+        callback: Callable[[int, int], None] | None,
+    ) -> Image.Image:
+        """The person half and the denoising loop, inside a live :meth:`prepare_references` block."""
         person_inputs = self.prepare_person_inputs(person, mask, pose)
-        masked_latent, *ref_latents = self.encode_images(
-            [person_inputs.masked] + [self.preprocess_image(img) for _, img in refs]
-        )
+        (masked_latent,) = self.encode_images([person_inputs.masked])
         latent_size = tuple(person_inputs.latent_mask.shape[-2:])
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
         scheduler, timesteps, timesteps_device = self.prepare_timesteps(num_inference_steps)
         latents = self.prepare_latents(latent_size, generator, scheduler)
-        do_cfg = guidance_scale > 1.0
-        model_input = self.prepare_model_input(masked_latent, person_inputs.latent_mask, rows=2 if do_cfg else 1)
-        with self.reference_cache(labels, ref_latents, latent_size, do_cfg):
-            for i, t in enumerate(timesteps):
-                latents = self.denoise_step(
-                    model_input, latents, t, timesteps_device[i], scheduler, guidance_scale, generator
-                )
-                if callback is not None:
-                    callback(i, num_inference_steps)
+        model_input = self.prepare_model_input(masked_latent, person_inputs.latent_mask, rows=2 if prepared.do_cfg else 1)
+        for i, t in enumerate(timesteps):
+            latents = self.denoise_step(model_input, latents, t, timesteps_device[i], scheduler, guidance_scale, generator)
+            if callback is not None:
+                callback(i, num_inference_steps)
         return self.postprocess(self.decode_latents(latents), person_inputs)
 
     # -- unconditional reference memo -------------------------------------------------------------
@@ -412,21 +538,22 @@ class FastFitPipeline:
         """Drop the memoised unconditional reference K/V (e.g. after changing the UNet weights)."""
         self._unconditional_memo.clear()
 
-    def _unconditional_reference(self, ref: int, label: int, latent: torch.Tensor) -> None:
-        """Fill cache row 0 of ``ref`` with the K/V of a zero latent carrying ``label``.
+    def _unconditional_reference(self, ref: int, label: int, latent_hw: tuple[int, int]) -> None:
+        """Fill cache row 0 of ``ref`` with the K/V of a zero latent of ``latent_hw`` carrying ``label``.
 
         Always computed alone (batch 1), so the stored values do not depend on which request
         first needed them and repeated requests stay bit-identical.
         """
         cache = self.unet.kv_cache
-        key = (label, tuple(latent.shape[-2:]), self.unet.dtype, str(self.unet.device))
+        key = (label, tuple(latent_hw), self.unet.dtype, str(self.unet.device))
         memo = self._unconditional_memo
         if key in memo:
             memo.move_to_end(key)
             cache.restore(ref, 0, memo[key])
             return
         label_t = torch.tensor([label], dtype=torch.int64).to(self.device)
-        self.unet.forward_reference(torch.zeros_like(latent), label_t, [ref], rows=[0])
+        zeros = torch.zeros((1, self.vae.config.latent_channels, *latent_hw), device=self.device, dtype=self.vae.dtype)
+        self.unet.forward_reference(zeros, label_t, [ref], rows=[0])
         if self.unconditional_memo_size > 0:
             memo[key] = cache.snapshot(ref, 0)
             while len(memo) > self.unconditional_memo_size:

@@ -47,6 +47,7 @@ class Service:
 
     def set_engine(self, engine: Any) -> None:
         self.engine = engine
+        self.metrics.watch_engine(engine)
         self.metrics.ready.set(1)
 
     def load(self, factory: Callable[[], Any]) -> None:

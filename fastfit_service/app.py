@@ -1,7 +1,8 @@
 """The Flask app factory of the try-on service: `POST /prompt` (multipart) returns a PNG.
 
 Routes: `/prompt`, `/health` (the process answers), `/ready` (the engine is loaded), `/metrics`.
-One engine per process; `admission.Service` lets one request at a time onto the GPU.
+One engine per process; `admission.Service` lets one request at a time onto the GPU; `auth`
+asks for an API key when keys are configured; `security` adds the request id and common headers.
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from fastfit_engine.errors import TryOnError
 from fastfit_engine.schema import PERSON_FIELD
 
 from .admission import Service
+from .auth import register_auth
 from .config import default_config, engine_settings
-from .multipart import read_prompt_form
+from .multipart import FormLimits, read_prompt_form
 from .responses import ProcessingFailed, register_error_handlers, server_timing
+from .security import register_security
 
 log = logging.getLogger("fastfit.server")
 
@@ -53,6 +56,9 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
 
     svc.metrics.instrument(app)
     register_error_handlers(app)
+    register_security(app, cfg)  # request id, nosniff, CORS
+    register_auth(app, cfg)  # API keys, when configured
+    form_limits = FormLimits.from_config(cfg)
 
     @app.get("/health")
     def health() -> Response:
@@ -69,7 +75,7 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
 
     @app.post("/prompt")
     def prompt() -> Response:
-        images, params = read_prompt_form(request, cfg["MAX_IMAGE_PIXELS"])
+        images, params = read_prompt_form(request, cfg["MAX_IMAGE_PIXELS"], form_limits)
         eng = svc.require_engine()
         person = images.pop(PERSON_FIELD)
         try:

@@ -1,10 +1,41 @@
-"""Prometheus metrics of one app: request counts and latency per endpoint, queue and engine state."""
+"""Prometheus metrics of one app: request counts and latency per endpoint, queue and engine state,
+and the engine's cache counters (read from the engine at scrape time)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+CACHES = ("garment", "person")
+
+
+class CacheCollector:
+    """Exports ``engine.cache_stats()`` (hits, misses, evictions, entries, bytes per cache); the
+    counts live in the engine, so a scrape reads them instead of mirroring every increment."""
+
+    def __init__(self) -> None:
+        self.engine: Any = None
+
+    def collect(self) -> Iterator[Metric]:
+        stats_of = getattr(self.engine, "cache_stats", None)
+        stats = stats_of() if stats_of is not None else {}
+        families = [
+            CounterMetricFamily("fastfit_cache_hits", "Look-ups answered from a cache (one per garment or person), by cache.", labels=["cache"]),
+            CounterMetricFamily("fastfit_cache_misses", "Cache look-ups that had to compute, by cache.", labels=["cache"]),
+            CounterMetricFamily("fastfit_cache_evictions", "Entries dropped to stay within the budget.", labels=["cache"]),
+            GaugeMetricFamily("fastfit_cache_entries", "Entries held, by cache.", labels=["cache"]),
+            GaugeMetricFamily("fastfit_cache_bytes", "Bytes held (garment: GPU, person: CPU), by cache.", labels=["cache"]),
+        ]
+        fields = ("hits", "misses", "evictions", "entries", "bytes")
+        for name in CACHES:
+            counts = stats.get(name, {})
+            for family, key in zip(families, fields):
+                family.add_metric([name], float(counts.get(key, 0)))
+        yield from families
 
 
 class Metrics:
@@ -24,6 +55,12 @@ class Metrics:
         self.queue_depth = Gauge("fastfit_queue_depth", "Requests waiting for the GPU.", registry=self.registry)
         self.in_flight = Gauge("fastfit_inflight", "Requests running on the GPU.", registry=self.registry)
         self.ready = Gauge("fastfit_engine_ready", "1 once the engine is loaded.", registry=self.registry)
+        self.caches = CacheCollector()
+        self.registry.register(self.caches)
+
+    def watch_engine(self, engine: Any) -> None:
+        """Export this engine's cache counters (an engine without ``cache_stats`` exports zeros)."""
+        self.caches.engine = engine
 
     def exposition(self) -> Response:
         """The `/metrics` response body in the Prometheus text format."""

@@ -53,9 +53,19 @@ def test_bench_request_quick(models_dir):
     report = run_bench("bench_request", "--models", str(models_dir), "--scenarios", ",".join(SCENARIOS))
     assert report["resolution"] == "64x128" and report["dwpose"] == "given" and report["warmup_s"] is None
     assert list(report["scenarios"]) == SCENARIOS
-    for row in report["scenarios"].values():
-        assert row["deterministic"] is True
-        assert list(row["seconds"]) == list(STAGES) and row["seconds"]["total"] > 0
+    n = {"upper_lower": 2, "upper_lower_shoe_bag": 4, "dress_shoe": 2}
+    for name, row in report["scenarios"].items():
+        assert row["deterministic"] is True and row["cached_equals_uncached"] is True
+        cases = row["cases"]
+        assert list(cases) == ["cold", "repeat_person", "repeat_garments", "both"]
+        for case in cases.values():
+            assert list(case["seconds"]) == list(STAGES) and case["seconds"]["total"] > 0
+        # each case did what its name says (one repeat)
+        assert cases["cold"]["hits"] == {"garment": 0, "person": 0}
+        assert cases["repeat_person"]["hits"] == {"garment": 0, "person": 1}
+        assert cases["repeat_garments"]["hits"] == {"garment": n[name], "person": 0}
+        assert cases["both"]["hits"] == {"garment": n[name], "person": 1}
+        assert cases["cold"]["misses"] == {"garment": n[name], "person": 1}
 
 
 def test_bench_dwpose_quick():

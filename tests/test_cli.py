@@ -60,7 +60,7 @@ def test_cli_resolution_flag_and_forced_progress(models_dir, sample_files, tmp_p
     lines = proc.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["output", "seed", "peak VRAM", "timings"]
     assert lines[1] == "seed: 3"
-    assert re.search(r"preparing: 100%\|[^|]*\| 4/4 ", proc.stderr), proc.stderr
+    assert re.search(r"preparing: 100%\|[^|]*\| 5/5 ", proc.stderr), proc.stderr
     assert re.search(r"denoising: 100%\|[^|]*\| 2/2 \[[0-9:]+<00:00", proc.stderr), proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if "running on the CPU" in line]
     assert len(warnings) == 1 and warnings[0].startswith("WARNING: running on the CPU: a full-size request (768x1024, 30 steps)")
@@ -132,7 +132,7 @@ def test_cli_processing_failure_exits_1(sample_files, tmp_path, capsys, monkeypa
 
 def _drive(progress: inference.Progress, steps: int) -> None:
     progress.start()
-    for name in ("pose", "densepose", "schp", "mask", "diffusion"):
+    for name in ("garments", "densepose", "schp", "pose_wait", "mask", "diffusion"):
         progress.stage(name)
     for i in range(steps):
         progress(i, steps)
@@ -146,12 +146,12 @@ def test_progress_only_on_a_terminal_unless_forced():
 
     for enabled, stream, shown in [(None, io.StringIO(), False), (None, Terminal(), True),
                                    (True, io.StringIO(), True), (False, Terminal(), False)]:
-        _drive(inference.Progress(5, enabled, stream), 5)
+        _drive(inference.Progress(3, enabled, stream), 3)
         text = stream.getvalue()
         assert ("denoising" in text and "preparing" in text) is shown, (enabled, text)
         if shown:  # each bar from 0, then to its end (the last stage's name beside it)
-            assert "preparing:   0%" in text and "4/4" in text and "mask" in text
-            assert "denoising:   0%" in text and "5/5" in text
+            assert "preparing:   0%" in text and "5/5" in text and "mask" in text
+            assert "denoising:   0%" in text and "3/3" in text
         else:
             assert text == ""
 

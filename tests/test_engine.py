@@ -15,10 +15,13 @@ from fastfit_engine.unet import GARMENT_LABELS
 
 
 class RecordingPipeline:
-    """Passes every call to the real pipeline and keeps its arguments."""
+    """Passes every call to the real pipeline and keeps its arguments (other attributes: the pipeline's)."""
 
     def __init__(self, pipe):
         self.pipe, self.calls = pipe, []
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
 
     def __call__(self, *args, **kwargs):
         self.calls.append((args, kwargs))

@@ -194,12 +194,12 @@ def test_unconditional_memo_reused_and_exact(model_dir, inputs):
     memo_pipe.unet.forward_reference = lambda x, labels, idx, rows=None: passes.append((labels.tolist(), rows)) or inner(x, labels, idx, rows)
     run = lambda p: np.asarray(p(person, mask, refs_list, pose=pose, num_inference_steps=3, seed=2))
     first = run(memo_pipe)
-    # three zero-latent passes (batch 1 each, row 0), then the two size groups into row 1
-    assert passes == [([0], [0]), ([3], [0]), ([1], [0]), ([0, 1], [1]), ([3], [1])]
+    # three zero-latent passes (batch 1 each, row 0), then one conditional pass per reference into row 1
+    assert passes == [([0], [0]), ([3], [0]), ([1], [0]), ([0], [1]), ([3], [1]), ([1], [1])]
     assert len(memo_pipe._unconditional_memo) == 3
     passes.clear()
     second = run(memo_pipe)
-    assert passes == [([0, 1], [1]), ([3], [1])]
+    assert passes == [([0], [1]), ([3], [1]), ([1], [1])]
     assert np.array_equal(first, second)
     assert np.array_equal(first, run(fresh_pipe)) and len(fresh_pipe._unconditional_memo) == 0
     expected = independent_tryon(model_dir, person, mask, refs_list, pose, 3, 2.5, 2)

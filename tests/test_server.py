@@ -53,7 +53,7 @@ def test_prompt_success_headers_and_determinism(client, sample_files):
     assert r1.headers["X-Seed"] == "42"
     assert "X-Peak-VRAM-MB" not in r1.headers  # CPU
     timing = dict(part.split(";dur=") for part in r1.headers["Server-Timing"].split(", "))
-    assert list(timing) == ["pose", "densepose", "schp", "mask", "diffusion", "total"]
+    assert list(timing) == ["pose", "garments", "densepose", "schp", "pose_wait", "mask", "diffusion", "total"]
     assert all(float(v) >= 0 for v in timing.values())
     img = Image.open(io.BytesIO(r1.data))
     assert img.format == "PNG" and img.size == TEST_RESOLUTION
