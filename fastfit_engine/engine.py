@@ -42,6 +42,7 @@ from .caches import (
     image_digest,
 )
 from .compile_cache import compile_cache_dir, compile_enabled, use_compile_cache
+from .cpu_estimate import with_cpu_estimate
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_image, prepare_person, prepare_reference
 from .schema import (
     GARMENT_LABELS,
@@ -61,6 +62,7 @@ DEFAULT_RESOLUTION = (768, 1024)
 STAGES = ("pose", "garments", "densepose", "schp", "pose_wait", "mask", "diffusion", "total")
 
 ProgressCallback = Callable[[int, int], None]
+StageCallback = Callable[[str], None]
 
 
 @dataclass
@@ -229,6 +231,7 @@ class FastFitEngine:
         *,
         output_path: str | os.PathLike | None = None,
         progress: ProgressCallback | None = None,
+        stage: StageCallback | None = None,
         **overrides: Any,
     ) -> TryOnResult:
         """Run one try-on. `garments` maps upper/lower/dress/shoe/bag to a path, bytes or PIL image.
@@ -236,7 +239,8 @@ class FastFitEngine:
         The numbers come either as `params` (from `schema.parse_numbers`, used as they are) or as
         keywords (`steps=`, `seed=`, `guidance_scale=`), which the schema parses here; absent ones
         get the schema's defaults. A seed of None draws a fresh one (reported in the result).
-        `progress(step, total)` is called after each denoising step.
+        `progress(step, total)` is called after each denoising step, `stage(name)` after each timed
+        stage but "pose" and "total" (a person-cache hit skips "densepose", "schp", "pose_wait").
         """
         if params is None:
             params = parse_numbers(overrides)
@@ -246,7 +250,7 @@ class FastFitEngine:
         person_img, garment_imgs = self.load_inputs(person, garments)
 
         with self._lock:
-            result = self._run(person_img, garment_imgs, params, progress)
+            result = self._run(person_img, garment_imgs, params, progress, stage)
         if output_path is not None:
             out = Path(output_path)
             result.image.save(out, format="PNG")
@@ -259,6 +263,7 @@ class FastFitEngine:
         garment_imgs: dict[str, Image.Image],
         params: TryOnParams,
         progress: ProgressCallback | None,
+        stage: StageCallback | None = None,
     ) -> TryOnResult:
         from parse_utils import multi_ref_cloth_agnostic_mask
 
@@ -268,11 +273,13 @@ class FastFitEngine:
         timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         t_start = time.perf_counter()
 
-        def lap(stage: str, t0: float) -> float:
+        def lap(name: str, t0: float) -> float:
             if cuda:
                 torch.cuda.synchronize(self.device)
             now = time.perf_counter()
-            timings[stage] = now - t0
+            timings[name] = now - t0
+            if stage is not None:
+                stage(name)
             return now
 
         person = prepare_person(person_img, self.resolution)
@@ -308,7 +315,7 @@ class FastFitEngine:
                         num_inference_steps=params.steps,
                         guidance_scale=params.guidance_scale,
                         seed=params.seed,
-                        callback=progress,
+                        callback=with_cpu_estimate(progress, self.device, self.resolution, t_start, t),
                     )
                     lap("diffusion", t)
         finally:
