@@ -7,16 +7,21 @@ Exit codes: 0 success, 2 usage or invalid input, 1 processing failure. Errors ar
 stderr, naming the flag at fault. Models are taken from ./Models (or --models-dir /
 $FASTFIT_MODELS_DIR) and downloaded from the Hugging Face Hub on first use; FASTFIT_DEVICE,
 FASTFIT_DWPOSE_DEVICE and FASTFIT_RESOLUTION are read as the service reads them
-(fastfit_service.config).
+(fastfit_service.config); --resolution overrides FASTFIT_RESOLUTION.
+
+Progress bars (tqdm: the preparation stages, then one tick per denoising step, with time left) go
+to stderr when it is a terminal, or always with --progress; stdout carries only the result lines.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from fastfit_engine.errors import TryOnError
 from fastfit_engine.schema import (
@@ -30,6 +35,9 @@ from fastfit_engine.schema import (
     cli_flag,
     parse_numbers,
 )
+
+if TYPE_CHECKING:
+    from fastfit_service.config import EngineSettings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -55,27 +63,87 @@ def build_parser() -> argparse.ArgumentParser:
     for f in NUMBER_FIELDS:
         p.add_argument(f.cli_flag, dest=f.name, default=None, metavar="N",
                        help=f"{f.help} ({f.minimum}..{f.maximum}, default {f.default_text})")
+    p.add_argument("--resolution", default=None, metavar="WxH",
+                   help="working size, multiples of 64 (default: $FASTFIT_RESOLUTION or 768x1024, the size "
+                        "the models were trained at); 384x512 or 192x256 for a quick try on a CPU")
     p.add_argument("--models-dir", default=None,
                    help="models root (default: $FASTFIT_MODELS_DIR or ./Models; downloaded if missing)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars on stderr (default: only when stderr is a terminal)")
     return p
 
 
-class _Progress:
-    """A one-line progress bar over the denoising steps, on stderr."""
+# the engine's timed stages before diffusion (a person-cache hit skips densepose, schp, pose_wait)
+PREPARATION_STAGES = ("garments", "densepose", "schp", "pose_wait", "mask")
 
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width = stream, width
-        self.tty = getattr(stream, "isatty", lambda: False)()
+
+class Progress:
+    """tqdm bars on stderr: the preparation stages, then the denoising steps (with time left).
+
+    `enabled=None` shows them only when the stream is a terminal (tqdm's own rule). `start()` opens
+    the first bar; the object is then the engine's `progress(step, total)` callback and its `stage`
+    method the `stage(name)` one; `close()` ends any open bar.
+    """
+
+    def __init__(self, steps: int, enabled: bool | None = None, stream: IO[str] | None = None):
+        self.steps = steps
+        self.stream = sys.stderr if stream is None else stream
+        self.disable = None if enabled is None else not enabled
+        self._bar: Any = None
+
+    def _open(self, total: int, desc: str, unit: str) -> None:
+        from tqdm import tqdm
+
+        self.close()
+        self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, disable=self.disable,
+                         dynamic_ncols=True, mininterval=0.5)
+
+    def start(self) -> None:
+        self._open(len(PREPARATION_STAGES), "preparing", "stage")
+
+    def stage(self, name: str) -> None:
+        """A stage has finished; after the last preparation stage the denoising bar starts."""
+        if name not in PREPARATION_STAGES:
+            return
+        if self._bar is None:
+            self.start()
+        self._bar.set_postfix_str(name, refresh=False)
+        last = name == PREPARATION_STAGES[-1]
+        self._bar.update(self._bar.total - self._bar.n if last else 1)
+        if last:
+            self._open(self.steps, "denoising", "step")
 
     def __call__(self, step: int, total: int) -> None:
-        done = min(step + 1, total)
-        bar = "#" * (self.width * done // total)
-        line = f"denoising [{bar:<{self.width}}] {done}/{total}"
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if done == total else ""))
-        elif done == total or done == 1 or done % max(1, total // 10) == 0:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        if self._bar is None or self._bar.total != total:
+            self._open(total, "denoising", "step")
+        self._bar.update(1)
+        if step + 1 >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def engine_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> EngineSettings:
+    """The service's settings from the environment, with the command line's overrides applied and the
+    working size checked (a bad one is a usage error naming --resolution or FASTFIT_RESOLUTION)."""
+    from fastfit_engine.engine import parse_resolution
+    from fastfit_service.config import EngineSettings
+
+    settings = EngineSettings.from_env(os.environ if environ is None else environ)
+    if args.models_dir is not None:
+        settings = dataclasses.replace(settings, models_dir=args.models_dir)
+    source = "FASTFIT_RESOLUTION"
+    if args.resolution is not None:
+        settings, source = dataclasses.replace(settings, resolution=args.resolution), "--resolution"
+    try:
+        w, h = parse_resolution(settings.resolution)
+    except ValueError:
+        raise UsageError(f"{source} must be WIDTHxHEIGHT in positive multiples of 64, e.g. 384x512, "
+                         f"got {settings.resolution!r}") from None
+    return dataclasses.replace(settings, resolution=f"{w}x{h}")
 
 
 def _validate(args: argparse.Namespace) -> tuple[dict[str, str], TryOnParams]:
@@ -98,6 +166,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         garments, params = _validate(args)
+        settings = engine_settings(args)
         from fastfit_engine.images import load_image
 
         person = load_image(args.person, name="person")
@@ -106,16 +175,21 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.describe(cli_flag(exc.field))}", file=sys.stderr)
         return EXIT_USAGE
 
+    progress = Progress(params.steps, args.progress)
     try:
-        from fastfit_engine.engine import FastFitEngine
-        from fastfit_service.config import EngineSettings
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
-        settings = EngineSettings.from_env()
-        if args.models_dir is not None:
-            settings = dataclasses.replace(settings, models_dir=args.models_dir)
-        print("loading models ...", file=sys.stderr, flush=True)
-        engine = FastFitEngine(**settings.engine_kwargs())
-        result = engine.process(person, images, params, output_path=args.output, progress=_Progress())
+        from fastfit_engine.engine import FastFitEngine
+
+        with logging_redirect_tqdm():  # log lines (the CPU estimate) above the bars, not through them
+            print("loading models ...", file=sys.stderr, flush=True)
+            engine = FastFitEngine(**settings.engine_kwargs())
+            progress.start()
+            try:
+                result = engine.process(person, images, params, output_path=args.output,
+                                        progress=progress, stage=progress.stage)
+            finally:
+                progress.close()
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -133,7 +207,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     sys.exit(run())
 
 

@@ -42,6 +42,7 @@ from .caches import (
     image_digest,
 )
 from .compile_cache import compile_cache_dir, compile_enabled, use_compile_cache
+from .cpu_estimate import with_cpu_estimate
 from .errors import PixelBudgetExceeded
 from .images import (
     DEFAULT_MAX_PIXELS,
@@ -70,6 +71,7 @@ DEFAULT_RESOLUTION = (768, 1024)
 STAGES = ("pose", "garments", "densepose", "schp", "pose_wait", "mask", "diffusion", "total")
 
 ProgressCallback = Callable[[int, int], None]
+StageCallback = Callable[[str], None]
 
 
 @dataclass
@@ -261,6 +263,7 @@ class FastFitEngine:
         *,
         output_path: str | os.PathLike | None = None,
         progress: ProgressCallback | None = None,
+        stage: StageCallback | None = None,
         check: Callable[[], None] | None = None,
         **overrides: Any,
     ) -> TryOnResult:
@@ -269,9 +272,11 @@ class FastFitEngine:
         The numbers come either as `params` (from `schema.parse_numbers`, used as they are) or as
         keywords (`steps=`, `seed=`, `guidance_scale=`), which the schema parses here; absent ones
         get the schema's defaults. A seed of None draws a fresh one (reported in the result).
-        `progress(step, total)` is called after each denoising step and `check()` before each
-        stage; either may raise (a passed deadline, a client gone) to stop the request there: the
-        engine lock and the reference K/V cache are released on the way out.
+        `progress(step, total)` is called after each denoising step, `stage(name)` after each timed
+        stage but "pose" and "total" (a person-cache hit skips "densepose", "schp", "pose_wait"),
+        and `check()` before each stage; `progress` and `check` may raise (a passed deadline, a
+        client gone) to stop the request there: the engine lock and the reference K/V cache are
+        released on the way out.
         """
         if params is None:
             params = parse_numbers(overrides)
@@ -281,7 +286,7 @@ class FastFitEngine:
         person_img, garment_imgs = self.load_inputs(person, garments)
 
         with self._lock:
-            result = self._run(person_img, garment_imgs, params, progress, check)
+            result = self._run(person_img, garment_imgs, params, progress, stage, check)
         if output_path is not None:
             out = Path(output_path)
             result.image.save(out, format="PNG")
@@ -294,6 +299,7 @@ class FastFitEngine:
         garment_imgs: dict[str, Image.Image],
         params: TryOnParams,
         progress: ProgressCallback | None,
+        stage: StageCallback | None = None,
         check: Callable[[], None] | None = None,
     ) -> TryOnResult:
         from parse_utils import multi_ref_cloth_agnostic_mask
@@ -304,12 +310,14 @@ class FastFitEngine:
         timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         t_start = time.perf_counter()
 
-        def lap(stage: str, t0: float) -> float:
+        def lap(name: str, t0: float) -> float:
             if cuda:
                 torch.cuda.synchronize(self.device)
             now = time.perf_counter()
-            timings[stage] = now - t0
-            if check is not None and stage != "diffusion":  # a finished result is always delivered
+            timings[name] = now - t0
+            if stage is not None:
+                stage(name)
+            if check is not None and name != "diffusion":  # a finished result is always delivered
                 check()
             return now
 
@@ -348,7 +356,7 @@ class FastFitEngine:
                         num_inference_steps=params.steps,
                         guidance_scale=params.guidance_scale,
                         seed=params.seed,
-                        callback=progress,
+                        callback=with_cpu_estimate(progress, self.device, self.resolution, t_start, t),
                     )
                     lap("diffusion", t)
         finally:

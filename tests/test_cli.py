@@ -1,17 +1,22 @@
-"""inference.py: a real run at the product size, and every error path (one line, right exit code)."""
+"""inference.py: a real run at the product size, one at a chosen --resolution with progress bars,
+the CPU time estimate, and every error path (one line, right exit code)."""
 from __future__ import annotations
 
 import io
+import logging
 import os
+import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 import inference
-from fastfit_engine import schema
+from fastfit_engine import cpu_estimate, schema
 from fastfit_service.config import EngineSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +36,35 @@ def test_cli_writes_a_768x1024_png(models_dir, sample_files, tmp_path):
     assert lines[1] == "seed: 9"
     assert lines[2] == "peak VRAM: n/a (cpu)"
     assert lines[3].startswith("timings: pose ")
-    assert "denoising [" in proc.stderr and "1/1" in proc.stderr
+    assert len(lines) == 4
+    # stderr is a pipe: no progress bars; the CPU estimate once, measured at the full size itself
+    assert "denoising:" not in proc.stderr and "preparing:" not in proc.stderr
+    assert proc.stderr.count("running on the CPU") == 1
+    assert re.search(r"\(this 768x1024 request: preparation [0-9.]+ s, first denoising step [0-9.]+ s, then "
+                     r"[0-9.]+ s a step\)", proc.stderr), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_resolution_flag_and_forced_progress(models_dir, sample_files, tmp_path):
+    """--resolution beats FASTFIT_RESOLUTION and sets the output size; --progress shows the bars on a
+    pipe (stage and step counts, time left) while stdout keeps its four lines."""
+    out = tmp_path / "small.png"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FASTFIT_RESOLUTION": "768x1024"}
+    cmd = [sys.executable, "inference.py", "--person", str(sample_files["person"]), "--upper", str(sample_files["upper"]),
+           "--resolution", "192x256", "--steps", "2", "--guidance", "1", "--seed", "3", "--progress", "--models-dir", str(models_dir),
+           "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out) as img:
+        assert img.size == (192, 256)
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["output", "seed", "peak VRAM", "timings"]
+    assert lines[1] == "seed: 3"
+    assert re.search(r"preparing: 100%\|[^|]*\| 5/5 ", proc.stderr), proc.stderr
+    assert re.search(r"denoising: 100%\|[^|]*\| 2/2 \[[0-9:]+<00:00", proc.stderr), proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "running on the CPU" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING: running on the CPU: a full-size request (768x1024, 30 steps)")
+    assert "(this 192x256 request: preparation " in warnings[0]
     assert "Traceback" not in proc.stderr
 
 
@@ -59,6 +92,10 @@ ERRORS = [
     (lambda f, t: ["--person", t / "nobody.jpg", "--upper", f["upper"]], 2, "error: --person: file not found: {t}/nobody.jpg"),
     (lambda f, t: ["--person", f["person"], "--lower", t / "none.png"], 2, "error: --lower: file not found: {t}/none.png"),
     (lambda f, t: ["--person", f["person"], "--upper", t / "garbage.png"], 2, "error: --upper is not a decodable image..."),
+    (lambda f, t: ["--person", f["person"], "--upper", f["upper"], "--resolution", "100x100"], 2,
+     "error: --resolution must be WIDTHxHEIGHT in positive multiples of 64, e.g. 384x512, got '100x100'"),
+    (lambda f, t: ["--person", f["person"], "--upper", f["upper"], "--resolution", "big"], 2,
+     "error: --resolution must be WIDTHxHEIGHT in positive multiples of 64, e.g. 384x512, got 'big'"),
     (lambda f, t: ["--person", f["person"], "--upper", f["upper"], "--output", t], 2,
      "error: --output is a folder, give a file name: {t}"),
     (lambda f, t: ["--person", f["person"], "--upper", f["upper"], "--output", t / "no" / "dir" / "o.png"], 2,
@@ -93,34 +130,83 @@ def test_cli_processing_failure_exits_1(sample_files, tmp_path, capsys, monkeypa
     assert not (tmp_path / "o.png").exists()
 
 
-def test_progress_lines_when_not_a_terminal():
-    buf = io.StringIO()
-    progress = inference._Progress(stream=buf, width=10)
-    for i in range(20):
-        progress(i, 20)
-    lines = buf.getvalue().splitlines()
-    assert lines[0] == "denoising [          ] 1/20"
-    assert lines[-1] == "denoising [##########] 20/20"
-    assert len(lines) == 11  # first, every 10 %, last
+def _drive(progress: inference.Progress, steps: int) -> None:
+    progress.start()
+    for name in ("garments", "densepose", "schp", "pose_wait", "mask", "diffusion"):
+        progress.stage(name)
+    for i in range(steps):
+        progress(i, steps)
+    progress.close()
 
 
-@pytest.mark.parametrize("field", schema.NUMBER_FIELDS, ids=lambda f: f.name)
-def test_cli_errors_name_the_fields_flag(field, sample_files, capsys):
-    got, err = _run(["--person", sample_files["person"], "--upper", sample_files["upper"], field.cli_flag, "x"], capsys)
-    kind = "an integer" if field.kind is int else "a number"
-    assert got == 2 and err == [f"error: {field.cli_flag} must be {kind}, got 'x'"]
+def test_progress_only_on_a_terminal_unless_forced():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for enabled, stream, shown in [(None, io.StringIO(), False), (None, Terminal(), True),
+                                   (True, io.StringIO(), True), (False, Terminal(), False)]:
+        _drive(inference.Progress(3, enabled, stream), 3)
+        text = stream.getvalue()
+        assert ("denoising" in text and "preparing" in text) is shown, (enabled, text)
+        if shown:  # each bar from 0, then to its end (the last stage's name beside it)
+            assert "preparing:   0%" in text and "5/5" in text and "mask" in text
+            assert "denoising:   0%" in text and "3/3" in text
+        else:
+            assert text == ""
 
 
-def test_engine_settings_from_the_environment():
-    env = {"FASTFIT_MODELS_DIR": "/m", "FASTFIT_DEVICE": "cuda:1", "FASTFIT_DWPOSE_DEVICE": "cuda", "FASTFIT_RESOLUTION": "384x512"}
-    assert EngineSettings.from_env(env) == EngineSettings("/m", "cuda:1", "cuda", "384x512")
-    assert EngineSettings.from_env({"FASTFIT_DEVICE": " ", "FASTFIT_RESOLUTION": ""}) == EngineSettings(None, None, "cpu", None)
+def test_bad_fastfit_resolution_is_a_usage_error(sample_files, capsys, monkeypatch):
+    monkeypatch.setenv("FASTFIT_RESOLUTION", "800x600")
+    got, err = _run(["--person", sample_files["person"], "--upper", sample_files["upper"]], capsys)
+    assert got == 2
+    assert err == ["error: FASTFIT_RESOLUTION must be WIDTHxHEIGHT in positive multiples of 64, e.g. 384x512, got '800x600'"]
 
 
-def test_cli_uses_fastfit_device(sample_files, tmp_path, capsys, monkeypatch):
-    """The CLI builds its engine from the same settings as the service: a bad FASTFIT_DEVICE is refused."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("FASTFIT_DEVICE", "nosuchdevice")
-    got, err = _run(["--person", sample_files["person"], "--upper", sample_files["upper"],
-                     "--models-dir", tmp_path / "Models", "--output", tmp_path / "o.png"], capsys)
-    assert got == 1 and err[-1].startswith("error: RuntimeError: ") and err[-1].endswith("device string: nosuchdevice")
+@pytest.mark.parametrize("argv, env, expected", [
+    ([], {}, "768x1024"),
+    ([], {"FASTFIT_RESOLUTION": "384x512"}, "384x512"),
+    (["--resolution", "192X256"], {"FASTFIT_RESOLUTION": "384x512"}, "192x256"),
+    (["--resolution", "192x256"], {"FASTFIT_RESOLUTION": "bad"}, "192x256"),
+])
+def test_resolution_flag_overrides_the_environment(argv, env, expected):
+    args = inference.build_parser().parse_args(["--person", "p.jpg", *argv])
+    assert inference.engine_settings(args, env).resolution == expected
+
+
+def test_cpu_estimate_logged_once_per_process(caplog, monkeypatch):
+    """The estimate: preparation as measured, the denoising part scaled by pixels**STEP_EXPONENT; logged
+    after the second step of the first CPU request only (the first of a 1-step one), never elsewhere."""
+    monkeypatch.setattr(cpu_estimate, "_logged", threading.Event())
+    scale = (768 * 1024 / (192 * 256)) ** cpu_estimate.STEP_EXPONENT  # 16**1.5 = 64
+    assert cpu_estimate.full_size_seconds(20.0, 3.0, 0.5, (192, 256)) == pytest.approx(20.0 + 64 * (3.0 + 29 * 0.5))
+    assert cpu_estimate.full_size_seconds(20.0, 3.0, 0.5, (768, 1024)) == pytest.approx(20.0 + 3.0 + 29 * 0.5)
+
+    seen: list[tuple[int, int]] = []
+
+    def progress(i: int, n: int) -> None:
+        seen.append((i, n))
+
+    assert cpu_estimate.with_cpu_estimate(progress, torch.device("cuda"), (192, 256), 0.0, 0.0) is progress
+    with caplog.at_level(logging.WARNING, logger="fastfit.engine"):
+        for _request in range(2):
+            t = cpu_estimate.time.perf_counter()
+            callback = cpu_estimate.with_cpu_estimate(progress, torch.device("cpu"), (192, 256), t - 600.0, t)
+            for i in range(3):
+                callback(i, 3)
+    assert seen == [(0, 3), (1, 3), (2, 3)] * 2
+    records = [r for r in caplog.records if r.name == "fastfit.engine"]
+    assert len(records) == 1
+    # 600 s of preparation: 10 min (the near-instant fake steps add milliseconds)
+    assert records[0].getMessage() == (
+        "running on the CPU: a full-size request (768x1024, 30 steps) would take about 10 min here "
+        "(this 192x256 request: preparation 600.0 s, first denoising step 0.0 s, then 0.0 s a step); "
+        "a CUDA GPU takes seconds")
+
+    monkeypatch.setattr(cpu_estimate, "_logged", threading.Event())
+    with caplog.at_level(logging.WARNING, logger="fastfit.engine"):
+        t = cpu_estimate.time.perf_counter()
+        cpu_estimate.with_cpu_estimate(None, torch.device("cpu"), (768, 1024), t - 180.0, t - 120.0)(0, 1)
+    # a 1-step request at full size: 60 s + 30 steps of 120 s = 61 min
+    assert "about 61 min here (this 768x1024 request: preparation 60.0 s, first denoising step 120.0 s, then 120.0 s" \
+        in caplog.records[-1].getMessage()

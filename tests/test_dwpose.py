@@ -477,3 +477,15 @@ def test_device_selection_falls_back_to_cpu():
 def test_bad_device_string(model_dir, device):
     with pytest.raises(ValueError, match="cuda:N"):
         parse_utils.DWposeDetector(model_dir, device=device)
+
+
+def test_session_options_leave_cores_and_do_not_spin(monkeypatch):
+    from parse_utils.dwpose.wholebody import session_options
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    options = session_options()
+    assert options.intra_op_num_threads == 14
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options(3).intra_op_num_threads == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert session_options().intra_op_num_threads == 2
