@@ -5,8 +5,9 @@ SCHP 0.27 GB, DWPose 0.22 + 0.13 GB) into a scratch folder (or `--scale` of them
 them with ``fastfit_engine.integrity.hash_files`` (one thread per file, largest first) after a
 first read has put them in the page cache, and one file with one thread for the per-core rate.
 
-    python bench/bench_sha256.py --dir /tmp/sha-bench              # the full 4.9 GB set
-    python bench/bench_sha256.py --dir /tmp/sha-bench --scale 0.1  # a tenth of it
+    python -m bench.bench_sha256 --dir /tmp/sha-bench              # the full 4.9 GB set
+    python -m bench.bench_sha256 --dir /tmp/sha-bench --scale 0.1  # a tenth of it
+    python -m bench.bench_sha256 --quick                           # 8 MB files in a temporary folder
 """
 from __future__ import annotations
 
@@ -15,22 +16,27 @@ import json
 import os
 import platform
 import shutil
-import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fastfit_engine.integrity import hash_files, sha256_file  # noqa: E402
+from fastfit_engine.integrity import hash_files, sha256_file
 
 SIZES_MB = {"unet": 3438, "vae": 335, "densepose": 256, "schp-lip": 267, "schp-atr": 267, "yolox": 217, "dwpose": 134}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", type=Path, required=True, help="scratch folder (its files are deleted afterwards)")
+    ap.add_argument("--dir", type=Path, default=None, help="scratch folder (its files are deleted afterwards)")
     ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--quick", action="store_true", help="one 8 MB block per file in a temporary folder (script check)")
     args = ap.parse_args()
+    if args.quick:
+        args.scale = 0.0
+    if args.dir is None:
+        if not args.quick:
+            ap.error("--dir is required (a scratch folder on the disk that holds the models)")
+        args.dir = Path(tempfile.mkdtemp(prefix="fastfit-sha-"))
     args.dir.mkdir(parents=True, exist_ok=True)
     files = []
     block = os.urandom(8 << 20)

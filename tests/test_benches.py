@@ -31,7 +31,7 @@ def run_bench(module: str, *args: str) -> dict:
 
 def test_every_bench_script_is_covered():
     scripts = sorted(p.stem for p in (ROOT / "bench").glob("bench_*.py"))
-    assert scripts == ["bench_densepose", "bench_diffusion", "bench_dwpose", "bench_request", "bench_schp"]
+    assert scripts == ["bench_densepose", "bench_diffusion", "bench_dwpose", "bench_request", "bench_schp", "bench_sha256"]
 
 
 def test_bench_diffusion_quick(models_dir):
@@ -97,3 +97,9 @@ def test_dwpose_proxy_builder_runs_as_a_module():
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0 and "yolox_l.onnx" in proc.stdout
+
+
+def test_bench_sha256_quick():
+    report = run_bench("bench_sha256")
+    assert report["total_gb"] == round(7 * (8 << 20) / 1e9, 2)
+    assert report["all_files_gb_per_s"] > 0 and report["one_thread_gb_per_s"] > 0
