@@ -169,8 +169,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         settings = engine_settings(args)
         from fastfit_engine.images import load_image
 
-        person = load_image(args.person, name="person")
-        images = {g: load_image(p, name=g) for g, p in garments.items()}
+        # decoded here only to refuse a bad file before the models load; the engine decodes the
+        # files itself, exactly as the service does (reduced decoding of large photos)
+        load_image(args.person, name="person")
+        for g, p in garments.items():
+            load_image(p, name=g)
     except TryOnError as exc:
         print(f"error: {exc.describe(cli_flag(exc.field))}", file=sys.stderr)
         return EXIT_USAGE
@@ -186,10 +189,13 @@ def run(argv: Sequence[str] | None = None) -> int:
             engine = FastFitEngine(**settings.engine_kwargs())
             progress.start()
             try:
-                result = engine.process(person, images, params, output_path=args.output,
+                result = engine.process(args.person, garments, params, output_path=args.output,
                                         progress=progress, stage=progress.stage)
             finally:
                 progress.close()
+    except TryOnError as exc:  # an input the engine refuses (e.g. the request's pixel budget)
+        print(f"error: {exc.describe(cli_flag(exc.field))}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

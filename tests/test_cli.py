@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import numpy as np
 from PIL import Image
 
 import inference
@@ -210,3 +211,29 @@ def test_cpu_estimate_logged_once_per_process(caplog, monkeypatch):
     # a 1-step request at full size: 60 s + 30 steps of 120 s = 61 min
     assert "about 61 min here (this 768x1024 request: preparation 60.0 s, first denoising step 120.0 s, then 120.0 s" \
         in caplog.records[-1].getMessage()
+
+
+def test_cli_and_service_decode_large_jpegs_alike(engine, sample_files, tmp_path, capsys, monkeypatch):
+    """A JPEG well over twice the working size is decoded in draft mode by the engine; the CLI
+    hands the engine the file itself, so its image equals the service's (bytes in) bit for bit."""
+    import io
+
+    from helpers import make_person
+
+    big = tmp_path / "big_person.jpg"
+    make_person(900, 1200, seed=3).save(big, format="JPEG", quality=92)
+    monkeypatch.setattr("fastfit_engine.engine.FastFitEngine", lambda **kwargs: engine)
+    out = tmp_path / "cli.png"
+    code, err = _run(["--person", big, "--upper", sample_files["upper"], "--steps", "1", "--seed", "5",
+                      "--output", out], capsys)
+    assert code == 0, err
+    service = engine.process(big.read_bytes(), {"upper": sample_files["upper"].read_bytes()}, steps=1, seed=5)
+    with Image.open(out) as cli_img:
+        assert np.array_equal(np.asarray(cli_img.convert("RGB")), np.asarray(service.image))
+    # and the draft decode really is in play: a full decode of the same file prepares differently
+    with Image.open(big) as full:
+        full.load()
+        assert full.size == (900, 1200)
+    with Image.open(io.BytesIO(big.read_bytes())) as drafted:
+        drafted.draft("RGB", (engine.resolution[0] * 2, engine.resolution[1] * 2))
+        assert drafted.size[0] < 900
