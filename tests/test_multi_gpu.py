@@ -127,7 +127,11 @@ def test_busy_instance_is_skipped_and_a_killed_worker_disturbs_nothing(models_di
         assert short[0] == 200 and results["long"][0] == 200, (short[:2], results["long"][:2])
         log = [e for e in stack.access_entries() if e["uri"] == "/prompt"]
         assert len(log) == 2 and {e["upstream"] for e in log} == addresses, log  # one each
-        assert log[0]["upstream"] == stack.instances[1 - busy].removeprefix("http://")  # short finished first
+        # the short request (found by the request id the app echoes) went to the idle instance
+        short_id = {k.lower(): v for k, v in short[2].items()}["x-request-id"]
+        short_entry = [e for e in log if e["request_id"] == short_id]
+        assert len(short_entry) == 1, (short_id, log)
+        assert short_entry[0]["upstream"] == stack.instances[1 - busy].removeprefix("http://")
 
         # a worker killed on one instance: requests still succeed, the other instance is untouched
         master, workers = _gunicorn_pids(stack.proc.pid, 0)
