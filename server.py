@@ -30,6 +30,8 @@ from fastfit_engine.schema import (
     check_garments,
     parse_numbers,
 )
+from fastfit_service.docs import register_docs
+from fastfit_service.web import register_page
 
 log = logging.getLogger("fastfit.server")
 
@@ -313,6 +315,8 @@ def create_app(engine: Any = None, config: Optional[Mapping[str, Any]] = None) -
         resp.headers["Cache-Control"] = "no-store"
         return resp
 
+    register_docs(app, cfg)
+    register_page(app)
     return app
 
 
