@@ -51,6 +51,50 @@ class TryOnResult:
         return ", ".join(f"{k};dur={v * 1000.0:.1f}" for k, v in self.timings.items())
 
 
+@dataclass
+class Preparation:
+    """What the stages before diffusion make of one person photo."""
+
+    person: Image.Image  # cropped to 3:4 and resized to the working size
+    pose: Image.Image  # DWPose skeleton drawing
+    mask: Image.Image  # L; 255 where the model repaints
+    seed: int  # for the mask's random draws (none in the default variant)
+    timings: dict[str, float]  # seconds: pose, densepose, schp, mask, total
+
+    def masked_person(self) -> Image.Image:
+        """The picture the diffusion model is conditioned on, in 8 bits: the person outside the
+        mask, the pose skeleton over mid-grey inside it (the pipeline composes it in [-1, 1] as
+        person * (1 - mask) + mask * pose/255)."""
+        person = np.asarray(self.person.convert("RGB"), dtype=np.float32)
+        pose = np.asarray(self.pose.convert("RGB").resize(self.person.size), dtype=np.float32)
+        inside = (np.asarray(self.mask.convert("L")) >= 128)[..., None]
+        out = np.where(inside, (pose / 255.0 + 1.0) * 127.5, person)
+        return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
+
+
+class _StageClock:
+    """Seconds per stage; on CUDA each lap waits for the GPU so a stage is charged its own work."""
+
+    def __init__(self, device: torch.device):
+        self._cuda = device.type == "cuda"
+        self._device = device
+        self.timings: dict[str, float] = {}
+        self._start = self._t = time.perf_counter()
+
+    def start_stages(self) -> None:
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self._cuda:
+            torch.cuda.synchronize(self._device)
+        now = time.perf_counter()
+        self.timings[stage] = now - self._t
+        self._t = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self._start
+
+
 def parse_resolution(value: Union[str, tuple[int, int], list, None]) -> tuple[int, int]:
     """(W, H) from a tuple or a 'WxH' string; both multiples of 64 (the UNet's total downsampling)."""
     if value is None or value == "":
@@ -175,6 +219,38 @@ class FastFitEngine:
             result.output_path = out
         return result
 
+    def preprocess(self, person: ImageSource, seed: int | None = None) -> Preparation:
+        """The stages before diffusion alone (pose, DensePose, SCHP parsing, the cloth-agnostic
+        mask) for one person photo: what a mask preview shows, without the diffusion model. The
+        mask is the one a try-on of the same photo uses (`seed` feeds the mask's random draws,
+        as in a try-on; the default mask variant makes none)."""
+        params = parse_numbers({"seed": seed})
+        seed = params["seed"] if params["seed"] is not None else secrets.randbelow(2**32)
+        person_img = load_image(person, name=PERSON_FIELD, max_pixels=self.max_pixels)
+        clock = _StageClock(self.device)
+        with self._lock, torch.inference_mode():
+            prep = self._preprocess(person_img, seed, clock)
+        prep.timings["total"] = clock.total()
+        return prep
+
+    def _preprocess(self, person_img: Image.Image, seed: int, clock: _StageClock) -> Preparation:
+        from parse_utils import multi_ref_cloth_agnostic_mask
+
+        person = prepare_person(person_img, self.resolution)
+        clock.start_stages()
+        pose = self.pose_detector(person)
+        clock.lap("pose")
+        densepose = np.asarray(self.densepose(person))
+        clock.lap("densepose")
+        lip = np.asarray(self.schp_lip(person))
+        atr = np.asarray(self.schp_atr(person))
+        clock.lap("schp")
+        mask = multi_ref_cloth_agnostic_mask(
+            densepose, lip, atr, square_cloth_mask=False, horizon_expand=True, rng=np.random.default_rng(seed)
+        )
+        clock.lap("mask")
+        return Preparation(person=person, pose=pose, mask=mask, seed=seed, timings=clock.timings)
+
     def _run(
         self,
         person_img: Image.Image,
@@ -184,50 +260,28 @@ class FastFitEngine:
         guidance_scale: float,
         progress: Optional[ProgressCallback],
     ) -> TryOnResult:
-        from parse_utils import multi_ref_cloth_agnostic_mask
-
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-        timings: dict[str, float] = {}
-        t_start = time.perf_counter()
-
-        def lap(stage: str, t0: float) -> float:
-            if cuda:
-                torch.cuda.synchronize(self.device)
-            now = time.perf_counter()
-            timings[stage] = now - t0
-            return now
-
-        person = prepare_person(person_img, self.resolution)
-        t = time.perf_counter()
+        clock = _StageClock(self.device)
         with torch.inference_mode():
-            pose = self.pose_detector(person)
-            t = lap("pose", t)
-            densepose = np.asarray(self.densepose(person))
-            t = lap("densepose", t)
-            lip = np.asarray(self.schp_lip(person))
-            atr = np.asarray(self.schp_atr(person))
-            t = lap("schp", t)
-            mask = multi_ref_cloth_agnostic_mask(
-                densepose, lip, atr, square_cloth_mask=False, horizon_expand=True, rng=np.random.default_rng(seed)
-            )
-            t = lap("mask", t)
+            prep = self._preprocess(person_img, seed, clock)
             sizes = self.reference_sizes
             references = [
                 (GARMENT_LABELS[g], prepare_reference(img, sizes[g])) for g, img in garment_imgs.items()
             ]
             image = self.pipeline(
-                person,
-                mask,
+                prep.person,
+                prep.mask,
                 references,
-                pose=pose,
+                pose=prep.pose,
                 num_inference_steps=steps,
                 guidance_scale=guidance_scale,
                 seed=seed,
                 callback=progress,
             )
-            lap("diffusion", t)
-        timings["total"] = time.perf_counter() - t_start
+            clock.lap("diffusion")
+        timings = clock.timings
+        timings["total"] = clock.total()
         peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None
-        return TryOnResult(image=image, seed=seed, timings=timings, peak_vram_mb=peak, mask=mask)
+        return TryOnResult(image=image, seed=seed, timings=timings, peak_vram_mb=peak, mask=prep.mask)
