@@ -22,6 +22,7 @@ RUN pip install --upgrade pip && pip install -r requirements.txt
 
 COPY fastfit_engine/ fastfit_engine/
 COPY parse_utils/ parse_utils/
+COPY fastfit_service/ fastfit_service/
 COPY inference.py server.py gunicorn.conf.py ./
 
 RUN useradd --create-home --uid 1000 app && mkdir -p /app/Models && chown app:app /app/Models

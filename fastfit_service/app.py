@@ -1,0 +1,102 @@
+"""The Flask app factory of the try-on service: `POST /prompt` (multipart) returns a PNG.
+
+Routes: `/prompt`, `/health` (the process answers), `/ready` (the engine is loaded), `/metrics`.
+One engine per process; `admission.Service` lets one request at a time onto the GPU.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+
+from fastfit_engine.schema import PERSON_FIELD
+
+from .admission import Service
+from .config import default_config, engine_settings
+from .docs import register_docs
+from .multipart import read_prompt_form
+from .responses import ApiError, register_error_handlers
+from .web import register_page
+
+log = logging.getLogger("fastfit.server")
+
+
+def _default_factory(config: Mapping[str, Any]) -> Callable[[], Any]:
+    def build() -> Any:
+        from fastfit_engine.engine import FastFitEngine
+
+        engine = FastFitEngine(**engine_settings(config).engine_kwargs(), max_pixels=config["MAX_IMAGE_PIXELS"])
+        warmup = config["WARMUP"]
+        if warmup is None:
+            warmup = engine.device.type == "cuda"
+        if warmup:
+            log.info("warm-up request took %.1f s", engine.warmup())
+        return engine
+
+    return build
+
+
+def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the Flask app. Without an engine, one is built in a background thread (/ready says when)."""
+    cfg = default_config()
+    cfg.update(config or {})
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = int(float(cfg["MAX_UPLOAD_MB"]) * 1024 * 1024)
+    svc = Service(config=cfg)
+    app.extensions["fastfit"] = svc
+
+    if engine is not None:
+        svc.set_engine(engine)
+    else:
+        svc.load_in_background(cfg["ENGINE_FACTORY"] or _default_factory(cfg))
+
+    svc.metrics.instrument(app)
+    register_error_handlers(app)
+
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.get("/ready")
+    def ready() -> Response:
+        svc.require_engine()
+        return jsonify({"status": "ready"})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return svc.metrics.exposition()
+
+    @app.post("/prompt")
+    def prompt() -> Response:
+        images, numbers = read_prompt_form(request, cfg["MAX_IMAGE_PIXELS"])
+        eng = svc.require_engine()
+        person = images.pop(PERSON_FIELD)
+
+        def work() -> Any:
+            return eng.process(
+                person, images, steps=numbers["steps"], seed=numbers["seed"],
+                guidance_scale=numbers["guidance_scale"],
+            )
+
+        try:
+            result = svc.run(work)
+        except ApiError:
+            raise
+        except Exception:
+            log.exception("processing failed")
+            raise ApiError(500, "processing_failed", "the try-on could not be processed") from None
+        png = result.to_png_bytes()
+        resp = Response(png, mimetype="image/png")
+        resp.headers["X-Seed"] = str(result.seed)
+        if result.peak_vram_mb is not None:
+            resp.headers["X-Peak-VRAM-MB"] = f"{result.peak_vram_mb:.0f}"
+        resp.headers["Server-Timing"] = result.server_timing()
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    register_docs(app, cfg)  # /openapi.json and /docs
+    register_page(app)  # the try-on page at /
+    return app
