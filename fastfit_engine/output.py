@@ -13,6 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from .schema import OUTPUT_FORMAT, QUALITY
+
 
 @dataclass(frozen=True)
 class OutputFormat:
@@ -31,8 +33,9 @@ OUTPUT_FORMATS = {
         OutputFormat("webp", "WEBP", "image/webp", (".webp",), lossy=True),
     )
 }
-DEFAULT_OUTPUT_FORMAT = "png"
-DEFAULT_QUALITY = 90
+DEFAULT_OUTPUT_FORMAT = OUTPUT_FORMAT.default
+DEFAULT_QUALITY = int(QUALITY.default)
+assert tuple(OUTPUT_FORMATS) == OUTPUT_FORMAT.choices
 
 
 def _bare_rgb(image: Image.Image) -> Image.Image:

@@ -102,7 +102,48 @@ NUMBER_FIELDS = (
 )
 NUMBER_FIELDS_BY_NAME = {f.name: f for f in NUMBER_FIELDS}
 
-ALL_FIELDS = IMAGE_FIELDS + tuple(NUMBER_FIELDS_BY_NAME)
+
+
+@dataclass(frozen=True)
+class ChoiceField:
+    """A request parameter that takes one of a few words."""
+
+    name: str
+    cli_flag: Optional[str]  # None: the CLI has its own way (or none)
+    choices: tuple[str, ...]
+    default: str
+    help: str
+
+    @property
+    def default_text(self) -> str:
+        return self.default
+
+    def parse(self, value: Any) -> str:
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text not in self.choices:
+            raise RequestError(
+                "invalid_choice", f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}", self.name
+            )
+        return text
+
+
+# What to send back, applied after the engine: the image encoding, a preview of the mask instead
+# of a try-on, and the service's answer as the bare image or as JSON.
+OUTPUT_FORMAT = ChoiceField("output_format", None, ("png", "jpeg", "webp"), "png",
+                            "image encoding of the answer (CLI: the output file's extension); metadata is never kept")
+QUALITY = NumberField("quality", "--quality", int, 1, 100, 90, "JPEG/WebP quality; PNG is lossless and ignores it")
+PREVIEW = ChoiceField("preview", None, ("none", "mask", "masked_person"), "none",
+                      "mask or masked_person: answer the cloth-agnostic mask (or the person as the model sees it) "
+                      "without running diffusion (CLI: --save-mask)")
+RESPONSE_FORMAT = ChoiceField("response_format", None, ("image", "json"), "image",
+                              "json: image as base64 with seed, timings and peak VRAM (same as Accept: application/json)")
+OUTPUT_FIELDS: tuple[NumberField | ChoiceField, ...] = (OUTPUT_FORMAT, QUALITY, PREVIEW, RESPONSE_FORMAT)
+OUTPUT_FIELDS_BY_NAME = {f.name: f for f in OUTPUT_FIELDS}
+
+# Every field that is not an image, in table order.
+VALUE_FIELDS_BY_NAME: dict[str, NumberField | ChoiceField] = {**NUMBER_FIELDS_BY_NAME, **OUTPUT_FIELDS_BY_NAME}
+
+ALL_FIELDS = IMAGE_FIELDS + tuple(VALUE_FIELDS_BY_NAME)
 
 
 def check_garments(present: Any) -> list[str]:
@@ -133,6 +174,18 @@ def parse_numbers(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def parse_output_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the output options present in `values`; absent ones get their defaults."""
+    out: dict[str, Any] = {}
+    for field in OUTPUT_FIELDS:
+        raw = values.get(field.name)
+        if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+            out[field.name] = field.default
+        else:
+            out[field.name] = field.parse(raw)
+    return out
+
+
 def markdown_table() -> str:
     """The request-field table in the README (a test checks that the README carries it verbatim)."""
     rows = [
@@ -142,9 +195,13 @@ def markdown_table() -> str:
     ]
     for g in GARMENT_FIELDS:
         rows.append(f"| `{g}` | `--{g}` | image file | | | {GARMENT_DESCRIPTIONS[g]} |")
-    for f in NUMBER_FIELDS:
+    for f in VALUE_FIELDS_BY_NAME.values():
+        flag = f"`{f.cli_flag}`" if f.cli_flag else ""
+        if isinstance(f, ChoiceField):
+            rows.append(f"| `{f.name}` | {flag} | word | {', '.join(f.choices)} | {f.default} | {f.help} |")
+            continue
         rng = f"{_fmt(f.minimum)} .. {_fmt(f.maximum) if f.maximum != SEED_MAX else '2**32-1'}"
         rows.append(
-            f"| `{f.name}` | `{f.cli_flag}` | {'integer' if f.kind is int else 'number'} | {rng} | {f.default_text} | {f.help} |"
+            f"| `{f.name}` | {flag} | {'integer' if f.kind is int else 'number'} | {rng} | {f.default_text} | {f.help} |"
         )
     return "\n".join(rows) + "\n"

@@ -1,4 +1,4 @@
-"""The Flask app factory of the try-on service: `POST /prompt` (multipart) returns a PNG.
+"""The Flask app factory of the try-on service: `POST /prompt` (multipart or JSON) returns the image.
 
 Routes: `/prompt`, `/health` (the process answers), `/ready` (the engine is loaded), `/metrics`.
 One engine per process; `admission.Service` lets one request at a time onto the GPU.
@@ -15,8 +15,10 @@ from flask import Flask, Response, jsonify, request
 from fastfit_engine.schema import PERSON_FIELD
 
 from .admission import Service
+from .answer import answer
 from .config import default_config, engine_settings
 from .docs import register_docs
+from .jsonbody import json_body_limit, read_prompt_json
 from .multipart import read_prompt_form
 from .responses import ApiError, register_error_handlers
 from .web import register_page
@@ -71,11 +73,20 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
 
     @app.post("/prompt")
     def prompt() -> Response:
-        images, numbers = read_prompt_form(request, cfg["MAX_IMAGE_PIXELS"])
+        if request.is_json:
+            upload_limit = app.config["MAX_CONTENT_LENGTH"]
+            request.max_content_length = json_body_limit(upload_limit)  # base64 is 4/3 of the bytes
+            req = read_prompt_json(request, cfg["MAX_IMAGE_PIXELS"], upload_limit)
+        else:
+            req = read_prompt_form(request, cfg["MAX_IMAGE_PIXELS"])
         eng = svc.require_engine()
+        images = dict(req.images)
         person = images.pop(PERSON_FIELD)
+        numbers, preview = req.numbers, req.options["preview"]
 
         def work() -> Any:
+            if preview != "none":  # the stages before diffusion only
+                return eng.preprocess(person, seed=numbers["seed"])
             return eng.process(
                 person, images, steps=numbers["steps"], seed=numbers["seed"],
                 guidance_scale=numbers["guidance_scale"],
@@ -88,14 +99,11 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
         except Exception:
             log.exception("processing failed")
             raise ApiError(500, "processing_failed", "the try-on could not be processed") from None
-        png = result.to_png_bytes()
-        resp = Response(png, mimetype="image/png")
-        resp.headers["X-Seed"] = str(result.seed)
-        if result.peak_vram_mb is not None:
-            resp.headers["X-Peak-VRAM-MB"] = f"{result.peak_vram_mb:.0f}"
-        resp.headers["Server-Timing"] = result.server_timing()
-        resp.headers["Cache-Control"] = "no-store"
-        return resp
+        if preview == "mask":
+            return answer(request, result.mask, req.options, result.seed, result.timings, None)
+        if preview == "masked_person":
+            return answer(request, result.masked_person(), req.options, result.seed, result.timings, None)
+        return answer(request, result.image, req.options, result.seed, result.timings, result.peak_vram_mb)
 
     register_docs(app, cfg)  # /openapi.json and /docs
     register_page(app)  # the try-on page at /

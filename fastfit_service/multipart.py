@@ -7,27 +7,18 @@ belongs, a blank file input).
 from __future__ import annotations
 
 from flask import Request
-from PIL import Image
 
-from fastfit_engine.images import ImageError, load_image
-from fastfit_engine.schema import (
-    GARMENT_FIELDS,
-    IMAGE_FIELDS,
-    NUMBER_FIELDS_BY_NAME,
-    PERSON_FIELD,
-    RequestError,
-    check_garments,
-    parse_numbers,
-)
+from fastfit_engine.schema import IMAGE_FIELDS, VALUE_FIELDS_BY_NAME
 
+from .prompt import PromptRequest, check_prompt
 from .responses import ApiError
 
 
-def read_prompt_form(request: Request, max_pixels: int | None) -> tuple[dict[str, Image.Image], dict]:
-    """Validate the multipart request against the schema; return (images, numbers)."""
+def read_prompt_form(request: Request, max_pixels: int | None) -> PromptRequest:
+    """Validate the multipart request against the schema."""
     form, files = request.form, request.files  # may raise 413 (werkzeug checks the size)
     for key in list(form.keys()) + list(files.keys()):
-        if key not in IMAGE_FIELDS and key not in NUMBER_FIELDS_BY_NAME:
+        if key not in IMAGE_FIELDS and key not in VALUE_FIELDS_BY_NAME:
             raise ApiError(400, "unknown_field", f"unknown field {key!r}")
         if len(form.getlist(key)) + len(files.getlist(key)) > 1:
             raise ApiError(400, "duplicate_field", f"field {key!r} is given more than once")
@@ -35,7 +26,7 @@ def read_prompt_form(request: Request, max_pixels: int | None) -> tuple[dict[str
         if key in IMAGE_FIELDS and form[key] != "":
             raise ApiError(400, "not_a_file", f"field {key!r} must be a file upload")
     for key in files.keys():
-        if key in NUMBER_FIELDS_BY_NAME:
+        if key in VALUE_FIELDS_BY_NAME:
             raise ApiError(400, "not_a_number_field", f"field {key!r} must be a form field, not a file")
 
     uploads: dict[str, bytes] = {}
@@ -48,18 +39,4 @@ def read_prompt_form(request: Request, max_pixels: int | None) -> tuple[dict[str
             continue  # an empty file input of an HTML form: the field was left blank
         uploads[key] = data
 
-    if PERSON_FIELD not in uploads:
-        raise ApiError(400, "missing_person", "the person image is required (file field 'person')")
-    try:
-        check_garments([k for k in uploads if k in GARMENT_FIELDS])
-        numbers = parse_numbers({k: form.get(k) for k in NUMBER_FIELDS_BY_NAME})
-    except RequestError as exc:
-        raise ApiError(400, exc.code, exc.message) from None
-
-    images = {}
-    for key, data in uploads.items():
-        try:
-            images[key] = load_image(data, name=key, max_pixels=max_pixels)
-        except ImageError as exc:
-            raise ApiError(400, exc.code, str(exc)) from None
-    return images, numbers
+    return check_prompt(uploads, {k: form.get(k) for k in VALUE_FIELDS_BY_NAME}, max_pixels)

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastfit_engine.engine import STAGES
+from fastfit_engine.output import OUTPUT_FORMATS
 from fastfit_engine.schema import (
     GARMENT_DESCRIPTIONS,
     GARMENT_FIELDS,
-    NUMBER_FIELDS,
     PERSON_FIELD,
     SEED_MAX,
+    VALUE_FIELDS_BY_NAME,
+    ChoiceField,
     NumberField,
 )
 
@@ -35,16 +37,18 @@ class ErrorCode:
 # Every code the service answers, in the order a request is checked.
 ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("payload_too_large", 413, "the request body is over the upload limit"),
+    ErrorCode("invalid_json", 400, "a JSON body that does not parse, or is not an object"),
     ErrorCode("unknown_field", 400, "a field that is not in the schema"),
     ErrorCode("duplicate_field", 400, "a field given more than once"),
-    ErrorCode("not_a_file", 400, "an image field sent as text"),
-    ErrorCode("not_a_number_field", 400, "a number field sent as a file"),
+    ErrorCode("not_a_file", 400, "an image field sent as text (multipart) or not as a string (JSON)"),
+    ErrorCode("not_a_number_field", 400, "a number or option field sent as a file, list or object"),
     ErrorCode("missing_person", 400, "no person image"),
     ErrorCode("no_garment", 400, "no garment image"),
     ErrorCode("dress_conflict", 400, "dress together with upper or lower"),
     ErrorCode("invalid_number", 400, "a number field that is not a (finite) number"),
     ErrorCode("out_of_range", 400, "a number field outside its range"),
-    ErrorCode("invalid_image", 400, "a file that is not a decodable image"),
+    ErrorCode("invalid_choice", 400, "an option that is not one of its words"),
+    ErrorCode("invalid_image", 400, "a file that is not a decodable image (or, in JSON, not base64)"),
     ErrorCode("image_too_large", 400, "an image over the pixel limit (or a decompression bomb)"),
     ErrorCode("image_too_small", 400, "an image under 16 pixels on a side"),
     ErrorCode("not_found", 404, "no such route"),
@@ -72,18 +76,25 @@ def _number_schema(field: NumberField) -> dict[str, Any]:
     return schema
 
 
-def _image_schema(description: str) -> dict[str, Any]:
+def _choice_schema(field: ChoiceField) -> dict[str, Any]:
+    return {"type": "string", "enum": list(field.choices), "default": field.default, "description": field.help}
+
+
+def _image_schema(description: str, json: bool) -> dict[str, Any]:
+    if json:
+        return {"type": "string", "contentEncoding": "base64",
+                "description": description + "; base64 of the file, a `data:` URL prefix is allowed"}
     return {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
             "description": description}
 
 
-def prompt_form_schema() -> dict[str, Any]:
-    """The multipart body of `POST /prompt`: one property per schema field."""
-    props: dict[str, Any] = {PERSON_FIELD: _image_schema("photo of the person; centre-cropped to 3:4")}
+def prompt_body_schema(json: bool = False) -> dict[str, Any]:
+    """The body of `POST /prompt`, multipart (files) or JSON (base64): one property per schema field."""
+    props: dict[str, Any] = {PERSON_FIELD: _image_schema("photo of the person; centre-cropped to 3:4", json)}
     for g in GARMENT_FIELDS:
-        props[g] = _image_schema(GARMENT_DESCRIPTIONS[g])
-    for f in NUMBER_FIELDS:
-        props[f.name] = _number_schema(f)
+        props[g] = _image_schema(GARMENT_DESCRIPTIONS[g], json)
+    for f in VALUE_FIELDS_BY_NAME.values():
+        props[f.name] = _choice_schema(f) if isinstance(f, ChoiceField) else _number_schema(f)
     return {
         "type": "object",
         "description": "At least one garment; `dress` replaces `upper` and `lower` and cannot be combined with them.",
@@ -109,6 +120,24 @@ def _error_schema(codes: Iterable[ErrorCode]) -> dict[str, Any]:
                     "message": {"type": "string", "description": "one readable line, never internals"},
                 },
             }
+        },
+    }
+
+
+def _result_json_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["image", "content_type", "width", "height", "seed", "preview", "timings_ms", "peak_vram_mb"],
+        "properties": {
+            "image": {"type": "string", "contentEncoding": "base64", "description": "the encoded image"},
+            "content_type": {"type": "string", "enum": [f.content_type for f in OUTPUT_FORMATS.values()]},
+            "width": {"type": "integer"},
+            "height": {"type": "integer"},
+            "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX},
+            "preview": {"type": "string", "enum": list(VALUE_FIELDS_BY_NAME["preview"].choices)},
+            "timings_ms": {"type": "object", "additionalProperties": {"type": "number"},
+                           "description": "milliseconds per stage: " + ", ".join(STAGES)},
+            "peak_vram_mb": {"type": ["integer", "null"], "description": "null without CUDA"},
         },
     }
 
@@ -189,11 +218,17 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                     "description": "Send the person and one or more garments; get the result image." + limit,
                     "requestBody": {
                         "required": True,
-                        "content": {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/PromptForm"}}},
+                        "content": {
+                            "multipart/form-data": {"schema": {"$ref": "#/components/schemas/PromptForm"}},
+                            _JSON: {"schema": {"$ref": "#/components/schemas/PromptJson"}},
+                        },
                     },
                     "responses": {
                         "200": {
-                            "description": "The try-on result.",
+                            "description": (
+                                "The try-on result (or the mask preview) in `output_format`; JSON with "
+                                "`response_format=json` or `Accept: application/json`."
+                            ),
                             "headers": {
                                 "X-Seed": {"description": "the seed used (reproduces the image)",
                                            "schema": {"type": "integer", "minimum": 0, "maximum": SEED_MAX}},
@@ -203,7 +238,11 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                                                    "schema": {"type": "integer", "minimum": 0}},
                                 "Cache-Control": {"schema": {"type": "string", "const": "no-store"}},
                             },
-                            "content": {"image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}}},
+                            "content": {
+                                **{f.content_type: {"schema": {"type": "string", "contentMediaType": f.content_type}}
+                                   for f in OUTPUT_FORMATS.values()},
+                                _JSON: {"schema": {"$ref": "#/components/schemas/TryOnJson"}},
+                            },
                         },
                         **_responses_for(prompt_errors),
                     },
@@ -244,7 +283,12 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
             },
         },
         "components": {
-            "schemas": {"PromptForm": prompt_form_schema(), "Error": _error_schema(errors)},
+            "schemas": {
+                "PromptForm": prompt_body_schema(json=False),
+                "PromptJson": prompt_body_schema(json=True),
+                "TryOnJson": _result_json_schema(),
+                "Error": _error_schema(errors),
+            },
             "headers": {"Retry-After": _RETRY_AFTER},
             # Any path can answer these two.
             "responses": {

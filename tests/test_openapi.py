@@ -9,7 +9,15 @@ import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from fastfit_engine.engine import STAGES
-from fastfit_engine.schema import GARMENT_FIELDS, IMAGE_FIELDS, NUMBER_FIELDS, PERSON_FIELD
+from fastfit_engine.schema import (
+    GARMENT_FIELDS,
+    IMAGE_FIELDS,
+    NUMBER_FIELDS,
+    OUTPUT_FIELDS,
+    PERSON_FIELD,
+    VALUE_FIELDS_BY_NAME,
+    ChoiceField,
+)
 from fastfit_service.openapi import ERROR_CODES, build_openapi
 from server import create_app
 from test_server import BAD_REQUESTS
@@ -41,20 +49,30 @@ def test_the_validator_catches_a_broken_document(doc):
 
 
 def test_every_schema_field_with_range_and_default(doc):
-    form = doc["components"]["schemas"]["PromptForm"]
-    assert list(form["properties"]) == list(IMAGE_FIELDS) + [f.name for f in NUMBER_FIELDS]
-    assert form["required"] == [PERSON_FIELD] and form["additionalProperties"] is False
-    for name in IMAGE_FIELDS:
-        assert form["properties"][name]["format"] == "binary"
-    for f in NUMBER_FIELDS:
-        prop = form["properties"][f.name]
-        assert prop["type"] == ("integer" if f.kind is int else "number")
-        assert (prop["minimum"], prop["maximum"]) == (f.minimum, f.maximum)
-        assert prop.get("default") == f.default
-    assert form["properties"]["seed"]["maximum"] == 2**32 - 1 and "default" not in form["properties"]["seed"]
-    assert form["properties"]["steps"]["default"] == 30
+    for body in ("PromptForm", "PromptJson"):
+        form = doc["components"]["schemas"][body]
+        assert list(form["properties"]) == list(IMAGE_FIELDS) + list(VALUE_FIELDS_BY_NAME)
+        assert len(VALUE_FIELDS_BY_NAME) == len(NUMBER_FIELDS) + len(OUTPUT_FIELDS)
+        assert form["required"] == [PERSON_FIELD] and form["additionalProperties"] is False
+        for name in IMAGE_FIELDS:
+            prop = form["properties"][name]
+            assert prop.get("format") == "binary" if body == "PromptForm" else prop["contentEncoding"] == "base64"
+        for f in VALUE_FIELDS_BY_NAME.values():
+            prop = form["properties"][f.name]
+            if isinstance(f, ChoiceField):
+                assert prop["enum"] == list(f.choices) and prop["default"] == f.default
+                continue
+            assert prop["type"] == ("integer" if f.kind is int else "number")
+            assert (prop["minimum"], prop["maximum"]) == (f.minimum, f.maximum)
+            assert prop.get("default") == f.default
+        assert form["properties"]["seed"]["maximum"] == 2**32 - 1 and "default" not in form["properties"]["seed"]
+        assert form["properties"]["steps"]["default"] == 30
+        assert form["properties"]["output_format"]["enum"] == ["png", "jpeg", "webp"]
     body = doc["paths"]["/prompt"]["post"]["requestBody"]["content"]
     assert body["multipart/form-data"]["schema"] == {"$ref": "#/components/schemas/PromptForm"}
+    assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/PromptJson"}
+    ok = doc["paths"]["/prompt"]["post"]["responses"]["200"]["content"]
+    assert set(ok) == {"image/png", "image/jpeg", "image/webp", "application/json"}
     assert "at most 3 MB" in doc["paths"]["/prompt"]["post"]["description"]  # the app's own limit
 
 
@@ -82,6 +100,11 @@ def test_response_headers(doc):
     assert all(stage in headers["Server-Timing"]["description"] for stage in STAGES)
     assert "Retry-After" in doc["components"]["headers"]
     assert set(doc["paths"]) == {"/prompt", "/health", "/ready", "/metrics", "/openapi.json"}
+
+
+def test_json_result_schema(doc):
+    props = doc["components"]["schemas"]["TryOnJson"]["properties"]
+    assert {"image", "content_type", "seed", "timings_ms", "peak_vram_mb"} <= set(props)
 
 
 def _codes_raised_in_source() -> dict[str, int | None]:

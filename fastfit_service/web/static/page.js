@@ -60,6 +60,20 @@ function numberInput(name, schema) {
   return wrap;
 }
 
+function choiceInput(name, schema) {
+  const wrap = document.createElement("label");
+  wrap.className = "number";
+  const title = document.createElement("span");
+  title.textContent = label(name);
+  const select = document.createElement("select");
+  select.name = name;
+  select.id = "input-" + name;
+  for (const value of schema.enum) select.add(new Option(value.replace(/_/g, " "), value, false, value === schema.default));
+  select.title = schema.description || "";
+  wrap.append(title, select);
+  return wrap;
+}
+
 function showError(message) {
   const box = $("error");
   box.textContent = message;
@@ -137,7 +151,9 @@ async function init() {
     const required = new Set(form.required || []);
     for (const [name, schema] of Object.entries(form.properties)) {
       if (schema.format === "binary") $("images").append(imageSlot(name, schema, required.has(name)));
-      else $("numbers").append(numberInput(name, schema));
+      else if (schema.enum) {
+        if (name !== "response_format") $("numbers").append(choiceInput(name, schema));  // the page reads images
+      } else $("numbers").append(numberInput(name, schema));
     }
     $("tryon").addEventListener("submit", (e) => {
       document.body.dataset.state = "busy";
