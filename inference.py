@@ -29,17 +29,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastfit_engine.schema import GARMENT_DESCRIPTIONS, GARMENT_FIELDS, NUMBER_FIELDS
+    from fastfit_engine.schema import GARMENT_DESCRIPTIONS, GARMENT_FIELDS, NUMBER_FIELDS, QUALITY
 
     p = _Parser(prog="inference.py", description="FastFit virtual try-on: dress a person in given garments.")
     p.add_argument("--person", required=True, help="photo of the person (centre-cropped to 3:4)")
-    p.add_argument("--output", default="output.png", help="where to write the PNG (default: output.png)")
+    p.add_argument("--output", default="output.png",
+                   help="where to write the image; the extension picks the format: .png, .jpg/.jpeg, .webp "
+                        "(default: output.png)")
     for g in GARMENT_FIELDS:
         p.add_argument(f"--{g}", default=None, metavar="IMAGE", help=GARMENT_DESCRIPTIONS[g])
     for f in NUMBER_FIELDS:
         default = "random" if f.default is None else f.default
         p.add_argument(f.cli_flag, dest=f.name, default=None, metavar="N",
                        help=f"{f.help} ({f.minimum}..{f.maximum}, default {default})")
+    p.add_argument(QUALITY.cli_flag, dest="quality", default=None, metavar="N",
+                   help=f"{QUALITY.help} ({QUALITY.minimum}..{QUALITY.maximum}, default {QUALITY.default})")
+    p.add_argument("--save-mask", action="store_true",
+                   help="also write the cloth-agnostic mask beside the output, as <output>_mask.png")
     p.add_argument("--models-dir", default=None,
                    help="models root (default: $FASTFIT_MODELS_DIR or ./Models; downloaded if missing)")
     return p
@@ -64,12 +70,14 @@ class _Progress:
 
 
 def _validate(args: argparse.Namespace) -> tuple[dict, dict]:
-    from fastfit_engine.schema import GARMENT_FIELDS, RequestError, check_garments, parse_numbers
+    from fastfit_engine.output import format_for_path
+    from fastfit_engine.schema import GARMENT_FIELDS, QUALITY, RequestError, check_garments, parse_numbers
 
     garments = {g: getattr(args, g) for g in GARMENT_FIELDS if getattr(args, g) is not None}
     try:
         check_garments(garments)
         numbers = parse_numbers({k: getattr(args, k) for k in ("steps", "seed", "guidance_scale")})
+        numbers["quality"] = QUALITY.parse(args.quality) if args.quality is not None else QUALITY.default
     except RequestError as exc:
         flag = {"guidance_scale": "--guidance"}.get(exc.field or "", f"--{exc.field}" if exc.field else "")
         msg = exc.message
@@ -81,6 +89,10 @@ def _validate(args: argparse.Namespace) -> tuple[dict, dict]:
             raise UsageError(f"--{name}: file not found: {path}")
     if Path(args.output).is_dir():
         raise UsageError(f"--output is a folder, give a file name: {args.output}")
+    try:
+        numbers["output_format"] = format_for_path(args.output)
+    except ValueError as exc:
+        raise UsageError(f"--output: {exc}") from None
     out_dir = Path(args.output).resolve().parent
     if not out_dir.is_dir():
         raise UsageError(f"--output: folder does not exist: {out_dir}")
@@ -108,9 +120,17 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         print("loading models ...", file=sys.stderr, flush=True)
         engine = FastFitEngine(models_dir=args.models_dir, resolution=os.environ.get("FASTFIT_RESOLUTION") or None)
         result = engine.process(
-            person, images, output_path=args.output, steps=numbers["steps"], seed=numbers["seed"],
+            person, images, steps=numbers["steps"], seed=numbers["seed"],
             guidance_scale=numbers["guidance_scale"], progress=_Progress(),
         )
+        from fastfit_engine.output import encode_image
+
+        out = Path(args.output)
+        out.write_bytes(encode_image(result.image, numbers["output_format"], numbers["quality"]))
+        result.output_path = out
+        mask_path = out.with_name(out.stem + "_mask.png") if args.save_mask else None
+        if mask_path is not None:
+            mask_path.write_bytes(encode_image(result.mask, "png"))
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -121,6 +141,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
 
     vram = f"{result.peak_vram_mb:.0f} MB" if result.peak_vram_mb is not None else f"n/a ({engine.device.type})"
     print(f"output: {result.output_path}")
+    if mask_path is not None:
+        print(f"mask: {mask_path}")
     print(f"seed: {result.seed}")
     print(f"peak VRAM: {vram}")
     print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))

@@ -7,7 +7,6 @@ peak VRAM, and a lock so one engine can be shared by threads.
 """
 from __future__ import annotations
 
-import io
 import os
 import secrets
 import threading
@@ -22,6 +21,7 @@ from PIL import Image
 
 from .assets import ModelPaths, ensure_models
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_image, prepare_person, prepare_reference
+from .output import encode_image, format_for_path
 from .schema import GARMENT_LABELS, PERSON_FIELD, check_garments, parse_numbers
 
 DEFAULT_RESOLUTION = (768, 1024)
@@ -42,9 +42,7 @@ class TryOnResult:
     mask: Optional[Image.Image] = field(default=None, repr=False)
 
     def to_png_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        self.image.save(buf, format="PNG")
-        return buf.getvalue()
+        return encode_image(self.image, "png")
 
     def server_timing(self) -> str:
         """The timings as an HTTP Server-Timing header value (milliseconds)."""
@@ -213,9 +211,9 @@ class FastFitEngine:
 
         with self._lock:
             result = self._run(person_img, garment_imgs, params["steps"], seed, params["guidance_scale"], progress)
-        if output_path is not None:
+        if output_path is not None:  # the extension picks the format (.png, .jpg, .webp)
             out = Path(output_path)
-            result.image.save(out, format="PNG")
+            out.write_bytes(encode_image(result.image, format_for_path(out)))
             result.output_path = out
         return result
 

@@ -88,7 +88,7 @@ def test_cli_flags_come_from_the_schema():
     parser = inference.build_parser()
     flags = {opt for a in parser._actions for opt in a.option_strings if opt.startswith("--")}
     expected = {"--person", "--output", "--upper", "--lower", "--dress", "--shoe", "--bag", "--steps", "--seed",
-                "--guidance", "--models-dir", "--help"}
+                "--guidance", "--quality", "--save-mask", "--models-dir", "--help"}
     assert flags == expected
     assert {f.cli_flag for f in schema.NUMBER_FIELDS} <= flags
 
