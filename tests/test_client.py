@@ -50,6 +50,16 @@ def test_try_on_returns_the_image_seed_and_timings(live, sample_files, tmp_path)
     assert result.save(tmp_path / "out.png").read_bytes() == direct.data
 
 
+def test_service_options_pass_through(live, sample_files):
+    _, url = live
+    result = FastFitClient(url).try_on(sample_files["person"], upper=sample_files["upper"], seed=5,
+                                       preview="mask", output_format="webp")
+    assert result.content_type == "image/webp" and result.seed == 5
+    img = Image.open(io.BytesIO(result.image))
+    assert img.format == "WEBP" and img.size == TEST_RESOLUTION
+    assert list(result.timings_ms) == ["pose", "densepose", "schp", "mask", "total"]
+
+
 @pytest.mark.parametrize(
     "garments, numbers, code, fragment",
     [
