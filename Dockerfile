@@ -1,7 +1,12 @@
-# FastFit try-on service on a CUDA GPU.
+# FastFit try-on service: nginx (buffering front) + one gunicorn instance per GPU.
 #   docker build -t fastfit .
-#   docker run --gpus all -p 8000:8000 -v "$PWD/Models:/app/Models" fastfit
-FROM nvidia/cuda:12.4.1-runtime-ubuntu22.04
+#   docker run --gpus all -p 8000:8000 -v fastfit-models:/app/Models -v fastfit-cache:/app/cache fastfit
+#
+# One CUDA stack: the PyTorch wheels (pinned in constraints.txt) bring their own CUDA 13.0 runtime
+# libraries, so the base is plain Debian Python rather than a CUDA image (which would add a second,
+# unused CUDA). The host needs the NVIDIA driver >= 580 (CUDA 13.0) and the NVIDIA Container Toolkit.
+# The install steps are those of CI (.ci/run): requirements + constraints.txt, and Debian's nginx.
+FROM python:3.11-slim-bookworm
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -9,32 +14,53 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# nginx: the front (fastfit_service/launch.py); libglib2.0-0, libgomp1: OpenCV and onnxruntime.
+# Debian's security updates replace these versions, so they follow the release instead of a pin.
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv python3-pip libglib2.0-0 libgomp1 \
+    && apt-get install -y --no-install-recommends nginx libglib2.0-0 libgomp1 \
     && rm -rf /var/lib/apt/lists/*
 
-RUN python3 -m venv /opt/venv
+RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app
-COPY requirements.txt .
-RUN pip install --upgrade pip && pip install -r requirements.txt
+# requirements-gpu.txt (FlashAttention-4 for Hopper and newer) is installed when the build
+# context has it; build with --build-arg GPU_EXTRA=0 to leave it out.
+ARG GPU_EXTRA=1
+COPY requirements*.txt constraints.txt ./
+RUN pip install -r requirements.txt -c constraints.txt \
+    && if [ "$GPU_EXTRA" = "1" ] && [ -f requirements-gpu.txt ]; then pip install -r requirements-gpu.txt -c constraints.txt; fi
 
 COPY fastfit_engine/ fastfit_engine/
 COPY parse_utils/ parse_utils/
 COPY fastfit_service/ fastfit_service/
-COPY inference.py server.py gunicorn.conf.py ./
+COPY deploy/ deploy/
+COPY examples/ examples/
+COPY inference.py server.py gunicorn.conf.py LICENSE ./
 
-RUN useradd --create-home --uid 1000 app && mkdir -p /app/Models && chown app:app /app/Models
-USER app
+# uid 1000 owns the two volumes: a named volume starts with this ownership, so the first model
+# download and the compile cache can be written (a bind-mounted host folder keeps its own owner:
+# create it first, owned by uid 1000, see the README).
+RUN groupadd --gid 1000 app && useradd --create-home --uid 1000 --gid 1000 app \
+    && mkdir -p /app/Models /app/cache \
+    && chown app:app /app/Models /app/cache
+USER 1000:1000
 
 ENV FASTFIT_MODELS_DIR=/app/Models \
     HF_HOME=/app/Models/.hf-cache \
-    GUNICORN_BIND=0.0.0.0:8000
-VOLUME ["/app/Models"]
+    FASTFIT_COMPILE_CACHE=/app/cache \
+    XDG_CACHE_HOME=/app/cache \
+    FASTFIT_RUN_DIR=/tmp/fastfit-front \
+    PORT=8000
+VOLUME ["/app/Models", "/app/cache"]
 EXPOSE 8000
 
-HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD python -c "import urllib.request, sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status == 200 else 1)"
+# Docker has one health check, so it answers "can this container serve?": every instance /ready
+# (models loaded and warm). The long start period covers the first download of the models.
+# Kubernetes separates the two: liveness on /health, readiness and startup on /ready (deploy/k8s).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=900s --retries=3 \
+    CMD ["python", "-m", "fastfit_service.launch", "--check"]
 
-CMD ["gunicorn", "-c", "gunicorn.conf.py", "server:app"]
+# SIGTERM drains (nginx stops accepting, running requests finish): give it time, docker stop -t 90.
+CMD ["python", "-m", "fastfit_service.launch"]

@@ -4,6 +4,11 @@ One worker process owns the GPU and the models (loaded inside the worker, never 
 so CUDA is never initialised before the fork). A few threads let /health, /ready and /metrics
 answer while a try-on runs; the app itself lets one request at a time onto the GPU.
 Every setting can be overridden from the environment (see the README).
+
+The worker class is gthread with read deadlines (fastfit_service/gunicorn_worker.py): a client
+that trickles its request gets 408 after FASTFIT_CLIENT_HEADER_TIMEOUT / _BODY_TIMEOUT seconds
+instead of holding a thread. In production put the buffering front in front of it
+(deploy/nginx/, `python -m fastfit_service.launch`), which then binds gunicorn to loopback.
 """
 import os
 
@@ -15,12 +20,17 @@ def _env(name: str, default: str) -> str:
 
 bind = _env("GUNICORN_BIND", "0.0.0.0:" + _env("PORT", "8000"))
 workers = 1  # one model copy per GPU; scale out with more containers, not more workers
-worker_class = "gthread"
-threads = int(_env("GUNICORN_THREADS", "4"))
+worker_class = "fastfit_service.gunicorn_worker.DeadlineThreadWorker"
+# Threads are cheap (the app lets one request onto the GPU and QUEUE_SIZE wait); 8 leaves room for
+# /health and a few slow clients while they run into their read deadline.
+threads = int(_env("GUNICORN_THREADS", "8"))
 preload_app = False  # the app (and with it the engine) is created in the worker
 timeout = int(_env("GUNICORN_TIMEOUT", "300"))  # a cold first request on a slow GPU can take minutes
 graceful_timeout = int(_env("GUNICORN_GRACEFUL_TIMEOUT", "60"))  # let the running try-on finish
 keepalive = int(_env("GUNICORN_KEEPALIVE", "5"))
+# No runtime control socket (gunicorn >= 25): changing the worker count or reloading would load a
+# second model copy on the GPU, and several instances on one host would share its default path.
+control_socket_disable = True
 max_requests = 0  # never recycle the worker: reloading the models costs far more than it saves
 limit_request_line = 8190
 accesslog = _env("GUNICORN_ACCESSLOG", "-")
@@ -30,9 +40,11 @@ capture_output = True
 
 
 def post_fork(server, worker):  # noqa: ARG001 - gunicorn hook signature
-    """Send the app's own log lines (engine loading, failures) to the error log, in the worker."""
+    """Send the app's own log lines (engine loading, failures) to the error log, in the worker, and
+    let a worker whose engine cannot be loaded exit so that this master starts a new one."""
     import logging
 
+    os.environ.setdefault("FASTFIT_EXIT_ON_LOAD_FAILURE", "1")
     logger = logging.getLogger("fastfit")
     if not logger.handlers:
         handler = logging.StreamHandler()

@@ -1,11 +1,23 @@
-"""Shared pieces of the benchmark scripts: the stand-in photo and a synchronising timer."""
+"""Shared pieces of the benchmark scripts: the garment scenarios, the stand-in photo, a synchronising timer.
+
+The scripts run as modules from the repository root: ``python -m bench.bench_diffusion --quick``.
+"""
 from __future__ import annotations
 
+import argparse
 import time
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+# The garment sets every try-on benchmark times, by name, as request slots in reference order.
+SCENARIOS: dict[str, tuple[str, ...]] = {
+    "upper_lower": ("upper", "lower"),
+    "upper_lower_shoe_bag": ("upper", "lower", "shoe", "bag"),
+    "dress_shoe": ("dress", "shoe"),
+}
 
 
 def person_image(width: int, height: int) -> Image.Image:
@@ -18,7 +30,7 @@ def person_image(width: int, height: int) -> Image.Image:
     return Image.fromarray(img)
 
 
-def sync(device: Optional[Any]) -> None:
+def sync(device: Any | None) -> None:
     """Wait for queued CUDA work so wall-clock timings cover it (no-op elsewhere)."""
     if device is not None and getattr(device, "type", str(device).split(":")[0]) == "cuda":
         import torch
@@ -26,7 +38,7 @@ def sync(device: Optional[Any]) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn: Callable[[], Any], device: Optional[Any], warmup: int, repeats: int) -> list[float]:
+def time_ms(fn: Callable[[], Any], device: Any | None, warmup: int, repeats: int) -> list[float]:
     """Milliseconds of each of `repeats` calls after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
@@ -40,7 +52,7 @@ def time_ms(fn: Callable[[], Any], device: Optional[Any], warmup: int, repeats: 
     return times
 
 
-def pick_scenarios(parser: Any, value: Optional[str], available: Iterable[str]) -> list[str]:
+def pick_scenarios(parser: argparse.ArgumentParser, value: str | None, available: Iterable[str] = SCENARIOS) -> list[str]:
     """Names from a comma list (all when empty); an unknown name is a usage error."""
     available = list(available)
     wanted = [name.strip() for name in (value or "").split(",") if name.strip()] or available

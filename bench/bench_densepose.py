@@ -4,9 +4,10 @@ Times the full ``DensePose(image)`` call (wrapper downscale to 384x512, network 
 backbone, RPN, box head, DensePose head on the top person, part-map painting) plus each network
 stage, on CUDA when available, else CPU. Without --models the weights are full-size random ones
 built in memory, nudged so a person is always detected (so every stage runs); with --models DIR
-the real model_final_162be9.pkl in DIR is loaded. Prints one JSON object.
+the real model_final_162be9.pkl in DIR is loaded; ``--quick`` takes the tiny layout (same keys,
+narrow layers) and a 96x128 image to check the script itself. Prints one JSON object.
 
-    python bench/bench_densepose.py [--models Models/Human-Toolkit/DensePose] [--device cuda]
+    python -m bench.bench_densepose [--models Models/Human-Toolkit/DensePose] [--device cuda]
                                     [--repeats 20] [--tf32] [--quick]
 """
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -24,12 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench._common import person_image, sync, time_ms  # noqa: E402
-from parse_utils.densepose import DensePose  # noqa: E402
-from parse_utils.densepose.model import DensePoseRCNNConfig, resize_for_network  # noqa: E402
-from parse_utils.densepose.synthetic import synthetic_state_dict  # noqa: E402
+from bench._common import person_image, sync, time_ms
+from parse_utils.densepose import DensePose
+from parse_utils.densepose.model import DensePoseRCNNConfig, resize_for_network
+from parse_utils.densepose.synthetic import synthetic_state_dict
 
 
 def _median_ms(fn, device: torch.device, warmup: int, repeats: int) -> tuple[float, list[float]]:
@@ -73,7 +71,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--tf32", action="store_true",
                         help="allow TF32 matmuls, as FastFit's app does globally")
-    parser.add_argument("--quick", action="store_true", help="one warm-up and two timed runs")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny random weights, 96x128 image, one warm-up and two timed runs (script check)")
     args = parser.parse_args()
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -88,12 +87,13 @@ def main() -> None:
         dp = DensePose(args.models, device=device)
         weights = str(args.models)
     else:
-        dp = DensePose.from_state_dict(synthetic_state_dict(DensePoseRCNNConfig(), seed=0),
-                                       device=device)
-        weights = "synthetic full-size random (detectable)"
+        config = DensePoseRCNNConfig.tiny() if args.quick else DensePoseRCNNConfig()
+        dp = DensePose.from_state_dict(synthetic_state_dict(config, seed=0), device=device)
+        weights = f"synthetic {'tiny' if args.quick else 'full-size'} random (detectable)"
     load_s = time.perf_counter() - start
 
-    image = person_image(768, 1024)
+    size = (96, 128) if args.quick else (768, 1024)
+    image = person_image(*size)
     result = dp(image)
     labels = np.asarray(result)
     median, times = _median_ms(lambda: dp(image), device, warmup, repeats)
@@ -105,7 +105,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
-        "input_wh": [768, 1024],
+        "input_wh": list(size),
         "load_s": round(load_s, 3),
         "warmup": warmup,
         "repeats": repeats,

@@ -1,19 +1,21 @@
 """Diffusion benchmark for FastFitPipeline (GPU): full-size random weights, three scenarios.
 
-Scenarios at 768x1024, 30 steps, guidance 2.5, bf16:
+Scenarios (bench._common.SCENARIOS) at 768x1024, 30 steps, guidance 2.5, bf16:
   upper_lower            two 768x1024 references
   upper_lower_shoe_bag   plus two 384x512 references
   dress_shoe             one 768x1024 "overall" reference and one 384x512 shoe
 
 Prints JSON: seconds per request (median of N after a warm-up), ms per denoising step (CUDA
 events between step callbacks), reference-pass ms, peak VRAM. ``--quick`` runs a tiny model on
-CPU so the script itself can be checked without a GPU.
+CPU at 48x64 so the script itself can be checked without a GPU.
 
-    python bench/bench_diffusion.py [--variants eager,attn_cudnn,attn_cudnn+compile_unet+compile_vae] [--quick]
+    python -m bench.bench_diffusion [--variants eager,attn_cudnn,attn_cudnn+compile_unet+compile_vae] [--quick]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import statistics
 import sys
@@ -25,15 +27,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._common import SCENARIOS, pick_scenarios, sync
+from fastfit_engine.pipeline import FastFitPipeline
+from fastfit_engine.schema import GARMENT_LABELS, GARMENT_SLOTS_BY_NAME
+from fastfit_engine.synthetic import write_fastfit_model
 
-from bench._common import pick_scenarios  # noqa: E402
-from fastfit_engine.pipeline import FastFitPipeline  # noqa: E402
-from fastfit_engine.synthetic import write_fastfit_model  # noqa: E402
+
+References = list[tuple[str, Image.Image]]
 
 
-def _images(person_wh, rng):
-    def img(w, h):
+def _images(
+    person_wh: tuple[int, int], rng: np.random.Generator, names: list[str]
+) -> tuple[Image.Image, Image.Image, Image.Image, dict[str, References]]:
+    """Person, mask, pose and each named scenario's (model label, image) references, all random."""
+
+    def img(w: int, h: int) -> Image.Image:
         return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
     pw, ph = person_wh
@@ -42,64 +50,53 @@ def _images(person_wh, rng):
     m[ph // 8 : ph * 7 // 8, pw // 6 : pw * 5 // 6] = 255
     mask = Image.fromarray(m)
     pose = img(pw, ph)
-    big = (pw, ph)
-    small = (pw // 2, ph // 2)
     scenarios = {
-        "upper_lower": [("upper", img(*big)), ("lower", img(*big))],
-        "upper_lower_shoe_bag": [("upper", img(*big)), ("lower", img(*big)), ("shoe", img(*small)), ("bag", img(*small))],
-        "dress_shoe": [("overall", img(*big)), ("shoe", img(*small))],
+        name: [(GARMENT_LABELS[slot], img(*GARMENT_SLOTS_BY_NAME[slot].reference_size(person_wh))) for slot in SCENARIOS[name]]
+        for name in names
     }
     return person, mask, pose, scenarios
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.inference_mode()
-def _reference_pass_ms(pipe, person, refs, device) -> float:
-    """Time only the reference passes (VAE encodes excluded)."""
-    labelled = pipe._validate(person, Image.new("L", person.size), refs, None, 1)
-    latents = pipe._encode_all([pipe._image_tensor(img) for _, img in labelled])
-    cache = pipe.unet.kv_cache
+def _reference_pass_ms(
+    pipe: FastFitPipeline, person: Image.Image, mask: Image.Image, refs: References, device: torch.device
+) -> float:
+    """Time only the reference passes with guidance (VAE encodes excluded)."""
+    labelled = pipe.check_inputs(person, mask, refs, None, 1)
+    latents = pipe.encode_images([pipe.preprocess_image(img) for _, img in labelled])
     w, h = person.size
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
-    try:
-        cache.begin(2, (h // 8, w // 8), [tuple(lat.shape[-2:]) for lat in latents])
-        pipe._reference_passes(labelled, latents, True)
-        _sync(device)
+    with pipe.reference_cache([label for label, _ in labelled], latents, (h // 8, w // 8), do_cfg=True):
+        sync(device)
         return (time.perf_counter() - t0) * 1000.0
-    finally:
-        cache.clear()
 
 
 @torch.inference_mode()
-def _vae_ms(pipe, person, refs, device) -> tuple[float, float]:
+def _vae_ms(
+    pipe: FastFitPipeline, person: Image.Image, refs: References, device: torch.device, runs: int
+) -> tuple[float, float]:
     """Median ms of the request's batched VAE encodes and of the decode."""
-    images = [pipe._image_tensor(person)] + [pipe._image_tensor(img) for _, img in refs]
+    images = [pipe.preprocess_image(person)] + [pipe.preprocess_image(img) for _, img in refs]
     w, h = person.size
     gen = torch.Generator(device=device).manual_seed(0)
     lat = torch.randn((1, 4, h // 8, w // 8), device=device, dtype=pipe.dtype, generator=gen)
     enc, dec = [], []
-    for _ in range(3):
-        _sync(device)
+    for _ in range(runs):
+        sync(device)
         t0 = time.perf_counter()
-        pipe._encode_all(images)
-        _sync(device)
+        pipe.encode_images(images)
+        sync(device)
         t1 = time.perf_counter()
-        pipe.vae.decode(lat / pipe.vae_scale)
-        _sync(device)
+        pipe.decode_latents(lat)
+        sync(device)
         enc.append((t1 - t0) * 1000.0)
         dec.append((time.perf_counter() - t1) * 1000.0)
     return statistics.median(enc), statistics.median(dec)
 
 
-def _sdpa_context(variant: str):
+def _sdpa_context(variant: str) -> contextlib.AbstractContextManager:
     """Variant tokens sdpa_flash / sdpa_cudnn / sdpa_efficient pin the attention backend."""
-    import contextlib
-
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backends = {
@@ -114,23 +111,46 @@ def _sdpa_context(variant: str):
 
 
 def _pipeline_options(variant: str) -> dict:
-    """from_pretrained keywords for a variant's +-joined tokens; absent tokens keep the defaults."""
+    """from_pretrained keywords for a variant's +-joined tokens; absent tokens keep the defaults.
+
+    Attention: ``fa4`` FlashAttention-4 for head sizes <= 80 and cuDNN for the rest (an error
+    where FA4 cannot run), ``attn_cudnn`` SDPA with cuDNN first, no token: the shipped default
+    ("auto": FA4 where installed, else PyTorch's SDPA choice), ``sdpa`` PyTorch's SDPA choice.
+    """
+    tokens = set(variant.split("+"))
+    attention = "fa4" if "fa4" in tokens else ("cudnn" if "attn_cudnn" in tokens else ("sdpa" if "sdpa" in tokens else "auto"))
     return {
-        "channels_last": True if "channels_last" in variant else (False if "nchw" in variant else None),
-        "compile_unet": "compile_unet" in variant,
-        "compile_vae": "compile_vae" in variant,
-        "attention_backend": "cudnn" if "attn_cudnn" in variant else "auto",
-        "fast_group_norm": False if "native_gn" in variant else (True if "fast_gn" in variant else None),
+        "channels_last": True if "channels_last" in tokens else (False if "nchw" in tokens else None),
+        "compile_unet": "compile_unet" in tokens,
+        "compile_vae": "compile_vae" in tokens,
+        "attention_backend": attention,
+        "fast_group_norm": False if "native_gn" in tokens else (True if "fast_gn" in tokens else None),
     }
 
 
-def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, scenarios):
+def run_variant(
+    model_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    variant: str,
+    args: argparse.Namespace,
+    person: Image.Image,
+    mask: Image.Image,
+    pose: Image.Image,
+    scenarios: dict[str, References],
+) -> dict:
+    """Every scenario through one pipeline built with the variant's options."""
     pipe = FastFitPipeline.from_pretrained(model_dir, device=device, dtype=dtype, **_pipeline_options(variant))
     results = {}
     for name, refs in scenarios.items():
         kwargs = dict(pose=pose, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=0)
+        first_s = None
         for _ in range(args.warmup):
+            sync(device)
+            t0 = time.perf_counter()
             out = pipe(person, mask, refs, **kwargs)
+            sync(device)
+            first_s = time.perf_counter() - t0 if first_s is None else first_s
         arr = np.asarray(out)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -146,10 +166,10 @@ def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, sce
                 else:
                     events.append(time.perf_counter())
 
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             out = pipe(person, mask, refs, callback=cb, **kwargs)
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - t0)
             if len(events) > 1:
                 if device.type == "cuda":
@@ -158,8 +178,9 @@ def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, sce
                     span = (events[-1] - events[0]) * 1000.0
                 step_ms.append(span / (len(events) - 1))
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        ref_ms = statistics.median(_reference_pass_ms(pipe, person, refs, device) for _ in range(3))
-        enc_ms, dec_ms = _vae_ms(pipe, person, refs, device)
+        runs = min(3, args.repeats)
+        ref_ms = statistics.median(_reference_pass_ms(pipe, person, mask, refs, device) for _ in range(runs))
+        enc_ms, dec_ms = _vae_ms(pipe, person, refs, device, runs)
         same = bool(np.array_equal(arr, np.asarray(out)))
         results[name] = {
             "seconds_per_request": round(statistics.median(times), 4),
@@ -170,7 +191,9 @@ def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, sce
             "vae_decode_ms": round(dec_ms, 2),
             "peak_vram_gib": round(peak, 3) if peak is not None else None,
             "deterministic": same,
+            "first_call_s": round(first_s, 2) if first_s is not None else None,
             "output_mean": round(float(np.asarray(out).mean()), 3),
+            "image_sha256": hashlib.sha256(np.asarray(out).tobytes()).hexdigest()[:16],
         }
     del pipe
     if device.type == "cuda":
@@ -178,7 +201,7 @@ def run_variant(model_dir, device, dtype, variant, args, person, mask, pose, sce
     return results
 
 
-def attention_micro(device) -> dict:
+def attention_micro(device: torch.device) -> dict:
     """SDPA ms per backend at the denoising shapes of upper+lower (B=2, 8 heads, P queries, P+2R keys)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -210,9 +233,76 @@ def attention_micro(device) -> dict:
     return out
 
 
+def fa4_micro(device) -> dict:
+    """FA4 (with tile options) against SDPA cuDNN at the denoising shapes, B=2, 8 heads.
+
+    Shapes: upper+lower (P queries, 3P keys) per level and the four-item top level. Each entry
+    gives ms (CUDA events, median of 5 rounds of 10 calls) and the relative error to cuDNN.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from fastfit_engine.flash_attention import fa4_unavailable_reason
+
+    reason = fa4_unavailable_reason(device.index or 0)
+    if reason:
+        return {"error": reason}
+    shapes = {
+        "l0_ul": (12288, 36864, 40), "l0_4items": (12288, 43008, 40), "l1_ul": (3072, 9216, 80),
+        "l2_ul": (768, 2304, 160), "l3_ul": (192, 576, 160),
+    }
+    tiles = {40: [None, (128, 128), (128, 176), (128, 192), (192, 96), (192, 112), (192, 160), (192, 192), (64, 256)],
+             80: [None, (128, 128), (192, 112), (192, 128)], 160: [None]}
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def timed(fn):
+        for _ in range(3):
+            fn()
+        rounds = []
+        for _ in range(5):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(10):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            rounds.append(start.elapsed_time(end) / 10)
+        return round(statistics.median(rounds), 4)
+
+    out = {}
+    for name, (p, n, d) in shapes.items():
+        q = torch.randn(2, p, 8, d, device=device, dtype=torch.bfloat16, generator=g)
+        k = torch.randn(2, n, 8, d, device=device, dtype=torch.bfloat16, generator=g)
+        v = torch.randn(2, n, 8, d, device=device, dtype=torch.bfloat16, generator=g)
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        row = {}
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            ref = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2).float()
+            row["cudnn"] = {"ms": timed(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))}
+        for tile in tiles[d]:
+            label = "fa4" if tile is None else f"fa4_{tile[0]}x{tile[1]}"
+            tm, tn = tile or (0, 0)
+            try:
+                got = torch.ops.fastfit.fa4_attention(q, k, v, tm, tn).float()
+                err = float((got - ref).norm() / ref.norm())
+                row[label] = {"ms": timed(lambda: torch.ops.fastfit.fa4_attention(q, k, v, tm, tn)), "rel_err_vs_cudnn": round(err, 6)}
+            except Exception as exc:  # tile not supported for this shape
+                row[label] = f"{type(exc).__name__}: {str(exc)[:100]}"
+        out[name] = row
+        print(json.dumps({name: row}), file=sys.stderr, flush=True)
+    return out
+
+
 @torch.inference_mode()
-def profile_steps(model_dir, device, dtype, person, mask, refs, variant) -> str:
-    """Top CUDA kernels over 3 denoising steps (upper+lower), as a text table."""
+def profile_steps(
+    model_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    person: Image.Image,
+    mask: Image.Image,
+    refs: References,
+    variant: str,
+) -> str:
+    """Top CUDA kernels over 3 denoising steps of one scenario, as a text table."""
     from torch.profiler import ProfilerActivity, profile
 
     options = {**_pipeline_options(variant), "compile_vae": False}  # only the steps are profiled
@@ -232,20 +322,21 @@ def profile_steps(model_dir, device, dtype, person, mask, refs, variant) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny model on CPU, 2 steps (checks the script)")
-    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager (the defaults), channels_last, nchw (channels_last off), compile_unet, compile_vae, attn_cudnn, native_gn, fast_gn, sdpa_flash")
+    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager (the defaults), channels_last, nchw (channels_last off), compile_unet, compile_vae, fa4, sdpa (no FA4), attn_cudnn, native_gn, fast_gn, sdpa_flash")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--guidance", type=float, default=2.5)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--model-dir", type=Path, default=None, help="existing model folder (else synthetic)")
     ap.add_argument("--micro", action="store_true", help="also time SDPA backends at the denoising shapes")
-    ap.add_argument("--profile", default=None, help="variant to profile over 3 requests' steps (kernel table)")
+    ap.add_argument("--profile", default=None, help="variant to profile over 3 steps of the first scenario (kernel table)")
     ap.add_argument("--scenarios", default=None, help="comma list of scenario names (default: all three)")
+    ap.add_argument("--compile-cache", type=Path, default=None, help="persistent compiler cache folder (as FASTFIT_COMPILE_CACHE)")
     args = ap.parse_args()
 
     if args.quick:
-        device, dtype, person_wh = torch.device("cpu"), torch.float32, (96, 128)
-        args.steps, args.repeats = min(args.steps, 2), min(args.repeats, 2)
+        device, dtype, person_wh = torch.device("cpu"), torch.float32, (48, 64)
+        args.steps, args.repeats = 2, 1
     else:
         if not torch.cuda.is_available():
             print("CUDA not available; use --quick for a CPU check", file=sys.stderr)
@@ -254,6 +345,10 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    if args.compile_cache is not None:
+        from fastfit_engine.compile_cache import use_compile_cache
+
+        use_compile_cache(args.compile_cache)
     tmp = None
     model_dir = args.model_dir
     t0 = time.perf_counter()
@@ -262,9 +357,7 @@ def main() -> int:
         model_dir = write_fastfit_model(Path(tmp.name) / "FastFit-MR-1024", tiny=args.quick, seed=0)
     build_s = time.perf_counter() - t0
 
-    rng = np.random.default_rng(0)
-    person, mask, pose, scenarios = _images(person_wh, rng)
-    scenarios = {name: scenarios[name] for name in pick_scenarios(ap, args.scenarios, scenarios)}
+    person, mask, pose, scenarios = _images(person_wh, np.random.default_rng(0), pick_scenarios(ap, args.scenarios))
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -277,10 +370,11 @@ def main() -> int:
         "variants": {},
     }
     if args.micro and device.type == "cuda":
+        report["fa4_micro"] = fa4_micro(device)
         report["attention_micro"] = attention_micro(device)
         print(json.dumps(report["attention_micro"]), file=sys.stderr, flush=True)
     if args.profile and device.type == "cuda":
-        print(profile_steps(model_dir, device, dtype, person, mask, scenarios["upper_lower"], args.profile), file=sys.stderr, flush=True)
+        print(profile_steps(model_dir, device, dtype, person, mask, next(iter(scenarios.values())), args.profile), file=sys.stderr, flush=True)
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         t1 = time.perf_counter()
         try:

@@ -6,7 +6,7 @@ dw-ll_ucoco_384.onnx) to time the real networks; without it the tiny synthetic m
 written to a temporary folder, so the numbers cover pre/post-processing and rendering only.
 The JSON says which models were used.
 
-    python bench/bench_dwpose.py [--models Models/Human-Toolkit/DWPose] [--quick]
+    python -m bench.bench_dwpose [--models Models/Human-Toolkit/DWPose] [--quick]
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,15 +22,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench._common import person_image  # noqa: E402
-from parse_utils.dwpose import DWposeDetector  # noqa: E402
-from parse_utils.dwpose.detector import decode_yolox, letterbox, select_people  # noqa: E402
-from parse_utils.dwpose.openpose import build_pose_result, coco_wholebody_to_openpose  # noqa: E402
-from parse_utils.dwpose.pose import crop_person, crop_to_image, decode_simcc  # noqa: E402
-from parse_utils.dwpose.render import render_openpose  # noqa: E402
-from parse_utils.dwpose.wholebody import resize_to_detect_canvas  # noqa: E402
+from bench._common import person_image
+from parse_utils.dwpose import DWposeDetector
+from parse_utils.dwpose.detector import decode_yolox, letterbox, select_people
+from parse_utils.dwpose.openpose import build_pose_result, coco_wholebody_to_openpose
+from parse_utils.dwpose.pose import crop_person, crop_to_image, decode_simcc
+from parse_utils.dwpose.render import render_openpose
+from parse_utils.dwpose.wholebody import resize_to_detect_canvas
 
 SYNTHETIC_PRODUCER = "fastfit-synthetic"
 

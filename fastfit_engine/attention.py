@@ -16,11 +16,13 @@ Differences from the reference implementation, all numerically neutral up to flo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import sdpa_kernel
+
+from fastfit_engine.flash_attention import FlashAttentionPolicy, attention_bshd
 
 __all__ = [
     "CacheMode",
@@ -31,7 +33,9 @@ __all__ = [
 ]
 
 
-class CacheMode:
+class CacheMode(str, Enum):
+    """What every caching self-attention layer does on the next UNet pass (equal to its value string)."""
+
     OFF = "off"  # plain self-attention, nothing stored (used by tests and sanity checks)
     STORE = "store"  # reference pass: attend to self, store K/V
     READ = "read"  # denoising pass: attend to stored references + self
@@ -67,12 +71,21 @@ class ReferenceKVCache:
     """Shared controller: holds the request layout and the pass mode; each layer owns its buffers."""
 
     def __init__(self) -> None:
-        self.mode = CacheMode.OFF
+        self.mode: CacheMode = CacheMode.OFF
         self.request: _Request | None = None
         self.processors: list[ReferenceAttnProcessor] = []
         self.stop_after_last_store = True
-        # optional SDPA backend priority (e.g. cuDNN first on Hopper); None leaves PyTorch's choice
-        self.sdpa_backends: list | None = None
+        # kernel per layer shape: FA4 where enabled and faster, else SDPA (see flash_attention.py)
+        self.attention_policy = FlashAttentionPolicy()
+
+    @property
+    def sdpa_backends(self) -> list | None:
+        """Optional SDPA backend priority (e.g. cuDNN first on Hopper); None leaves PyTorch's choice."""
+        return self.attention_policy.sdpa_backends
+
+    @sdpa_backends.setter
+    def sdpa_backends(self, value: list | None) -> None:
+        self.attention_policy.sdpa_backends = value
 
     def begin(self, batch: int, person_hw: tuple[int, int], ref_hws: list[tuple[int, int]]) -> None:
         """Start a request: drop anything left over and size every layer's buffers exactly."""
@@ -234,28 +247,22 @@ class ReferenceAttnProcessor:
         q, k, v = qkv.split(channels, dim=-1)
 
         mode = self.cache.mode
-        if mode == CacheMode.STORE:
+        if mode is CacheMode.STORE:
             self._store(k, v, batch, tokens, channels)
             if self.is_last and self.cache.stop_after_last_store:
                 raise ReferencePassComplete()
             keys, values = k, v
-        elif mode == CacheMode.READ:
+        elif mode is CacheMode.READ:
             self.k_buf[:, self.ref_tokens :].copy_(k)
             self.v_buf[:, self.ref_tokens :].copy_(v)
             keys, values = self.k_buf, self.v_buf
         else:
             keys, values = k, v
 
-        q = q.view(batch, tokens, heads, head_dim).transpose(1, 2)
-        keys = keys.view(keys.shape[0], keys.shape[1], heads, head_dim).transpose(1, 2)
-        values = values.view(values.shape[0], values.shape[1], heads, head_dim).transpose(1, 2)
-        backends = self.cache.sdpa_backends
-        if backends:
-            with sdpa_kernel(backends, set_priority=True):
-                out = F.scaled_dot_product_attention(q, keys, values)
-        else:
-            out = F.scaled_dot_product_attention(q, keys, values)
-        out = out.transpose(1, 2).reshape(batch, tokens, channels)
+        q = q.view(batch, tokens, heads, head_dim)
+        keys = keys.view(keys.shape[0], keys.shape[1], heads, head_dim)
+        values = values.view(values.shape[0], values.shape[1], heads, head_dim)
+        out = attention_bshd(q, keys, values, self.cache.attention_policy).reshape(batch, tokens, channels)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)
         return out

@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
+from .errors import ImageError, ImageTooLargeError, ImageTooSmallError
+
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
 # Refuse images above this many pixels before decoding them (about 6000 x 6000).
 DEFAULT_MAX_PIXELS = 36_000_000
@@ -22,50 +23,32 @@ DEFAULT_MAX_PIXELS = 36_000_000
 PERSON_ASPECT = 3 / 4
 
 
-class ImageError(ValueError):
-    """An input image that cannot be used; `field` names the input it came from."""
-
-    code = "invalid_image"
-
-    def __init__(self, message: str, field: Optional[str] = None):
-        super().__init__(message)
-        self.field = field
-
-
-class ImageTooLargeError(ImageError):
-    code = "image_too_large"
-
-
-class ImageTooSmallError(ImageError):
-    code = "image_too_small"
-
-
 # Below this many pixels on a side an input carries nothing usable (and a 1-pixel-wide photo
 # would crop to zero width at 3:4).
 MIN_SIDE = 16
 
 
-def _open(source: ImageSource, label: str, field: Optional[str]) -> Image.Image:
+def _open(source: ImageSource, name: str) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
-            raise ImageError(f"{label} is empty", field)
+            raise ImageError.for_field(name, "is empty")
         stream = io.BytesIO(data)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"{label}: file not found: {path}")
+            raise FileNotFoundError(f"{name}: file not found: {path}")
         stream = io.BytesIO(path.read_bytes())
     else:
-        raise TypeError(f"{label} must be a path, bytes or a PIL image, got {type(source).__name__}")
+        raise TypeError(f"{name} must be a path, bytes or a PIL image, got {type(source).__name__}")
     try:
         return Image.open(stream)
     except Image.DecompressionBombError:
-        raise ImageTooLargeError(f"{label} is too large (decompression bomb guard)", field) from None
+        raise ImageTooLargeError.for_field(name, "is too large (decompression bomb guard)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{label} is not a decodable image ({type(exc).__name__})", field) from None
+        raise ImageError.for_field(name, f"is not a decodable image ({type(exc).__name__})") from None
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -109,22 +92,21 @@ def load_image(
     source: ImageSource,
     *,
     name: str = "image",
-    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
     min_side: int = MIN_SIDE,
 ) -> Image.Image:
     """Load a path, encoded bytes or PIL image as an upright 8-bit RGB image.
 
-    `name` labels error messages (the CLI flag or form field). The pixel limit is checked on the
-    header's size, before any pixel is decoded.
+    `name` is the request field the image came from; errors name it (the CLI shows its flag).
+    The pixel limit is checked on the header's size, before any pixel is decoded.
     """
-    label = name
-    image = _open(source, label, name)
+    image = _open(source, name)
     w, h = image.size
     if w < min_side or h < min_side:
-        raise ImageTooSmallError(f"{label} is too small: {w}x{h} pixels, at least {min_side}x{min_side} needed", name)
+        raise ImageTooSmallError.for_field(name, f"is too small: {w}x{h} pixels, at least {min_side}x{min_side} needed")
     if max_pixels is not None and w * h > max_pixels:
-        raise ImageTooLargeError(f"{label} is too large: {w}x{h} pixels, the limit is {max_pixels} pixels", name)
+        raise ImageTooLargeError.for_field(name, f"is too large: {w}x{h} pixels, the limit is {max_pixels} pixels")
     try:
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)  # animated formats: the first frame
@@ -132,9 +114,9 @@ def load_image(
         image = ImageOps.exif_transpose(image)
         return to_rgb(image, background)
     except Image.DecompressionBombError:
-        raise ImageTooLargeError(f"{label} is too large (decompression bomb guard)", name) from None
+        raise ImageTooLargeError.for_field(name, "is too large (decompression bomb guard)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"{label} is not a decodable image ({type(exc).__name__})", name) from None
+        raise ImageError.for_field(name, f"is not a decodable image ({type(exc).__name__})") from None
 
 
 def center_crop_to_aspect_ratio(image: Image.Image, target_ratio: float) -> Image.Image:

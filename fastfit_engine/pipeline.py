@@ -1,8 +1,13 @@
 """FastFitPipeline: multi-reference virtual try-on with a per-request reference K/V cache.
 
-Semantics follow the reference pipeline (see the spec): masked person composited with the pose
-skeleton, VAE latents, nearest-sampled latent mask, classifier-free guidance whose unconditional
-row uses zero reference latents, DDPM steps, decode, repaint outside the mask.
+Semantics follow FastFit's published pipeline (arXiv 2508.20586; github Zheng-Chong/FastFit):
+masked person composited with the pose skeleton, VAE latents, nearest-sampled latent mask,
+classifier-free guidance whose unconditional row uses zero reference latents, DDPM steps, decode,
+repaint outside the mask.
+
+Deliberate differences, none of which changes a result beyond float rounding: equal-size images
+share one VAE encode and equal-size references one reference pass; the unconditional (zero-latent)
+reference K/V are memoised per (label, latent size) across requests.
 
 Determinism contract (deliberately stricter than the reference, whose VAE sampling uses the global
 RNG): one torch.Generator on the pipeline device seeded with ``seed``; its first draw is the
@@ -11,54 +16,29 @@ encodings use the posterior mode.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fastfit_engine.unet import (
-    GARMENT_LABELS,
-    FastFitUNet,
-    check_state_dict_keys,
-    load_weight_file,
-    read_json_config,
-    use_fast_group_norm,
-)
+from fastfit_engine.group_norm import use_fast_group_norm
+from fastfit_engine.loading import load_scheduler, load_vae
+from fastfit_engine.unet import GARMENT_LABELS, FastFitUNet
 
-__all__ = ["FastFitPipeline", "GARMENT_LABELS", "load_vae", "load_scheduler"]
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+__all__ = ["FastFitPipeline", "PersonInputs", "GARMENT_LABELS"]
 
 _LABEL_NAMES = {v: k for k, v in GARMENT_LABELS.items()}
-
-
-def load_vae(folder: str | os.PathLike, device: str | torch.device, dtype: torch.dtype):
-    """AutoencoderKL from a diffusers ``vae`` folder with strict key checks (no silent random init)."""
-    from diffusers import AutoencoderKL
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"VAE folder not found: {folder}")
-    config = read_json_config(folder / "config.json", "VAE")
-    with torch.device("meta"):
-        vae = AutoencoderKL.from_config({k: v for k, v in config.items() if not k.startswith("_")})
-    state = load_weight_file(folder)
-    expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
-    check_state_dict_keys(expected, state, f"VAE weights in {folder}")
-    vae.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
-    return vae.eval().requires_grad_(False)
-
-
-def load_scheduler(folder: str | os.PathLike):
-    """DDPMScheduler from the folder's config, whatever class name the config carries (as the reference)."""
-    from diffusers import DDPMScheduler
-
-    folder = Path(folder)
-    config = read_json_config(folder / "scheduler_config.json", "scheduler")
-    return DDPMScheduler.from_config(config)
 
 
 def _label_index(label: Any) -> int:
@@ -88,10 +68,29 @@ def _indices_by_size(tensors: Sequence[torch.Tensor]) -> list[list[int]]:
     return list(groups.values())
 
 
-class FastFitPipeline:
-    """Loads unet/, vae/, scheduler/ from a FastFit model folder and runs try-on requests."""
+@dataclass(frozen=True)
+class PersonInputs:
+    """The person side of one request as tensors on the pipeline device, in the weight dtype."""
 
-    def __init__(self, unet: FastFitUNet, vae, scheduler, device: torch.device, dtype: torch.dtype) -> None:
+    image: torch.Tensor  # [1, 3, H, W] person in [-1, 1]
+    mask: torch.Tensor  # [1, 1, H, W] 1 = repaint, 0 = keep
+    masked: torch.Tensor  # [1, 3, H, W] person, the mask area replaced by the pose skeleton (or zero)
+    latent_mask: torch.Tensor  # [1, 1, H/8, W/8] the mask sampled nearest
+
+
+class FastFitPipeline:
+    """Loads unet/, vae/, scheduler/ from a FastFit model folder and runs try-on requests.
+
+    ``__call__`` is built from public steps, as diffusers pipelines are: :meth:`check_inputs`,
+    :meth:`prepare_person_inputs`, :meth:`encode_images`, :meth:`prepare_timesteps`,
+    :meth:`prepare_latents`, :meth:`prepare_model_input`, :meth:`reference_cache` (which runs
+    :meth:`run_reference_passes`), :meth:`denoise_step`, :meth:`decode_latents`, :meth:`postprocess`.
+    Call them under ``torch.inference_mode()``, as ``__call__`` does.
+    """
+
+    def __init__(
+        self, unet: FastFitUNet, vae: AutoencoderKL, scheduler: DDPMScheduler, device: str | torch.device, dtype: torch.dtype
+    ) -> None:
         self.unet = unet
         self.vae = vae
         self.scheduler = scheduler
@@ -116,7 +115,7 @@ class FastFitPipeline:
         compile_vae: bool = False,
         attention_backend: str = "auto",
         fast_group_norm: bool | None = None,
-    ) -> "FastFitPipeline":
+    ) -> FastFitPipeline:
         """``model_dir`` holds unet/, vae/ and scheduler/ (diffusers layout).
 
         GPU options: ``channels_last`` (default: on for CUDA, off on CPU) stores conv weights
@@ -160,16 +159,29 @@ class FastFitPipeline:
         return pipe
 
     def set_attention_backend(self, name: str) -> None:
+        """"auto": FlashAttention-4 where it is faster (head size <= 80) and cuDNN first for the
+        rest when FA4 can run here (package installed, SM90+ GPU), else PyTorch's SDPA choice;
+        "fa4": the same, an error where FA4 cannot run; "sdpa": PyTorch's SDPA choice, no FA4;
+        "cudnn"/"flash": SDPA with that priority."""
         from torch.nn.attention import SDPBackend
 
+        from fastfit_engine.flash_attention import enable_fa4
+
+        cudnn = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
         orders = {
             "auto": None,
-            "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+            "sdpa": None,
+            "fa4": cudnn,
+            "cudnn": cudnn,
             "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
         }
         if name not in orders:
             raise ValueError(f"unknown attention_backend {name!r}; expected one of {sorted(orders)}")
-        self.unet.kv_cache.sdpa_backends = orders[name]
+        policy = self.unet.kv_cache.attention_policy
+        policy.sdpa_backends = orders[name]
+        policy.fa4 = False
+        if name in ("auto", "fa4") and enable_fa4(policy, self.device, required=name == "fa4"):
+            policy.sdpa_backends = cudnn
 
     @staticmethod
     def _compile_options(kwargs: dict) -> dict:
@@ -184,46 +196,40 @@ class FastFitPipeline:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         return {"dynamic": False, **kwargs}
 
-    def compile_vae(self, **kwargs) -> None:
+    def compile_vae(self, **kwargs: Any) -> None:
         """torch.compile the VAE encoder and decoder (GPU option; one graph per image batch shape)."""
         options = self._compile_options(kwargs)
         self.vae.encoder.compile(**options)
         self.vae.decoder.compile(**options)
 
-    def compile_unet(self, **kwargs) -> None:
-        """torch.compile the denoising forward (GPU option; the reference pass stays eager)."""
+    def compile_unet(self, batch_sizes: tuple[int, ...] = (2,), **kwargs: Any) -> None:
+        """torch.compile the denoising forward (GPU option; the reference pass stays eager).
+
+        Only steps of ``batch_sizes`` rows run compiled (default: 2, classifier-free guidance);
+        others (guidance 1.0: one row) stay eager, so such a request never waits minutes for a
+        layout the warm-up did not compile.
+        """
         compiled = torch.compile(self.unet.forward, **self._compile_options(kwargs))
-        unet = self.unet
+        forward_denoise = self.unet.forward_denoise
+        batch_sizes = tuple(batch_sizes)
 
         def denoise(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            unet.kv_cache.set_read()
-            try:
-                return compiled(sample, timestep, None)
-            finally:
-                unet.kv_cache.mode = "off"
+            if sample.shape[0] not in batch_sizes:
+                return forward_denoise(sample, timestep)
+            return forward_denoise(sample, timestep, forward=compiled)
 
         self._denoise = denoise
 
-    # -- preprocessing ----------------------------------------------------------------------------
-    def _image_tensor(self, image: Image.Image) -> torch.Tensor:
-        """uint8 RGB -> [1,3,H,W] in [-1,1]; the scaling happens in fp32 before the cast."""
-        arr = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
-        x = arr.to(self.device).permute(2, 0, 1).unsqueeze(0).float()
-        return (x / 127.5 - 1.0).to(self.dtype)
-
-    def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(x).latent_dist.mode() * self.vae_scale
-
-    def _encode_all(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Encode equal-size images as one batch (the posterior mode is per-sample)."""
-        out: list[torch.Tensor | None] = [None] * len(images)
-        for indices in _indices_by_size(images):
-            latents = self._encode(torch.cat([images[i] for i in indices], dim=0))
-            for j, i in enumerate(indices):
-                out[i] = latents[j : j + 1]
-        return out
-
-    def _validate(self, person, mask, references, pose, num_inference_steps) -> list[tuple[int, Image.Image]]:
+    # -- preparation steps (public: __call__ is built from them, benchmarks time them) -------------
+    def check_inputs(
+        self,
+        person: Image.Image,
+        mask: Image.Image,
+        references: Sequence[tuple[str | int, Image.Image]],
+        pose: Image.Image | None,
+        num_inference_steps: int,
+    ) -> list[tuple[int, Image.Image]]:
+        """Raise a ValueError naming the first bad argument; return the references as (class index, image)."""
         _check_image(person, "person image")
         if not isinstance(mask, Image.Image):
             raise ValueError(f"mask must be a PIL image, got {type(mask).__name__}")
@@ -247,6 +253,123 @@ class FastFitPipeline:
             refs.append((idx, image))
         return refs
 
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        """uint8 RGB -> [1,3,H,W] in [-1,1]; the scaling happens in fp32 before the cast."""
+        arr = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
+        x = arr.to(self.device).permute(2, 0, 1).unsqueeze(0).float()
+        return (x / 127.5 - 1.0).to(self.dtype)
+
+    def prepare_person_inputs(self, person: Image.Image, mask: Image.Image, pose: Image.Image | None) -> PersonInputs:
+        """Person tensor, binary mask (>= 0.5 repaints), masked person with the pose skeleton, latent mask."""
+        device, dtype = self.device, self.dtype
+        width, height = person.size
+        person_x = self.preprocess_image(person)
+        mask_arr = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.uint8).copy())
+        mask_f32 = (mask_arr.to(device).float() / 255.0 >= 0.5).float()[None, None]
+        mask_x = mask_f32.to(dtype)
+        if pose is not None:
+            pose_img = pose.convert("RGB")
+            if pose_img.size != person.size:
+                pose_img = pose_img.resize(person.size)
+            pose_arr = torch.from_numpy(np.asarray(pose_img, dtype=np.uint8).copy())
+            pose_x = (pose_arr.to(device).permute(2, 0, 1).unsqueeze(0).float() / 255.0).to(dtype)
+            masked = person_x * (1 - mask_x) + mask_x * pose_x
+        else:
+            masked = person_x * (1 - mask_x)
+        latent_mask = F.interpolate(mask_f32, size=(height // 8, width // 8), mode="nearest").to(dtype)
+        return PersonInputs(image=person_x, mask=mask_x, masked=masked, latent_mask=latent_mask)
+
+    def encode_images(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Scaled VAE posterior modes; equal-size images are encoded as one batch (the mode is per-sample)."""
+        out: list[torch.Tensor | None] = [None] * len(images)
+        for indices in _indices_by_size(images):
+            batch = torch.cat([images[i] for i in indices], dim=0)
+            latents = self.vae.encode(batch).latent_dist.mode() * self.vae_scale
+            for j, i in enumerate(indices):
+                out[i] = latents[j : j + 1]
+        return out
+
+    def prepare_timesteps(self, num_inference_steps: int) -> tuple[DDPMScheduler, list[int], torch.Tensor]:
+        """A per-request copy of the scheduler set to ``num_inference_steps``, its timesteps on the
+        host and on the device (the step needs no host sync)."""
+        scheduler = type(self.scheduler).from_config(self.scheduler.config)
+        scheduler.set_timesteps(int(num_inference_steps))
+        timesteps = [int(t) for t in scheduler.timesteps]
+        return scheduler, timesteps, torch.tensor(timesteps, dtype=torch.int64).to(self.device)
+
+    def prepare_latents(
+        self, latent_size: tuple[int, int], generator: torch.Generator, scheduler: DDPMScheduler
+    ) -> torch.Tensor:
+        """Initial noise [1, 4, h, w] in the weight dtype: the generator's first draw."""
+        latents = torch.randn((1, 4, *latent_size), generator=generator, device=self.device, dtype=self.dtype)
+        return latents * scheduler.init_noise_sigma
+
+    def prepare_model_input(self, masked_latent: torch.Tensor, latent_mask: torch.Tensor, rows: int) -> torch.Tensor:
+        """The 9-channel UNet input [rows, noisy latent | mask | masked person latent]; each step fills 0:4."""
+        model_input = torch.empty((rows, 9, *masked_latent.shape[-2:]), device=self.device, dtype=self.dtype)
+        model_input[:, 4:5] = latent_mask
+        model_input[:, 5:9] = masked_latent
+        return model_input
+
+    def run_reference_passes(self, labels: Sequence[int], ref_latents: Sequence[torch.Tensor], do_cfg: bool) -> None:
+        """Fill the begun cache: unconditional row from the memo; one conditional pass per group of
+        equal-size references."""
+        if do_cfg:
+            for i, label in enumerate(labels):
+                self._unconditional_reference(i, label, ref_latents[i])
+        cond_row = 1 if do_cfg else 0
+        for indices in _indices_by_size(ref_latents):
+            sample = torch.cat([ref_latents[i] for i in indices], dim=0)
+            label_t = torch.tensor([labels[i] for i in indices], dtype=torch.int64).to(self.device)
+            self.unet.forward_reference(sample, label_t, indices, rows=[cond_row])
+
+    @contextlib.contextmanager
+    def reference_cache(
+        self,
+        labels: Sequence[int],
+        ref_latents: Sequence[torch.Tensor],
+        latent_size: tuple[int, int],
+        do_cfg: bool,
+    ) -> Iterator[None]:
+        """Size the UNet's reference K/V cache for this request and fill it; freed on exit, whatever happens."""
+        cache = self.unet.kv_cache
+        try:
+            cache.begin(2 if do_cfg else 1, latent_size, [tuple(lat.shape[-2:]) for lat in ref_latents])
+            self.run_reference_passes(labels, ref_latents, do_cfg)
+            yield
+        finally:
+            cache.clear()
+
+    def denoise_step(
+        self,
+        model_input: torch.Tensor,
+        latents: torch.Tensor,
+        timestep: int,
+        timestep_device: torch.Tensor,
+        scheduler: DDPMScheduler,
+        guidance_scale: float,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """One DDPM step inside :meth:`reference_cache`: UNet on the (guided) rows, then the scheduler."""
+        model_input[:, 0:4] = scheduler.scale_model_input(latents, timestep)
+        noise_pred = self._denoise(model_input, timestep_device)
+        if model_input.shape[0] == 2:
+            uncond, cond = noise_pred.chunk(2)
+            noise_pred = uncond + guidance_scale * (cond - uncond)
+        return scheduler.step(noise_pred, timestep, latents, generator=generator).prev_sample
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE decode to [1,3,H,W] in about [-1,1]."""
+        return self.vae.decode(latents.to(self.vae.dtype) / self.vae_scale).sample
+
+    def postprocess(self, image: torch.Tensor, person: PersonInputs) -> Image.Image:
+        """Repaint outside the mask with the original person, then round to a PIL RGB image."""
+        image = image * person.mask + (1 - person.mask) * person.image
+        image = (image / 2 + 0.5).clamp(0, 1)
+        arr = image[0].permute(1, 2, 0).float().cpu().numpy()
+        arr = np.round(arr * 255.0).astype(np.uint8)
+        return Image.fromarray(arr)
+
     # -- call -------------------------------------------------------------------------------------
     @torch.inference_mode()
     def __call__(
@@ -262,67 +385,29 @@ class FastFitPipeline:
         callback: Callable[[int, int], None] | None = None,
     ) -> Image.Image:
         """Return the try-on result as a PIL RGB image of the person's size."""
-        refs = self._validate(person, mask, references, pose, num_inference_steps)
+        refs = self.check_inputs(person, mask, references, pose, num_inference_steps)
         num_inference_steps = int(num_inference_steps)
-        device, dtype = self.device, self.dtype
-        width, height = person.size
-        h, w = height // 8, width // 8
-
-        person_x = self._image_tensor(person)
-        mask_arr = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.uint8).copy())
-        mask_f32 = (mask_arr.to(device).float() / 255.0 >= 0.5).float()[None, None]
-        mask_x = mask_f32.to(dtype)
-        if pose is not None:
-            pose_img = pose.convert("RGB")
-            if pose_img.size != person.size:
-                pose_img = pose_img.resize(person.size)
-            pose_arr = torch.from_numpy(np.asarray(pose_img, dtype=np.uint8).copy())
-            pose_x = (pose_arr.to(device).permute(2, 0, 1).unsqueeze(0).float() / 255.0).to(dtype)
-            masked = person_x * (1 - mask_x) + mask_x * pose_x
-        else:
-            masked = person_x * (1 - mask_x)
-
-        masked_latent, *ref_latents = self._encode_all([masked] + [self._image_tensor(img) for _, img in refs])
-        latent_mask = F.interpolate(mask_f32, size=(h, w), mode="nearest").to(dtype)
-
-        generator = torch.Generator(device=device).manual_seed(int(seed))
-        latents = torch.randn((1, 4, h, w), generator=generator, device=device, dtype=dtype)
-
-        scheduler = type(self.scheduler).from_config(self.scheduler.config)
-        scheduler.set_timesteps(num_inference_steps)  # CPU timesteps: the step needs no host sync
-        latents = latents * scheduler.init_noise_sigma
-        timesteps = [int(t) for t in scheduler.timesteps]
-        timesteps_dev = torch.tensor(timesteps, dtype=torch.int64).to(device)
-
+        labels = [label for label, _ in refs]
+        person_inputs = self.prepare_person_inputs(person, mask, pose)
+        masked_latent, *ref_latents = self.encode_images(
+            [person_inputs.masked] + [self.preprocess_image(img) for _, img in refs]
+        )
+        latent_size = tuple(person_inputs.latent_mask.shape[-2:])
+        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        scheduler, timesteps, timesteps_device = self.prepare_timesteps(num_inference_steps)
+        latents = self.prepare_latents(latent_size, generator, scheduler)
         do_cfg = guidance_scale > 1.0
-        rows = 2 if do_cfg else 1
-        model_in = torch.empty((rows, 9, h, w), device=device, dtype=dtype)
-        model_in[:, 4:5] = latent_mask
-        model_in[:, 5:9] = masked_latent
-
-        cache = self.unet.kv_cache
-        try:
-            cache.begin(rows, (h, w), [tuple(lat.shape[-2:]) for lat in ref_latents])
-            self._reference_passes(refs, ref_latents, do_cfg)
+        model_input = self.prepare_model_input(masked_latent, person_inputs.latent_mask, rows=2 if do_cfg else 1)
+        with self.reference_cache(labels, ref_latents, latent_size, do_cfg):
             for i, t in enumerate(timesteps):
-                model_in[:, 0:4] = scheduler.scale_model_input(latents, t)
-                noise_pred = self._denoise(model_in, timesteps_dev[i])
-                if do_cfg:
-                    uncond, cond = noise_pred.chunk(2)
-                    noise_pred = uncond + guidance_scale * (cond - uncond)
-                latents = scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
+                latents = self.denoise_step(
+                    model_input, latents, t, timesteps_device[i], scheduler, guidance_scale, generator
+                )
                 if callback is not None:
                     callback(i, num_inference_steps)
-        finally:
-            cache.clear()
+        return self.postprocess(self.decode_latents(latents), person_inputs)
 
-        image = self.vae.decode(latents.to(self.vae.dtype) / self.vae_scale).sample
-        image = image * mask_x + (1 - mask_x) * person_x
-        image = (image / 2 + 0.5).clamp(0, 1)
-        arr = image[0].permute(1, 2, 0).float().cpu().numpy()
-        arr = np.round(arr * 255.0).astype(np.uint8)
-        return Image.fromarray(arr)
-
+    # -- unconditional reference memo -------------------------------------------------------------
     def clear_unconditional_memo(self) -> None:
         """Drop the memoised unconditional reference K/V (e.g. after changing the UNet weights)."""
         self._unconditional_memo.clear()
@@ -346,14 +431,3 @@ class FastFitPipeline:
             memo[key] = cache.snapshot(ref, 0)
             while len(memo) > self.unconditional_memo_size:
                 memo.popitem(last=False)
-
-    def _reference_passes(self, refs, ref_latents, do_cfg: bool) -> None:
-        """Unconditional row from the memo; one conditional pass per group of equal-size references."""
-        if do_cfg:
-            for i, (label, _) in enumerate(refs):
-                self._unconditional_reference(i, label, ref_latents[i])
-        cond_row = 1 if do_cfg else 0
-        for indices in _indices_by_size(ref_latents):
-            sample = torch.cat([ref_latents[i] for i in indices], dim=0)
-            label_t = torch.tensor([refs[i][0] for i in indices], dtype=torch.int64).to(self.device)
-            self.unet.forward_reference(sample, label_t, indices, rows=[cond_row])

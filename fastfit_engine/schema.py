@@ -1,67 +1,99 @@
 """The try-on request schema, declared once.
 
-The CLI flags, the service's multipart fields, the engine's argument checks and the README
-table all come from the declarations below, so the three entry points cannot drift apart.
+The CLI flags, the service's multipart fields, the engine's inputs and the README table all come
+from the declarations below, so the entry points cannot drift apart. Every rule lives here: the
+person is required, at least one garment, a dress not with upper or lower, each number's range
+and default, and that an absent seed means a random one. `parse_numbers` is the one place a
+number is checked; what it returns (`TryOnParams`) is taken as it is by the engine.
 """
 from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from itertools import combinations
+from typing import Any
+
+from .errors import RequestError
+
+__all__ = [
+    "ALL_FIELDS", "GARMENT_DESCRIPTIONS", "GARMENT_FIELDS", "GARMENT_LABELS", "GARMENT_SLOTS", "IMAGE_FIELDS",
+    "OUTPUT_FIELDS", "OUTPUT_FORMAT", "PREVIEW", "QUALITY", "RESPONSE_FORMAT", "VALUE_FIELDS_BY_NAME",
+    "ChoiceField", "parse_output_options",
+    "MODEL_LABEL_INDEX", "NUMBER_FIELDS", "NUMBER_FIELDS_BY_NAME", "PERSON_FIELD", "SEED_MAX", "GarmentSlot",
+    "NumberField", "RequestError", "TryOnParams", "check_garments", "check_images", "cli_flag",
+    "garment_set_per_size_layout", "markdown_table", "parse_numbers",
+]
 
 PERSON_FIELD = "person"
 
-# Garment slots in reference order: the pipeline sees the references in exactly this order.
-GARMENT_FIELDS = ("upper", "lower", "dress", "shoe", "bag")
 
-# Label the diffusion model uses for each garment slot (a dress is the "overall" class).
-GARMENT_LABELS = {"upper": "upper", "lower": "lower", "dress": "overall", "shoe": "shoe", "bag": "bag"}
+@dataclass(frozen=True)
+class GarmentSlot:
+    """A garment input: its request name, how the model knows it, and its reference size."""
 
-GARMENT_DESCRIPTIONS = {
-    "upper": "top (shirt, jacket, ...)",
-    "lower": "bottom (trousers, skirt, ...)",
-    "dress": "dress or jumpsuit; not with upper or lower",
-    "shoe": "shoes",
-    "bag": "bag",
-}
+    name: str  # form field; CLI flag --name
+    label: str  # the model's garment class (FastFit's class-label embedding)
+    class_index: int  # that class's row in the label embedding
+    size_factor: int  # the reference is (W, H) // size_factor of the working size
+    description: str
+
+    @property
+    def cli_flag(self) -> str:
+        return f"--{self.name}"
+
+    def reference_size(self, working_size: tuple[int, int]) -> tuple[int, int]:
+        """(W, H) of this slot's reference image at a working (person) size."""
+        w, h = working_size
+        return (w // self.size_factor, h // self.size_factor)
+
+
+# In reference order: the pipeline sees the references in exactly this order. Clothes are
+# encoded at the person's size, shoes and bags at half of it (as the upstream FastFit app does);
+# a dress is the model's "overall" class.
+GARMENT_SLOTS = (
+    GarmentSlot("upper", "upper", 0, 1, "top (shirt, jacket, ...)"),
+    GarmentSlot("lower", "lower", 1, 1, "bottom (trousers, skirt, ...)"),
+    GarmentSlot("dress", "overall", 2, 1, "dress or jumpsuit; not with upper or lower"),
+    GarmentSlot("shoe", "shoe", 3, 2, "shoes"),
+    GarmentSlot("bag", "bag", 4, 2, "bag"),
+)
+GARMENT_SLOTS_BY_NAME = {s.name: s for s in GARMENT_SLOTS}
+GARMENT_FIELDS = tuple(s.name for s in GARMENT_SLOTS)
+GARMENT_LABELS = {s.name: s.label for s in GARMENT_SLOTS}  # slot -> model label
+GARMENT_DESCRIPTIONS = {s.name: s.description for s in GARMENT_SLOTS}
+MODEL_LABEL_INDEX = {s.label: s.class_index for s in GARMENT_SLOTS}  # model label -> class index
 
 IMAGE_FIELDS = (PERSON_FIELD,) + GARMENT_FIELDS
 
 SEED_MAX = 2**32 - 1
 
 
-class RequestError(ValueError):
-    """A request that breaks the schema: `code` is machine-readable, the message is one line."""
-
-    def __init__(self, code: str, message: str, field: Optional[str] = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.field = field
-
-
 @dataclass(frozen=True)
 class NumberField:
     """A numeric request parameter with an inclusive range."""
 
-    name: str  # service field and engine keyword
+    name: str  # service field and TryOnParams attribute
     cli_flag: str
     kind: type  # int or float
     minimum: float
     maximum: float
-    default: Optional[float]  # None: chosen at random per request
+    default: float | None  # None: chosen at random per request
     help: str
 
     @property
     def default_text(self) -> str:
         return "random" if self.default is None else str(self.default)
 
+    def _error(self, code: str, predicate: str) -> RequestError:
+        return RequestError.for_field(self.name, predicate, code=code)
+
     def parse(self, value: Any) -> int | float:
         """Turn a string (form field, CLI argument) or number into a checked value."""
-        label = self.name
         if isinstance(value, bool):
-            raise RequestError("invalid_number", f"{label} must be a number, got {value!r}", self.name)
+            raise self._error("invalid_number", f"must be a number, got {value!r}")
         if isinstance(value, str):
             text = value.strip()
             try:
@@ -71,22 +103,20 @@ class NumberField:
                     number = float(text)
             except ValueError:
                 kind = "an integer" if self.kind is int else "a number"
-                raise RequestError("invalid_number", f"{label} must be {kind}, got {value!r}", self.name) from None
+                raise self._error("invalid_number", f"must be {kind}, got {value!r}") from None
         elif isinstance(value, numbers.Real):  # int, float and NumPy scalars
             number = int(value) if isinstance(value, numbers.Integral) else float(value)
             if self.kind is int and isinstance(number, float):
                 if not number.is_integer():
-                    raise RequestError("invalid_number", f"{label} must be an integer, got {value!r}", self.name)
+                    raise self._error("invalid_number", f"must be an integer, got {value!r}")
                 number = int(number)
         else:
-            raise RequestError("invalid_number", f"{label} must be a number, got {type(value).__name__}", self.name)
+            raise self._error("invalid_number", f"must be a number, got {type(value).__name__}")
         if isinstance(number, float) and not math.isfinite(number):
-            raise RequestError("invalid_number", f"{label} must be a finite number, got {value!r}", self.name)
+            raise self._error("invalid_number", f"must be a finite number, got {value!r}")
         if not self.minimum <= number <= self.maximum:
-            raise RequestError(
-                "out_of_range",
-                f"{label} must be between {_fmt(self.minimum)} and {_fmt(self.maximum)}, got {_fmt(number)}",
-                self.name,
+            raise self._error(
+                "out_of_range", f"must be between {_fmt(self.minimum)} and {_fmt(self.maximum)}, got {_fmt(number)}"
             )
         return self.kind(number)
 
@@ -109,7 +139,7 @@ class ChoiceField:
     """A request parameter that takes one of a few words."""
 
     name: str
-    cli_flag: Optional[str]  # None: the CLI has its own way (or none)
+    cli_flag: str | None  # None: the command line has its own way (or none)
     choices: tuple[str, ...]
     default: str
     help: str
@@ -121,8 +151,8 @@ class ChoiceField:
     def parse(self, value: Any) -> str:
         text = value.strip().lower() if isinstance(value, str) else value
         if text not in self.choices:
-            raise RequestError(
-                "invalid_choice", f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}", self.name
+            raise RequestError.for_field(
+                self.name, f"must be one of {', '.join(self.choices)}, got {value!r}", code="invalid_choice"
             )
         return text
 
@@ -145,25 +175,45 @@ VALUE_FIELDS_BY_NAME: dict[str, NumberField | ChoiceField] = {**NUMBER_FIELDS_BY
 
 ALL_FIELDS = IMAGE_FIELDS + tuple(VALUE_FIELDS_BY_NAME)
 
+_CLI_FLAGS = {PERSON_FIELD: "--person"} | {s.name: s.cli_flag for s in GARMENT_SLOTS} | {
+    f.name: f.cli_flag for f in VALUE_FIELDS_BY_NAME.values() if f.cli_flag
+}
 
-def check_garments(present: Any) -> list[str]:
-    """Apply the garment rules to the names of the garments given; return them in reference order."""
-    names = set(present)
-    unknown = sorted(names - set(GARMENT_FIELDS))
+
+def cli_flag(field: str | None) -> str | None:
+    """The command-line flag of a request field (None for None or a name the schema does not know)."""
+    return _CLI_FLAGS.get(field) if field is not None else None
+
+
+@dataclass(frozen=True)
+class TryOnParams:
+    """The checked numeric parameters of one request; build it with `parse_numbers`.
+
+    `seed` None means "draw one": `with_seed()` does that, the one place a seed is chosen.
+    """
+
+    steps: int
+    seed: int | None
+    guidance_scale: float
+
+    def with_seed(self) -> TryOnParams:
+        """These parameters with a concrete seed: the given one, or a fresh random one."""
+        if self.seed is not None:
+            return self
+        return replace(self, seed=secrets.randbelow(SEED_MAX + 1))
+
+
+def parse_numbers(values: Mapping[str, Any]) -> TryOnParams:
+    """Validate the numeric parameters present in `values`; absent or blank ones get their defaults.
+
+    Names that are not number fields are refused, so a misspelt keyword is never silently ignored.
+    """
+    unknown = sorted(set(values) - set(NUMBER_FIELDS_BY_NAME))
     if unknown:
         raise RequestError(
-            "unknown_field", f"unknown garment {unknown[0]!r}; expected one of {', '.join(GARMENT_FIELDS)}", unknown[0]
+            f"unknown parameter {unknown[0]!r}; expected one of {', '.join(NUMBER_FIELDS_BY_NAME)}",
+            code="unknown_field", field=unknown[0],
         )
-    if not names:
-        raise RequestError("no_garment", "at least one garment is required: " + ", ".join(GARMENT_FIELDS))
-    if "dress" in names and ({"upper", "lower"} & names):
-        other = "upper" if "upper" in names else "lower"
-        raise RequestError("dress_conflict", f"dress cannot be combined with {other}: a dress replaces both", "dress")
-    return [g for g in GARMENT_FIELDS if g in names]
-
-
-def parse_numbers(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate the numeric parameters present in `values`; absent ones get their defaults."""
     out: dict[str, Any] = {}
     for field in NUMBER_FIELDS:
         raw = values.get(field.name)
@@ -171,11 +221,11 @@ def parse_numbers(values: Mapping[str, Any]) -> dict[str, Any]:
             out[field.name] = field.default
         else:
             out[field.name] = field.parse(raw)
-    return out
+    return TryOnParams(**out)
 
 
 def parse_output_options(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate the output options present in `values`; absent ones get their defaults."""
+    """Validate the output options present in `values`; absent or blank ones get their defaults."""
     out: dict[str, Any] = {}
     for field in OUTPUT_FIELDS:
         raw = values.get(field.name)
@@ -186,15 +236,67 @@ def parse_output_options(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_garments(present: Iterable[str]) -> list[str]:
+    """Apply the garment rules to the names of the garments given; return them in reference order."""
+    names = set(present)
+    unknown = sorted(names - set(GARMENT_FIELDS))
+    if unknown:
+        raise RequestError(
+            f"unknown garment {unknown[0]!r}; expected one of {', '.join(GARMENT_FIELDS)}",
+            code="unknown_field", field=unknown[0],
+        )
+    if not names:
+        raise RequestError("at least one garment is required: " + ", ".join(GARMENT_FIELDS), code="no_garment")
+    if "dress" in names and ({"upper", "lower"} & names):
+        other = "upper" if "upper" in names else "lower"
+        raise RequestError.for_field("dress", f"cannot be combined with {other}: a dress replaces both",
+                                     code="dress_conflict")
+    return [g for g in GARMENT_FIELDS if g in names]
+
+
+def check_images(present: Iterable[str]) -> list[str]:
+    """The image rules: the person is required, then the garment rules; returns the garments in
+    reference order."""
+    names = set(present)
+    if PERSON_FIELD not in names:
+        raise RequestError("the person image is required", code="missing_person", field=PERSON_FIELD)
+    return check_garments(names - {PERSON_FIELD})
+
+
+def garment_set_per_size_layout() -> tuple[tuple[str, ...], ...]:
+    """One allowed garment set for every layout of reference sizes a request can have.
+
+    A layout is the sequence of size factors in reference order (e.g. two person-size items
+    and one half-size one). Larger sets come first, and each layout takes the set that touches
+    the most slots not touched yet, so that together the sets use every slot.
+    """
+    by_layout: dict[tuple[int, ...], list[tuple[str, ...]]] = {}
+    for size in range(len(GARMENT_FIELDS), 0, -1):
+        for names in combinations(GARMENT_FIELDS, size):
+            try:
+                check_garments(names)
+            except RequestError:
+                continue
+            layout = tuple(GARMENT_SLOTS_BY_NAME[n].size_factor for n in names)
+            by_layout.setdefault(layout, []).append(names)
+    touched: set[str] = set()
+    chosen = []
+    for candidates in by_layout.values():
+        best = max(candidates, key=lambda names: len(set(names) - touched))  # first of the best
+        touched.update(best)
+        chosen.append(best)
+    return tuple(chosen)
+
+
 def markdown_table() -> str:
     """The request-field table in the README (a test checks that the README carries it verbatim)."""
     rows = [
         "| field | CLI flag | type | range | default | meaning |",
         "|---|---|---|---|---|---|",
-        f"| `{PERSON_FIELD}` | `--person` | image file | | required | photo of the person; centre-cropped to 3:4 |",
+        f"| `{PERSON_FIELD}` | `{cli_flag(PERSON_FIELD)}` | image file | | required | photo of the person; centre-cropped to 3:4 |",
     ]
-    for g in GARMENT_FIELDS:
-        rows.append(f"| `{g}` | `--{g}` | image file | | | {GARMENT_DESCRIPTIONS[g]} |")
+    for s in GARMENT_SLOTS:
+        rows.append(f"| `{s.name}` | `{s.cli_flag}` | image file | | | {s.description} |")
     for f in VALUE_FIELDS_BY_NAME.values():
         flag = f"`{f.cli_flag}`" if f.cli_flag else ""
         if isinstance(f, ChoiceField):

@@ -4,19 +4,26 @@ Real weights never run in tests or CI; this writer produces folders that the rea
 (unet/, vae/, scheduler/ with diffusers' file names). ``tiny`` keeps every key name and block
 type (4 levels, 2 layers per block, VAE factor 8) with small channel counts.
 
-CLI: ``python -m fastfit_engine.synthetic OUT_DIR [--tiny] [--seed N]`` writes a Models root:
-OUT_DIR/FastFit-MR-1024 and OUT_DIR/Human-Toolkit.
+CLI: ``python -m fastfit_engine.synthetic OUT_DIR [--tiny] [--seed N] [--force]`` writes a Models
+root: OUT_DIR/FastFit-MR-1024 and OUT_DIR/Human-Toolkit. It refuses a folder holding anything
+but its own earlier output (real downloaded weights must never silently become random ones)
+unless ``--force``; each folder it writes gets a ``.fastfit-synthetic.json`` marker (what, when,
+seed, the files), which makes the engine warn that it serves synthetic weights, and a
+``.fastfit-sha256.json`` digest manifest like a download.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from fastfit_engine.loading import WEIGHTS_SAFETENSORS
 
 __all__ = [
     "UNET_CONFIG",
@@ -26,6 +33,8 @@ __all__ = [
     "SCHEDULER_CONFIG",
     "random_state_dict",
     "write_fastfit_model",
+    "write_models_root",
+    "SyntheticTargetError",
     "main",
 ]
 
@@ -126,7 +135,7 @@ def _save(folder: Path, config: dict[str, Any], state: dict[str, torch.Tensor]) 
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "diffusion_pytorch_model.safetensors"))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / WEIGHTS_SAFETENSORS))
 
 
 def write_fastfit_model(
@@ -156,18 +165,83 @@ def write_fastfit_model(
     return folder
 
 
+class SyntheticTargetError(Exception):
+    """The output folder holds files this writer did not write."""
+
+
+def _own_files(root: Path) -> set[Path]:
+    """Files under `root` that an earlier run of this writer wrote (listed by its markers)."""
+    from .integrity import MANIFEST_NAME, SYNTHETIC_MARKER, read_synthetic_marker
+
+    own: set[Path] = set()
+    for marker in root.rglob(SYNTHETIC_MARKER):
+        folder = marker.parent
+        doc = read_synthetic_marker(folder) or {}
+        own.update(folder / f for f in doc.get("files", []) if isinstance(f, str))
+        own.update((marker, folder / MANIFEST_NAME))
+    return own
+
+
+def foreign_files(root: str | os.PathLike) -> list[Path]:
+    """Files under `root` that writing a synthetic tree there would overwrite or mix with."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    if not root.is_dir():
+        return [root]
+    own = _own_files(root)
+    return sorted(p for p in root.rglob("*") if not p.is_dir() and p not in own)
+
+
+def write_models_root(
+    root: str | os.PathLike, *, tiny: bool = False, seed: int = 0, force: bool = False
+) -> tuple[Path, Path]:
+    """Write a marked synthetic Models root (FastFit-MR-1024 and Human-Toolkit); returns both folders.
+
+    Refuses (SyntheticTargetError) a `root` holding anything but this writer's own output
+    unless `force`.
+    """
+    from parse_utils.synthetic import write_human_toolkit
+
+    from .integrity import compute_digests, write_manifest, write_synthetic_marker
+
+    root = Path(root)
+    foreign = [] if force else foreign_files(root)
+    if foreign:
+        shown = ", ".join(str(p.relative_to(root)) if p != root else str(p) for p in foreign[:3])
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise SyntheticTargetError(
+            f"{root} holds files this writer did not write ({shown}{more}); random weights would replace "
+            "or mix with them. Choose an empty folder, or pass --force to overwrite"
+        )
+    folders = (
+        write_fastfit_model(root / "FastFit-MR-1024", tiny=tiny, seed=seed),
+        write_human_toolkit(root / "Human-Toolkit", tiny=tiny, seed=seed),
+    )
+    for folder in folders:
+        files = [
+            p.relative_to(folder).as_posix()
+            for p in folder.rglob("*")
+            if p.is_file() and not p.name.startswith(".fastfit-")
+        ]
+        write_synthetic_marker(folder, files, tiny=tiny, seed=seed)
+        write_manifest(folder, compute_digests(folder, files), repo_id=None, revision=None, source="synthetic-writer")
+    return folders
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write a synthetic Models root (FastFit-MR-1024 + Human-Toolkit).")
     parser.add_argument("out_dir", type=Path, help="Models root to create")
     parser.add_argument("--tiny", action="store_true", help="small channels for fast CPU tests")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="write even if the folder holds other files")
     args = parser.parse_args(argv)
-    from parse_utils.synthetic import write_human_toolkit
-
-    root = args.out_dir
-    model = write_fastfit_model(root / "FastFit-MR-1024", tiny=args.tiny, seed=args.seed)
-    toolkit = write_human_toolkit(root / "Human-Toolkit", tiny=args.tiny, seed=args.seed)
-    print(f"wrote {model} and {toolkit}")
+    try:
+        model, toolkit = write_models_root(args.out_dir, tiny=args.tiny, seed=args.seed, force=args.force)
+    except SyntheticTargetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {model} and {toolkit} (random weights, marked synthetic)")
     return 0
 
 

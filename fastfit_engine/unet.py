@@ -13,10 +13,10 @@ Two passes:
 """
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
@@ -30,20 +30,11 @@ from diffusers.models.unets.unet_2d_blocks import (
 from torch import nn
 
 from fastfit_engine.attention import CacheMode, ReferenceAttnProcessor, ReferenceKVCache, ReferencePassComplete
+from fastfit_engine.loading import check_state_dict_keys, load_weight_file, read_json_config
 
-__all__ = [
-    "FastFitUNet",
-    "GARMENT_LABELS",
-    "FastGroupNorm",
-    "use_fast_group_norm",
-    "load_weight_file",
-    "check_state_dict_keys",
-]
+__all__ = ["FastFitUNet", "GARMENT_LABELS"]
 
-GARMENT_LABELS = {"upper": 0, "lower": 1, "overall": 2, "shoe": 3, "bag": 4}
-
-WEIGHTS_SAFETENSORS = "diffusion_pytorch_model.safetensors"
-WEIGHTS_BIN = "diffusion_pytorch_model.bin"
+from fastfit_engine.schema import MODEL_LABEL_INDEX as GARMENT_LABELS  # noqa: E402 - label -> class index, from the slot table
 
 _DEFAULTS: dict[str, Any] = {
     "in_channels": 9,
@@ -76,110 +67,6 @@ _MUST_BE_UNSET = (
     "time_cond_proj_dim",
     "projection_class_embeddings_input_dim",
 )
-
-
-class FastGroupNorm(nn.GroupNorm):
-    """GroupNorm with the same parameters and fp32 statistics, computed with a wide reduction.
-
-    PyTorch's CUDA GroupNorm reduces one (sample, group) row per thread block: with 32 groups at
-    batch 1-2 that is 32-64 blocks for millions of elements, which left most of an H100 idle
-    (a quarter of the eager UNet step). Here the moments come from a general fp32 reduction and
-    the affine is one fused multiply-add in fp32, rounded once; channels_last inputs stay
-    channels_last, which spares cuDNN its layout conversions.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # under torch.compile the native op is fused by Inductor; the out= call would break graphs
-        if x.ndim != 4 or x.dtype == torch.float64 or torch.compiler.is_compiling():
-            return super().forward(x)
-        b, c, h, w = x.shape
-        g = self.num_groups
-        xf = x.float()
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            grouped = xf.permute(0, 2, 3, 1).reshape(b, h * w, g, c // g)
-            var, mean = torch.var_mean(grouped, dim=(1, 3), correction=0)  # [b, g]
-        else:
-            var, mean = torch.var_mean(xf.reshape(b, g, -1), dim=2, correction=0)
-        rstd = torch.rsqrt(var + self.eps)
-        scale = rstd.repeat_interleave(c // g, dim=1)  # [b, c]
-        shift = -mean.repeat_interleave(c // g, dim=1) * scale
-        if self.affine:
-            shift = shift * self.weight.float() + self.bias.float()
-            scale = scale * self.weight.float()
-        scale, shift = scale[:, :, None, None], shift[:, :, None, None]
-        if torch.is_grad_enabled() and (scale.requires_grad or shift.requires_grad or x.requires_grad):
-            return torch.addcmul(shift, xf, scale).to(x.dtype)
-        out = torch.empty_like(x)
-        torch.addcmul(shift, xf, scale, out=out)
-        return out
-
-
-def use_fast_group_norm(module: nn.Module) -> int:
-    """Swap every nn.GroupNorm in ``module`` for FastGroupNorm in place (same tensors, same keys)."""
-    count = 0
-    for m in module.modules():
-        if type(m) is nn.GroupNorm:
-            m.__class__ = FastGroupNorm
-            count += 1
-    return count
-
-
-def load_weight_file(folder: Path) -> dict[str, torch.Tensor]:
-    """Read diffusers' weight file from ``folder``: safetensors preferred, .bin via weights_only."""
-    folder = Path(folder)
-    st = folder / WEIGHTS_SAFETENSORS
-    if st.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(st))
-    bin_path = folder / WEIGHTS_BIN
-    if bin_path.is_file():
-        state = torch.load(str(bin_path), map_location="cpu", weights_only=True)
-        if not isinstance(state, Mapping):
-            raise ValueError(f"{bin_path}: expected a state dict, got {type(state).__name__}")
-        return dict(state)
-    raise FileNotFoundError(f"no weights in {folder}: expected {WEIGHTS_SAFETENSORS} or {WEIGHTS_BIN}")
-
-
-def check_state_dict_keys(
-    expected: Mapping[str, tuple[int, ...]], state: Mapping[str, torch.Tensor], where: str
-) -> None:
-    """Raise a ValueError naming missing, unexpected and mis-shaped keys (never silent random init)."""
-    missing = sorted(k for k in expected if k not in state)
-    unexpected = sorted(k for k in state if k not in expected)
-    mismatched = sorted(
-        f"{k} {tuple(state[k].shape)} != {tuple(expected[k])}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k])
-    )
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:12])}" + (" ..." if len(missing) > 12 else ""))
-    if unexpected:
-        problems.append(
-            f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:12])}" + (" ..." if len(unexpected) > 12 else "")
-        )
-    if mismatched:
-        problems.append(
-            f"shape mismatch ({len(mismatched)}): {', '.join(mismatched[:12])}" + (" ..." if len(mismatched) > 12 else "")
-        )
-    if problems:
-        raise ValueError(f"{where}: checkpoint does not match the model; " + "; ".join(problems))
-
-
-def read_json_config(path: str | os.PathLike, what: str) -> dict[str, Any]:
-    """A component's JSON config; a missing or broken file is an error that names it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"missing {what} config: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON ({exc})") from None
-
-
-def _read_config(folder: Path) -> dict[str, Any]:
-    return read_json_config(Path(folder) / "config.json", "UNet")
 
 
 class FastFitUNet(nn.Module):
@@ -295,18 +182,14 @@ class FastFitUNet(nn.Module):
 
     # -- construction / loading -----------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "FastFitUNet":
-        return cls(config)
-
-    @classmethod
     def from_pretrained(
         cls, folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-    ) -> "FastFitUNet":
+    ) -> FastFitUNet:
         """Load config.json + weights from a diffusers-style ``unet`` folder with strict key checks."""
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"UNet folder not found: {folder}")
-        config = _read_config(folder)
+        config = read_json_config(folder / "config.json", "UNet")
         with torch.device("meta"):
             model = cls(config)
         state = load_weight_file(folder)
@@ -429,11 +312,19 @@ class FastFitUNet(nn.Module):
         finally:
             cache.mode = CacheMode.OFF
 
-    def forward_denoise(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """Denoising pass: person queries attend to every stored reference, then to themselves."""
+    def forward_denoise(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        forward: Callable[..., torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Denoising pass: person queries attend to every stored reference, then to themselves.
+
+        ``forward`` replaces :meth:`forward` for the pass (e.g. its torch.compile'd version).
+        """
         cache = self.kv_cache
         cache.set_read()
         try:
-            return self.forward(sample, timestep, None)
+            return (forward or self.forward)(sample, timestep, None)
         finally:
             cache.mode = CacheMode.OFF

@@ -7,15 +7,20 @@ engine, which may still be loading in a background thread.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastfit_engine.startup import RetryPolicy, call_with_retry
+
 from .metrics import Metrics
-from .responses import ApiError
+from .responses import ServiceUnavailable
 
 log = logging.getLogger("fastfit.server")
+
+LOAD_FAILED_EXIT_CODE = 1  # not 3 or 4: those make the gunicorn master stop instead of restarting the worker
 
 
 @dataclass
@@ -45,11 +50,18 @@ class Service:
         self.metrics.ready.set(1)
 
     def load(self, factory: Callable[[], Any]) -> None:
+        """Build the engine, retrying with backoff (config LOAD_RETRY); on failure record it for
+        /ready, or with EXIT_ON_LOAD_FAILURE end the process so its supervisor starts a new one."""
+        policy = self.config.get("LOAD_RETRY") or RetryPolicy.from_env()
         try:
-            engine = factory()
+            engine = call_with_retry(factory, policy, what="engine load")
         except BaseException as exc:  # recorded for /ready; the process keeps serving /health
             self.load_error = exc
             log.error("engine failed to load: %s: %s", type(exc).__name__, exc)
+            if self.config.get("EXIT_ON_LOAD_FAILURE"):
+                log.critical("exiting the worker with code %d so that it is restarted", LOAD_FAILED_EXIT_CODE)
+                logging.shutdown()  # flush the log lines above
+                os._exit(LOAD_FAILED_EXIT_CODE)  # sys.exit would only end this loader thread
             return
         self.set_engine(engine)
         log.info("engine ready")
@@ -62,13 +74,18 @@ class Service:
         if self.engine is not None:
             return self.engine
         if self.load_error is not None:
-            raise ApiError(503, "engine_failed", "the model engine failed to load; see the server log")
-        raise ApiError(503, "loading", "the models are still loading; retry shortly", self.config["RETRY_AFTER"])
+            raise ServiceUnavailable("the model engine failed to load; see the server log", code="engine_failed")
+        raise ServiceUnavailable(
+            "the models are still loading; retry shortly", code="loading", retry_after=self.config["RETRY_AFTER"]
+        )
+
+    def _busy(self, code: str) -> ServiceUnavailable:
+        return ServiceUnavailable("the server is busy; retry shortly", code=code, retry_after=self.config["RETRY_AFTER"])
 
     def run(self, fn: Callable[[], Any]) -> Any:
         """Run fn holding the GPU lock, waiting in the bounded queue if needed."""
         if not self.slots.acquire(blocking=False):
-            raise ApiError(503, "queue_full", "the server is busy; retry shortly", self.config["RETRY_AFTER"])
+            raise self._busy("queue_full")
         try:
             self._adjust_waiting(+1)
             try:
@@ -76,7 +93,7 @@ class Service:
             finally:
                 self._adjust_waiting(-1)
             if not acquired:
-                raise ApiError(503, "queue_timeout", "the server is busy; retry shortly", self.config["RETRY_AFTER"])
+                raise self._busy("queue_timeout")
             try:
                 self.metrics.in_flight.set(1)
                 return fn()

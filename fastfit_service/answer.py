@@ -13,10 +13,7 @@ from PIL import Image
 
 from fastfit_engine.output import OUTPUT_FORMATS, encode_image
 
-
-def server_timing(timings: dict[str, float]) -> str:
-    """Seconds per stage as an HTTP Server-Timing value in milliseconds."""
-    return ", ".join(f"{k};dur={v * 1000.0:.1f}" for k, v in timings.items())
+from .responses import server_timing
 
 
 def wants_json(request: Request, options: dict) -> bool:

@@ -1,17 +1,18 @@
 """The Flask app factory of the try-on service: `POST /prompt` (multipart or JSON) returns the image.
 
-Routes: `/prompt`, `/health` (the process answers), `/ready` (the engine is loaded), `/metrics`.
+Routes: `/prompt`, `/health` (the process answers), `/ready` (the engine is loaded), `/metrics`,
+`/openapi.json`, `/docs/` (API docs) and `/` (the try-on page).
 One engine per process; `admission.Service` lets one request at a time onto the GPU.
 """
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
+from fastfit_engine.errors import TryOnError
 from fastfit_engine.schema import PERSON_FIELD
 
 from .admission import Service
@@ -20,7 +21,7 @@ from .config import default_config, engine_settings
 from .docs import register_docs
 from .jsonbody import json_body_limit, read_prompt_json
 from .multipart import read_prompt_form
-from .responses import ApiError, register_error_handlers
+from .responses import ProcessingFailed, register_error_handlers
 from .web import register_page
 
 log = logging.getLogger("fastfit.server")
@@ -82,27 +83,24 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
         eng = svc.require_engine()
         images = dict(req.images)
         person = images.pop(PERSON_FIELD)
-        numbers, preview = req.numbers, req.options["preview"]
+        preview = req.options["preview"]
 
         def work() -> Any:
             if preview != "none":  # the stages before diffusion only
-                return eng.preprocess(person, seed=numbers["seed"])
-            return eng.process(
-                person, images, steps=numbers["steps"], seed=numbers["seed"],
-                guidance_scale=numbers["guidance_scale"],
-            )
+                return eng.preprocess(person, seed=req.params.seed)
+            return eng.process(person, images, req.params)
 
         try:
             result = svc.run(work)
-        except ApiError:
+        except TryOnError:
             raise
         except Exception:
             log.exception("processing failed")
-            raise ApiError(500, "processing_failed", "the try-on could not be processed") from None
+            raise ProcessingFailed("the try-on could not be processed") from None
         if preview == "mask":
             return answer(request, result.mask, req.options, result.seed, result.timings, None)
         if preview == "masked_person":
-            return answer(request, result.masked_person(), req.options, result.seed, result.timings, None)
+            return answer(request, result.masked_person, req.options, result.seed, result.timings, None)
         return answer(request, result.image, req.options, result.seed, result.timings, result.peak_vram_mb)
 
     register_docs(app, cfg)  # /openapi.json and /docs

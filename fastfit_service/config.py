@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastfit_engine.images import DEFAULT_MAX_PIXELS
+from fastfit_engine.startup import RetryPolicy
 
 
 def _env_str(environ: Mapping[str, str], name: str) -> str | None:
@@ -77,6 +78,9 @@ def default_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "RETRY_AFTER": _env_int(env, "FASTFIT_RETRY_AFTER", 10),
         "WARMUP": _env_bool(env, "FASTFIT_WARMUP"),  # None: warm up on CUDA only
         "ENGINE_FACTORY": None,  # callable() -> engine; default builds FastFitEngine from the above
+        "LOAD_RETRY": RetryPolicy.from_env(env),  # FASTFIT_LOAD_ATTEMPTS, FASTFIT_LOAD_BACKOFF(_MAX)
+        # Exit the process when the engine cannot be loaded (gunicorn.conf.py turns it on in the worker).
+        "EXIT_ON_LOAD_FAILURE": bool(_env_bool(env, "FASTFIT_EXIT_ON_LOAD_FAILURE")),
     }
 
 

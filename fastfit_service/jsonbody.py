@@ -15,10 +15,17 @@ from typing import Any
 
 from flask import Request
 
+from fastfit_engine.errors import RequestError, TryOnError
 from fastfit_engine.schema import IMAGE_FIELDS, VALUE_FIELDS_BY_NAME
 
 from .prompt import PromptRequest, check_prompt
-from .responses import ApiError
+
+
+class PayloadTooLarge(TryOnError):
+    """The decoded images of a JSON body are over the upload limit."""
+
+    code = "payload_too_large"
+    status = 413
 
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
 
@@ -30,12 +37,12 @@ def json_body_limit(upload_limit: int) -> int:
 
 def _decode_image(key: str, value: Any) -> bytes:
     if not isinstance(value, str):
-        raise ApiError(400, "not_a_file", f"field {key!r} must be a base64 string (the image file's bytes)")
+        raise RequestError(f"field {key!r} must be a base64 string (the image file's bytes)", code="not_a_file", field=key)
     text = _DATA_URL.sub("", value.strip(), count=1)
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, "invalid_image", f"{key} is not valid base64") from None
+        raise RequestError(f"{key} is not valid base64", code="invalid_image", field=key) from None
 
 
 def read_prompt_json(request: Request, max_pixels: int | None, upload_limit: int) -> PromptRequest:
@@ -44,15 +51,16 @@ def read_prompt_json(request: Request, max_pixels: int | None, upload_limit: int
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        raise RequestError("the body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the body must be a JSON object of fields")
+        raise RequestError("the body must be a JSON object of fields", code="invalid_json")
     for key in body:
         if key not in IMAGE_FIELDS and key not in VALUE_FIELDS_BY_NAME:
-            raise ApiError(400, "unknown_field", f"unknown field {key!r}")
+            raise RequestError(f"unknown field {key!r}", code="unknown_field", field=key)
     for key in VALUE_FIELDS_BY_NAME:
         if isinstance(body.get(key), (dict, list)):
-            raise ApiError(400, "not_a_number_field", f"field {key!r} must be a number or a word, not a list or object")
+            raise RequestError(f"field {key!r} must be a number or a word, not a list or object",
+                               code="not_a_number_field", field=key)
 
     uploads: dict[str, bytes] = {}
     total = 0
@@ -62,5 +70,5 @@ def read_prompt_json(request: Request, max_pixels: int | None, upload_limit: int
         uploads[key] = _decode_image(key, body[key])
         total += len(uploads[key])
         if total > upload_limit:
-            raise ApiError(413, "payload_too_large", f"the decoded images are larger than {upload_limit / 2**20:g} MB")
+            raise PayloadTooLarge(f"the decoded images are larger than {upload_limit / 2**20:g} MB")
     return check_prompt(uploads, {k: body.get(k) for k in VALUE_FIELDS_BY_NAME}, max_pixels)

@@ -51,6 +51,7 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("invalid_image", 400, "a file that is not a decodable image (or, in JSON, not base64)"),
     ErrorCode("image_too_large", 400, "an image over the pixel limit (or a decompression bomb)"),
     ErrorCode("image_too_small", 400, "an image under 16 pixels on a side"),
+    ErrorCode("invalid_request", 400, "any other invalid input"),
     ErrorCode("not_found", 404, "no such route"),
     ErrorCode("method_not_allowed", 405, "the route does not take this method"),
     ErrorCode("processing_failed", 500, "the try-on failed; details go to the server log only"),

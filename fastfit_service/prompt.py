@@ -12,42 +12,21 @@ from typing import Any
 
 from PIL import Image
 
-from fastfit_engine.images import ImageError, load_image
-from fastfit_engine.schema import (
-    GARMENT_FIELDS,
-    NUMBER_FIELDS_BY_NAME,
-    PERSON_FIELD,
-    RequestError,
-    check_garments,
-    parse_numbers,
-    parse_output_options,
-)
-
-from .responses import ApiError
+from fastfit_engine.images import load_image
+from fastfit_engine.schema import NUMBER_FIELDS_BY_NAME, TryOnParams, check_images, parse_numbers, parse_output_options
 
 
 @dataclass(frozen=True)
 class PromptRequest:
     images: dict[str, Image.Image]  # person and garments, decoded
-    numbers: dict[str, Any]  # steps, seed, guidance_scale
+    params: TryOnParams  # steps, seed, guidance_scale
     options: dict[str, Any]  # output_format, quality, preview, response_format
 
 
 def check_prompt(uploads: Mapping[str, bytes], values: Mapping[str, Any], max_pixels: int | None) -> PromptRequest:
     """Schema checks after the body's own: person, garment rules, numbers, options, then images."""
-    if PERSON_FIELD not in uploads:
-        raise ApiError(400, "missing_person", "the person image is required (field 'person')")
-    try:
-        check_garments([k for k in uploads if k in GARMENT_FIELDS])
-        numbers = parse_numbers({k: values.get(k) for k in NUMBER_FIELDS_BY_NAME})
-        options = parse_output_options(values)
-    except RequestError as exc:
-        raise ApiError(400, exc.code, exc.message) from None
-
-    images = {}
-    for key, data in uploads.items():
-        try:
-            images[key] = load_image(data, name=key, max_pixels=max_pixels)
-        except ImageError as exc:
-            raise ApiError(400, exc.code, str(exc)) from None
-    return PromptRequest(images=images, numbers=numbers, options=options)
+    check_images(uploads)
+    params = parse_numbers({k: values.get(k) for k in NUMBER_FIELDS_BY_NAME})
+    options = parse_output_options(values)
+    images = {key: load_image(data, name=key, max_pixels=max_pixels) for key, data in uploads.items()}
+    return PromptRequest(images=images, params=params, options=options)

@@ -1,22 +1,38 @@
 """Every error the service answers is JSON `{"error": {"code": ..., "message": ...}}`.
 
+Bad input of any kind is a `fastfit_engine.errors.TryOnError` (schema, image and form errors,
+and the service's own refusals below) and gets one handler: its `status`, `code` and message.
 No handler ever puts internals (paths, exception text of a failure, tracebacks) in a response;
-those go to the log.
+those go to the log. HTTP headers made from a result (Server-Timing) are shaped here too.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from fastfit_engine.errors import TryOnError
+
 log = logging.getLogger("fastfit.server")
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+class ServiceUnavailable(TryOnError):
+    """The engine is not there yet (or failed to load) or the GPU queue is full: come back later."""
+
+    status = 503
+
+    def __init__(self, message: str, *, code: str, retry_after: int | None = None):
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class ProcessingFailed(TryOnError):
+    """The try-on itself failed; the cause is in the log, never in the answer."""
+
+    code = "processing_failed"
+    status = 500
 
 
 def error_response(status: int, code: str, message: str, retry_after: int | None = None) -> Response:
@@ -28,10 +44,15 @@ def error_response(status: int, code: str, message: str, retry_after: int | None
     return resp
 
 
+def server_timing(timings: Mapping[str, float]) -> str:
+    """Stage timings in seconds as an HTTP Server-Timing header value (milliseconds)."""
+    return ", ".join(f"{k};dur={v * 1000.0:.1f}" for k, v in timings.items())
+
+
 def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.retry_after)
+    @app.errorhandler(TryOnError)
+    def _tryon_error(exc: TryOnError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, getattr(exc, "retry_after", None))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

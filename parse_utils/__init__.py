@@ -1,5 +1,8 @@
 """Person preprocessing for try-on: pose, body parts, human parsing and the repaint mask.
 
+The three parsers (DWposeDetector, DensePose, SCHP) share one convention, ``parse_utils.base``:
+``from_pretrained(path, device=...)``, one device check and one single-image/list rule.
+
 Public names are imported lazily so that importing one parser does not pull in the
 others' dependencies (onnxruntime, torchvision) or their start-up cost.
 """
@@ -9,6 +12,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "PersonParser": "parse_utils.base",
+    "resolve_device": "parse_utils.base",
     "SCHP": "parse_utils.schp",
     "DWposeDetector": "parse_utils.dwpose",
     "DensePose": "parse_utils.densepose",

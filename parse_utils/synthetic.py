@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 
-def write_human_toolkit(folder: Union[str, os.PathLike], *, tiny: bool = True, seed: int = 0) -> Path:
+
+def write_human_toolkit(folder: str | os.PathLike, *, tiny: bool = True, seed: int = 0) -> Path:
     """Write DWPose/, DensePose/ and SCHP/ under `folder`; returns the folder.
 
     `tiny` shrinks what can be shrunk (the SCHP and DensePose writers decide what that means);

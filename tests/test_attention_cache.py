@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _fastfit_helpers import single_thread as _single_thread_impl, naive_reference_then_denoise, naive_unet, tiny_model_dir
+from helpers import naive_reference_then_denoise, naive_unet, tiny_model_dir
 from fastfit_engine.attention import level_token_count
 from fastfit_engine.unet import FastFitUNet
 
-_single_thread = pytest.fixture(scope="module", autouse=True)(_single_thread_impl)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

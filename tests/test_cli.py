@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 
 import inference
+from fastfit_engine import schema
+from fastfit_service.config import EngineSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,3 +102,25 @@ def test_progress_lines_when_not_a_terminal():
     assert lines[0] == "denoising [          ] 1/20"
     assert lines[-1] == "denoising [##########] 20/20"
     assert len(lines) == 11  # first, every 10 %, last
+
+
+@pytest.mark.parametrize("field", schema.NUMBER_FIELDS, ids=lambda f: f.name)
+def test_cli_errors_name_the_fields_flag(field, sample_files, capsys):
+    got, err = _run(["--person", sample_files["person"], "--upper", sample_files["upper"], field.cli_flag, "x"], capsys)
+    kind = "an integer" if field.kind is int else "a number"
+    assert got == 2 and err == [f"error: {field.cli_flag} must be {kind}, got 'x'"]
+
+
+def test_engine_settings_from_the_environment():
+    env = {"FASTFIT_MODELS_DIR": "/m", "FASTFIT_DEVICE": "cuda:1", "FASTFIT_DWPOSE_DEVICE": "cuda", "FASTFIT_RESOLUTION": "384x512"}
+    assert EngineSettings.from_env(env) == EngineSettings("/m", "cuda:1", "cuda", "384x512")
+    assert EngineSettings.from_env({"FASTFIT_DEVICE": " ", "FASTFIT_RESOLUTION": ""}) == EngineSettings(None, None, "cpu", None)
+
+
+def test_cli_uses_fastfit_device(sample_files, tmp_path, capsys, monkeypatch):
+    """The CLI builds its engine from the same settings as the service: a bad FASTFIT_DEVICE is refused."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("FASTFIT_DEVICE", "nosuchdevice")
+    got, err = _run(["--person", sample_files["person"], "--upper", sample_files["upper"],
+                     "--models-dir", tmp_path / "Models", "--output", tmp_path / "o.png"], capsys)
+    assert got == 1 and err[-1].startswith("error: RuntimeError: ") and err[-1].endswith("device string: nosuchdevice")

@@ -9,7 +9,7 @@ from PIL import Image
 
 import fastfit_engine.engine as engine_module
 import inference
-from conftest import TEST_RESOLUTION
+from helpers import TEST_RESOLUTION
 from fastfit_engine.output import encode_image
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from _live_server import serve
-from conftest import TEST_RESOLUTION
+from helpers import TEST_RESOLUTION
 from fastfit_client import (
     FastFitClient,
     RequestRejected,
@@ -132,7 +132,7 @@ def test_timeout(engine, sample_files):
 
 def test_engine_failed_is_not_retried(sample_files):
     def broken():
-        raise RuntimeError("no models")
+        raise FileNotFoundError("no models here")  # permanent: not retried by the loader
 
     app = create_app(config={"ENGINE_FACTORY": broken})
     app.extensions["fastfit"].loader.join(10)

@@ -17,12 +17,13 @@ from parse_utils.densepose.checkpoint import load_detectron2_pickle, restricted_
 from parse_utils.densepose.config_files import BASE_YAML, MODEL_YAML, check_config_folder
 from parse_utils.densepose.synthetic import synthetic_state_dict, write_densepose_checkpoint
 
-# Copy of shared/spec/manifests: the published checkpoint's exact key/shape list.
+# The published checkpoint's (detectron2 model_final_162be9.pkl) exact key/shape list, copied into
+# tests/data/manifests.
 MANIFEST = Path(__file__).resolve().parent / "data" / "manifests" / "densepose_R_50_FPN_s1x.keys.json"
 
 
-def _spec_keys() -> dict:
-    """Key -> shape written out from the spec's table (section 2.1), independently of the model code."""
+def _published_keys() -> dict:
+    """Key -> shape of the published checkpoint written out by hand, independently of the model code."""
     keys = {}
 
     def conv_bn(prefix, out_c, in_c, k):
@@ -66,11 +67,11 @@ def _spec_keys() -> dict:
 
 
 # ---------------------------------------------------------------- key/shape compatibility
-def test_full_network_keys_match_spec_and_manifest():
+def test_full_network_keys_match_published_keys_and_manifest():
     model = build_model(DensePoseRCNNConfig(), "meta")
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    spec = _spec_keys()
-    assert got == spec
+    published = _published_keys()
+    assert got == published
     assert sum(int(np.prod(s)) for s in got.values()) == 63_927_330
     manifest = {k: tuple(v) for k, v in json.loads(MANIFEST.read_text()).items()}
     assert got == manifest
@@ -82,7 +83,7 @@ def test_tiny_config_keeps_every_key_name():
     assert list(full) == list(tiny)
     shapes = {k: tuple(v.shape) for k, v in tiny.items()}
     assert DensePoseRCNNConfig.from_shapes(shapes) == DensePoseRCNNConfig.tiny()
-    assert DensePoseRCNNConfig.from_shapes(_spec_keys()) == DensePoseRCNNConfig()
+    assert DensePoseRCNNConfig.from_shapes(_published_keys()) == DensePoseRCNNConfig()
 
 
 # ---------------------------------------------------------------- restricted unpickler
@@ -152,7 +153,7 @@ def test_synthetic_checkpoint_files(tiny_dir):
     assert (tiny_dir / MODEL_YAML).is_file() and (tiny_dir / BASE_YAML).is_file()
     assert check_config_folder(tiny_dir) is True
     state = load_detectron2_pickle(tiny_dir / WEIGHTS_NAME)
-    assert list(state) == list(_spec_keys())
+    assert list(state) == list(_published_keys())
     assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in state.values())
     raw = pickle.loads((tiny_dir / WEIGHTS_NAME).read_bytes())
     assert set(raw) == {"model", "__author__"}

@@ -237,7 +237,7 @@ def test_paint_first_instance_only_and_truncated_box():
 
 # ---------------------------------------------------------------- RPN and box head on constructed weights
 def _rpn_reference(feats, bias, pre_topk, image_hw, nms_thresh=0.7, post_topk=1000):
-    """Loop-level proposal selection: logits f[y, x] + bias[a], zero deltas, anchors by the spec."""
+    """Loop-level proposal selection: logits f[y, x] + bias[a], zero deltas, detectron2's anchor rule."""
     from torchvision.ops import nms
     h_img, w_img = image_hw
     picked = []

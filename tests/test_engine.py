@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TEST_RESOLUTION, make_garment, make_person, png_bytes
+from helpers import TEST_RESOLUTION, make_garment, make_person, png_bytes
+from fastfit_engine import schema
 from fastfit_engine.assets import ModelsNotFoundError
 from fastfit_engine.engine import DEFAULT_RESOLUTION, STAGES, FastFitEngine, parse_resolution
 from fastfit_engine.images import ImageError, load_image, prepare_person, prepare_reference
@@ -40,8 +41,6 @@ def test_process_result_and_saved_file(engine, sample_files, tmp_path):
     assert result.output_path == out
     with Image.open(out) as saved:
         assert saved.format == "PNG" and np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(result.image))
-    header = result.server_timing()
-    assert header.startswith("pose;dur=") and "diffusion;dur=" in header and header.count(",") == len(STAGES) - 1
 
 
 def test_deterministic_for_a_seed_and_reported_random_seed(engine, sample_files):
@@ -152,3 +151,41 @@ def test_warmup_covers_every_layout_and_garment_slot(models_dir):
     expected = {(GARMENT_LABELS[slot_label[s]], (sizes[s][1] // 8, sizes[s][0] // 8)) for s in sizes}
     assert memo == expected and len(expected) == 5
     assert pipe.unet.kv_cache.request is None  # nothing left live after the throw-away requests
+
+
+def test_params_are_taken_as_they_are_and_keywords_parsed_once(engine, sample_files, monkeypatch):
+    """A TryOnParams from the schema reaches the pipeline unchecked; keywords are parsed exactly once."""
+    parsed = []
+    real_parse = schema.NumberField.parse
+
+    def counting_parse(self, value):
+        parsed.append(self.name)
+        return real_parse(self, value)
+
+    params = schema.parse_numbers({"steps": "1", "seed": "8", "guidance_scale": "1.5"})
+    monkeypatch.setattr(schema.NumberField, "parse", counting_parse)
+    spy = RecordingPipeline(engine.pipeline)
+    monkeypatch.setattr(engine, "pipeline", spy)
+    result = engine.process(sample_files["person"], {"shoe": sample_files["shoe"]}, params)
+    assert parsed == [] and result.seed == 8
+    (_, kwargs), = spy.calls
+    assert (kwargs["num_inference_steps"], kwargs["seed"], kwargs["guidance_scale"]) == (1, 8, 1.5)
+    # keywords: one parse each, and the schema's error (before any image is decoded)
+    with pytest.raises(RequestError, match="^steps must be between 1 and 100, got 0$"):
+        engine.process(b"not even an image", {"shoe": sample_files["shoe"]}, steps=0, seed=1)
+    assert parsed == ["steps"]
+    with pytest.raises(TypeError, match="params or keywords, not both"):
+        engine.process(sample_files["person"], {"shoe": sample_files["shoe"]}, params, steps=2)
+    assert len(spy.calls) == 1
+
+
+def test_missing_person_is_the_schemas_error(engine, sample_files):
+    with pytest.raises(RequestError, match="^the person image is required$"):
+        engine.process(None, {"shoe": sample_files["shoe"]})
+
+
+def test_reference_sizes_follow_the_slot_size_factors(engine):
+    w, h = TEST_RESOLUTION
+    assert engine.reference_sizes == {
+        "upper": (w, h), "lower": (w, h), "dress": (w, h), "shoe": (w // 2, h // 2), "bag": (w // 2, h // 2)
+    }

@@ -7,11 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _fastfit_helpers import single_thread as _single_thread_impl
 from fastfit_engine.synthetic import SCHEDULER_CONFIG, UNET_CONFIG, write_fastfit_model
 from fastfit_engine.unet import FastFitUNet
 
-_single_thread = pytest.fixture(scope="module", autouse=True)(_single_thread_impl)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 FILES = [
     "unet/config.json",
@@ -55,7 +54,7 @@ def test_tiny_model_keeps_every_key_name(tmp_path):
 
 
 def test_tiny_vae_downsamples_by_8_and_loads(tmp_path):
-    from fastfit_engine.pipeline import load_vae
+    from fastfit_engine.loading import load_vae
 
     folder = write_fastfit_model(tmp_path / "m", tiny=True)
     vae = load_vae(folder / "vae", "cpu", torch.float32)

@@ -123,7 +123,7 @@ def test_config_is_one_worker_threads_and_env(monkeypatch):
     monkeypatch.setenv("GUNICORN_THREADS", "6")
     cfg = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert cfg["bind"] == "127.0.0.1:9999" and cfg["threads"] == 6
-    assert cfg["workers"] == 1 and cfg["worker_class"] == "gthread"
+    assert cfg["workers"] == 1 and cfg["worker_class"] == "fastfit_service.gunicorn_worker.DeadlineThreadWorker"
     assert cfg["preload_app"] is False  # models (and CUDA) only ever in the worker
     assert cfg["timeout"] >= 120 and cfg["graceful_timeout"] >= 30
     monkeypatch.delenv("GUNICORN_BIND")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastfit_engine.errors import TryOnError
 from fastfit_engine.images import (
     ImageError,
     ImageTooLargeError,
@@ -18,7 +19,7 @@ from fastfit_engine.images import (
     to_rgb,
 )
 
-from conftest import png_claiming
+from helpers import png_claiming
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -177,6 +178,14 @@ def test_too_small_is_refused():
         load_image(_encode(Image.new("RGB", (1, 300))), name="person")
     assert info.value.code == "image_too_small" and info.value.field == "person"
     assert load_image(Image.new("RGB", (16, 16))).size == (16, 16)
+
+
+def test_image_errors_are_request_errors_that_can_name_a_flag():
+    """One error type for bad input: a 400 for the service, the field's flag for the CLI."""
+    with pytest.raises(TryOnError) as info:
+        load_image(b"", name="upper")
+    assert isinstance(info.value, ImageError) and info.value.status == 400
+    assert info.value.describe("--upper") == "--upper is empty"
 
 
 def test_empty_missing_and_wrong_type(tmp_path):

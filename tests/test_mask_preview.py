@@ -5,13 +5,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TEST_RESOLUTION
+from helpers import TEST_RESOLUTION
 from parse_utils.automasker import LIP_MAPPING
 
 PREP_STAGES = ["pose", "densepose", "schp", "mask", "total"]
 
 
 class _NoDiffusion:
+    """The real pipeline's preparation methods, but no denoising run."""
+
+    def __init__(self, pipeline):
+        self._pipeline = pipeline
+
+    def __getattr__(self, name):
+        return getattr(self._pipeline, name)
+
     def __call__(self, *args, **kwargs):
         raise AssertionError("the mask preview must not run diffusion")
 
@@ -32,7 +40,7 @@ def face_on_top(engine, monkeypatch):
 
 def test_preprocess_gives_the_mask_the_try_on_uses(engine, sample_files, monkeypatch, face_on_top):
     result = engine.process(sample_files["person"], {"upper": sample_files["upper"]}, steps=1, seed=21)
-    monkeypatch.setattr(engine, "pipeline", _NoDiffusion())
+    monkeypatch.setattr(engine, "pipeline", _NoDiffusion(engine.pipeline))
     prep = engine.preprocess(sample_files["person"], seed=21)
     assert prep.seed == 21 and list(prep.timings) == PREP_STAGES
     assert prep.mask.mode == "L" and prep.mask.size == TEST_RESOLUTION and prep.person.size == TEST_RESOLUTION
@@ -46,20 +54,25 @@ def test_preprocess_gives_the_mask_the_try_on_uses(engine, sample_files, monkeyp
 
 def test_masked_person_is_what_the_pipeline_conditions_on(engine, sample_files, monkeypatch, face_on_top):
     seen = []
-    encode_all = engine.pipeline._encode_all
+    prepare = engine.pipeline.prepare_person_inputs
 
-    def record(images):
-        seen.append(images[0].detach().float().cpu())  # the masked person, in [-1, 1]
-        return encode_all(images)
+    def record(person, mask, pose):
+        inputs = prepare(person, mask, pose)
+        seen.append(inputs.masked[0].detach().float().cpu())  # the masked person, in [-1, 1]
+        return inputs
 
-    monkeypatch.setattr(engine.pipeline, "_encode_all", record)
+    monkeypatch.setattr(engine.pipeline, "prepare_person_inputs", record)
     engine.process(sample_files["person"], {"dress": sample_files["dress"]}, steps=1, seed=4)
-    pipeline_view = ((seen[0][0].permute(1, 2, 0) + 1.0) * 127.5).numpy()
+    pipeline_view = ((seen[0].permute(1, 2, 0) + 1.0) * 127.5).numpy()
     prep = engine.preprocess(sample_files["person"], seed=4)
-    ours = np.asarray(prep.masked_person(), dtype=np.float32)
-    assert np.abs(ours - pipeline_view).max() <= 1.0  # 8-bit rounding only
+    ours = np.asarray(prep.masked_person, dtype=np.float32)
+    assert np.abs(ours - pipeline_view).max() <= 0.5  # 8-bit rounding only
+    # an independent composite: the person outside the mask, the pose over mid-grey inside it
     inside = np.asarray(prep.mask) >= 128
     person = np.asarray(prep.person, dtype=np.float32)
+    pose = np.asarray(prep.pose.convert("RGB").resize(prep.person.size), dtype=np.float32)
+    expected = np.where(inside[..., None], (pose / 255.0 + 1.0) * 127.5, person)
+    assert np.abs(ours - expected).max() <= 0.5
     assert inside.any() and (~inside).any()
     assert np.array_equal(ours[~inside], person[~inside])  # untouched outside the mask
     assert not np.array_equal(ours[inside], person[inside])

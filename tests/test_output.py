@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from conftest import make_person
+from helpers import make_person
 from fastfit_engine.output import OUTPUT_FORMATS, encode_image, format_for_path
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from _fastfit_helpers import single_thread as _single_thread_impl, box_mask, independent_tryon, rand_image, tiny_model_dir
+from helpers import box_mask, independent_tryon, rand_image, tiny_model_dir
 from fastfit_engine import FastFitPipeline
 
-_single_thread = pytest.fixture(scope="module", autouse=True)(_single_thread_impl)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 W, H = 48, 64
 
@@ -78,6 +78,35 @@ def test_deterministic_and_seed_dependent(pipe, inputs):
     c = np.asarray(pipe(person, mask, refs_list, pose=pose, num_inference_steps=2, seed=12))
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_public_steps_compose_to_the_call(pipe, inputs):
+    """__call__ is the public preparation steps in order: run by hand they give the same pixels."""
+    person, mask, pose, refs = inputs
+    references = [("upper", refs["upper"]), ("shoe", refs["shoe"])]
+    expected = np.asarray(pipe(person, mask, references, pose=pose, num_inference_steps=2, guidance_scale=2.5, seed=9))
+    latent_hw = (H // 8, W // 8)
+    cache = pipe.unet.kv_cache
+    with torch.inference_mode():
+        labelled = pipe.check_inputs(person, mask, references, pose, 2)
+        assert [label for label, _ in labelled] == [0, 3]
+        prepared = pipe.prepare_person_inputs(person, mask, pose)
+        assert prepared.latent_mask.shape == (1, 1, *latent_hw)
+        images = [prepared.masked] + [pipe.preprocess_image(img) for _, img in labelled]
+        masked_latent, *ref_latents = pipe.encode_images(images)
+        assert [tuple(x.shape) for x in ref_latents] == [(1, 4, *latent_hw), (1, 4, H // 16, W // 16)]
+        generator = torch.Generator().manual_seed(9)
+        scheduler, timesteps, timesteps_device = pipe.prepare_timesteps(2)
+        assert len(timesteps) == 2 and timesteps_device.tolist() == timesteps
+        latents = pipe.prepare_latents(latent_hw, generator, scheduler)
+        model_input = pipe.prepare_model_input(masked_latent, prepared.latent_mask, rows=2)
+        with pipe.reference_cache([0, 3], ref_latents, latent_hw, do_cfg=True):
+            assert cache.nbytes() > 0
+            for i, t in enumerate(timesteps):
+                latents = pipe.denoise_step(model_input, latents, t, timesteps_device[i], scheduler, 2.5, generator)
+        assert cache.nbytes() == 0 and cache.request is None
+        out = np.asarray(pipe.postprocess(pipe.decode_latents(latents), prepared))
+    assert np.array_equal(out, expected)
 
 
 def test_absent_items_and_labels(pipe, inputs):

@@ -1,7 +1,8 @@
 """SCHP parser: checkpoint format and strict loading, reference geometry, label maps.
 
 Weights are random (tiny networks written in the published .pth layout); geometry and
-normalisation are checked against numpy computations written here from the spec.
+normalisation are checked against numpy computations written here from the reference's rules
+(github GoGoDuck912/Self-Correction-Human-Parsing).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from parse_utils.schp.transforms import (
     warp_logits_to_image,
 )
 
-# Copies of shared/spec/manifests: the published checkpoints' exact key/shape lists.
+# The published checkpoints' exact key/shape lists, copied into tests/data/manifests.
 MANIFESTS = Path(__file__).resolve().parent / "data" / "manifests"
 
 
@@ -67,13 +68,13 @@ def test_full_network_matches_manifest_exactly(dataset, classes):
     ours = {f"module.{k}": list(v) for k, v in expected_state_shapes(network).items()}
     assert list(ours) == list(manifest)  # same names, same order
     assert ours == manifest
-    # Parameter count from the spec (tensors loaded, BN counters excluded).
+    # Parameter count of the published checkpoint (tensors loaded, BN counters excluded).
     assert sum(int(np.prod(s)) for s in manifest.values()) == {"lip": 66_833_302, "atr": 66_832_788}[dataset]
 
 
 @pytest.mark.parametrize("classes,params", [(20, 66_833_302), (18, 66_832_788)])
 def test_full_network_size_without_manifest(classes, params):
-    """Runs even where the manifests are not checked out: counts and spot shapes from the spec."""
+    """Runs even where the manifests are not checked out: counts and spot shapes of the published checkpoints."""
     with torch.device("meta"):
         shapes = expected_state_shapes(AugmentCE2P(SCHPNetworkConfig(num_classes=classes)))
     assert len(shapes) == 599
@@ -226,7 +227,7 @@ def test_weights_are_loaded_not_initialised(lip_parser, tiny_dir):
 
 
 def _numpy_forward_matrix(w: int, h: int, side: int) -> np.ndarray:
-    """Similarity of the spec: s = max(W-1, H-1), k = (S-1)/s, box centre -> input centre."""
+    """The reference's similarity: s = max(W-1, H-1), k = (S-1)/s, box centre -> input centre."""
     s = max(w - 1, h - 1)
     k = (side - 1) / s
     cx, cy = (w - 1) / 2, (h - 1) / 2
@@ -244,7 +245,7 @@ def test_affine_matrices_match_closed_form(w, h, side):
     np.testing.assert_allclose(inverse, np.linalg.inv(square)[:2], rtol=1e-6, atol=1e-4)
 
 
-def test_affine_matrices_match_spec_vectors():
+def test_affine_matrices_match_reference_vectors():
     center, scale = person_center_scale(768, 1024)
     np.testing.assert_allclose(
         affine_matrix(center, scale, (473, 473)), [[0.46138807, 0, 59.05767351], [0, 0.46138807, 0]], atol=1e-7
@@ -382,8 +383,9 @@ def test_atr_label_map_and_batches(atr_parser):
     results = atr_parser([a, b])
     assert isinstance(results, list) and [r.size for r in results] == [(64, 48), (31, 90)]
     assert all(r.mode == "P" and np.asarray(r).max() < 18 for r in results)
-    single = atr_parser([a])
-    assert isinstance(single, Image.Image) and single.size == (64, 48)
+    single = atr_parser([a])  # a list of one is still a list, as for every parser (parse_utils.base)
+    assert isinstance(single, list) and [r.size for r in single] == [(64, 48)]
+    assert isinstance(atr_parser(a), Image.Image)
     assert atr_parser.labels == ATR_LABELS and len(LIP_LABELS) == 20
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TEST_RESOLUTION, png_bytes, png_claiming
+from helpers import TEST_RESOLUTION, png_bytes, png_claiming
 from server import create_app
 
 
@@ -284,3 +284,34 @@ def test_peak_vram_header_when_the_engine_reports_it(app, engine, sample_files, 
     monkeypatch.setattr(engine, "process", on_cuda)
     r = _post(app.test_client(), _files(sample_files, "person", "shoe", steps="1", seed="3", guidance_scale="1"))
     assert r.status_code == 200 and r.headers["X-Peak-VRAM-MB"] == "4915"
+
+
+def test_steps_are_checked_once_from_the_form_to_the_scheduler(app, engine, sample_files, monkeypatch):
+    """The form's numbers are parsed by the schema once; the engine and pipeline take them as they are."""
+    from fastfit_engine import schema
+
+    parsed, scheduled = [], []
+    real_parse = schema.NumberField.parse
+    scheduler_cls = type(engine.pipeline.scheduler)
+    real_set_timesteps = scheduler_cls.set_timesteps
+
+    def counting_parse(self, value):
+        parsed.append((self.name, value))
+        return real_parse(self, value)
+
+    def recording_set_timesteps(self, num_inference_steps, *args, **kwargs):
+        scheduled.append(num_inference_steps)
+        return real_set_timesteps(self, num_inference_steps, *args, **kwargs)
+
+    monkeypatch.setattr(schema.NumberField, "parse", counting_parse)
+    monkeypatch.setattr(scheduler_cls, "set_timesteps", recording_set_timesteps)
+    r = _post(app.test_client(), _files(sample_files, "person", "shoe", steps=" 1", seed="6", guidance_scale="1"))
+    assert r.status_code == 200 and r.headers["X-Seed"] == "6"
+    assert parsed == [("steps", " 1"), ("seed", "6"), ("guidance_scale", "1")]
+    assert scheduled == [1] and type(scheduled[0]) is int
+
+
+def test_server_timing_header_format():
+    from fastfit_service.responses import server_timing
+
+    assert server_timing({"pose": 0.01234, "total": 1.5}) == "pose;dur=12.3, total;dur=1500.0"

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from _fastfit_helpers import single_thread as _single_thread_impl, tiny_model_dir
+from helpers import tiny_model_dir
 from fastfit_engine.synthetic import UNET_CONFIG, VAE_CONFIG
 from fastfit_engine.unet import FastFitUNet
 
-_single_thread = pytest.fixture(scope="module", autouse=True)(_single_thread_impl)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
-# sha256 of json.dumps(sorted([key, shape])) of the manifests in shared/spec/manifests
+# sha256 of json.dumps(sorted([key, shape])) of the published checkpoints' key lists
 # (fastfit_unet.json: 577 tensors, fastfit_vae.json: 248 tensors)
 UNET_MANIFEST_SHA = "bee5ead93978eb776d8e44a9db96428317196b9cfc19224e65cbe8f6cf414460"
 VAE_MANIFEST_SHA = "6286db08f9cfd63c3269bc33f220dd77e9ab46cd1173bb5f3f71ef61a92db085"
@@ -149,7 +149,7 @@ def test_config_rejects_cross_attention():
 def test_fast_group_norm_matches_native(dtype, channels_last):
     from torch import nn
 
-    from fastfit_engine.unet import FastGroupNorm, use_fast_group_norm
+    from fastfit_engine.group_norm import FastGroupNorm, use_fast_group_norm
 
     g = torch.Generator().manual_seed(0)
     native = nn.GroupNorm(8, 32, eps=1e-6)

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from _live_server import serve
-from conftest import TEST_RESOLUTION
+from helpers import TEST_RESOLUTION
 from fastfit_engine.engine import STAGES
 from fastfit_engine.schema import NUMBER_FIELDS_BY_NAME
 from server import create_app

@@ -3,6 +3,8 @@
 Loads the official detectron2 ``model_final_162be9.pkl`` unchanged through a restricted unpickler
 and returns FastFit's body-part index map.
 """
+from __future__ import annotations
+
 from .model import DensePoseRCNN, DensePoseRCNNConfig, build_model
 from .wrapper import WEIGHTS_NAME, DensePose
 

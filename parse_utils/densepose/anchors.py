@@ -6,11 +6,11 @@ functions keep the unrounded cell anchors and offset 0 so proposals match the re
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
-ASPECT_RATIOS: Tuple[float, ...] = (0.5, 1.0, 2.0)
+ASPECT_RATIOS: tuple[float, ...] = (0.5, 1.0, 2.0)
 # Largest allowed log-scale change of width/height when decoding deltas.
 SCALE_CLAMP = math.log(1000.0 / 16)
 
@@ -25,7 +25,7 @@ def cell_anchors(size: float, aspect_ratios: Sequence[float] = ASPECT_RATIOS) ->
     return torch.tensor(rows, dtype=torch.float32)
 
 
-def grid_anchors(cell: torch.Tensor, stride: int, grid_hw: Tuple[int, int], offset: float = 0.0,
+def grid_anchors(cell: torch.Tensor, stride: int, grid_hw: tuple[int, int], offset: float = 0.0,
                  device: torch.device | str = "cpu") -> torch.Tensor:
     """(H*W*A, 4) anchors ordered (y, x, a): cell anchors shifted to ``(j, i) * stride``."""
     h, w = grid_hw
@@ -38,7 +38,7 @@ def grid_anchors(cell: torch.Tensor, stride: int, grid_hw: Tuple[int, int], offs
 
 
 def decode_boxes(deltas: torch.Tensor, boxes: torch.Tensor,
-                 weights: Tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+                 weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
                  scale_clamp: float = SCALE_CLAMP) -> torch.Tensor:
     """Apply (dx, dy, dw, dh) deltas (N, 4k) to (N, 4) xyxy boxes in fp32, no +1 in widths."""
     deltas = deltas.float()
@@ -61,7 +61,7 @@ def decode_boxes(deltas: torch.Tensor, boxes: torch.Tensor,
     return out.reshape(deltas.shape)
 
 
-def clip_boxes(boxes: torch.Tensor, image_hw: Tuple[int, int]) -> torch.Tensor:
+def clip_boxes(boxes: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
     """Clip xyxy boxes to [0, W] x [0, H] (inclusive of W and H, as detectron2 does)."""
     h, w = image_hw
     x1 = boxes[:, 0].clamp(min=0, max=w)

@@ -6,7 +6,7 @@ the 3x3 as in torchvision), and every norm is a frozen batch norm with eps 1e-5.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet needs 4 stage depths, got {tuple(depths)}")
         self.stem = Stem(stem_channels)
         in_ch, mid, out = stem_channels, res2_bottleneck_channels, res2_out_channels
-        self.out_channels: Dict[str, int] = {}
+        self.out_channels: dict[str, int] = {}
         for idx, (name, depth) in enumerate(zip(self.stage_names, depths)):
             blocks = []
             for b in range(depth):
@@ -81,7 +81,7 @@ class ResNet(nn.Module):
             self.out_channels[name] = out
             mid, out = mid * 2, out * 2
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.stem(x)
         outputs = {}
         for name in self.stage_names:

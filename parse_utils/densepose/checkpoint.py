@@ -11,8 +11,9 @@ import collections
 import io
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 # The globals a numpy array pickle references, under the module names numpy 1.x and 2.x write.
 _RECONSTRUCT = np.zeros(1).__reduce__()[0]
 _FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
-_ALLOWED_GLOBALS: Dict[Tuple[str, str], Any] = {
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
@@ -67,7 +68,7 @@ def _name_keys(keys: Any) -> str:
     return shown + (f", ... ({len(keys)} in total)" if len(keys) > _MAX_NAMED else "")
 
 
-def extract_model_weights(obj: Any) -> Dict[str, Any]:
+def extract_model_weights(obj: Any) -> dict[str, Any]:
     """Pick the parameter dict out of a detectron2 checkpoint and normalise its names."""
     if not isinstance(obj, Mapping):
         raise ValueError(f"checkpoint must hold a dict, got {type(obj).__name__}")
@@ -77,7 +78,7 @@ def extract_model_weights(obj: Any) -> Dict[str, Any]:
         weights = obj["blobs"]
     else:
         weights = obj
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for key, value in weights.items():
         if not isinstance(key, str):
             raise ValueError(f"checkpoint key {key!r} is not a string")
@@ -91,7 +92,7 @@ def extract_model_weights(obj: Any) -> Dict[str, Any]:
     return out
 
 
-def load_detectron2_pickle(path: str | os.PathLike) -> Dict[str, Any]:
+def load_detectron2_pickle(path: str | os.PathLike) -> dict[str, Any]:
     """Read a detectron2 ``.pkl`` file into ``{name: ndarray}`` through the restricted unpickler."""
     path = Path(path)
     if not path.is_file():

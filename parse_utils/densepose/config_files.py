@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any
 
 MODEL_YAML = "densepose_rcnn_R_50_FPN_s1x.yaml"
 BASE_YAML = "Base-DensePose-RCNN-FPN.yaml"
 
 # Dotted key -> value our implementation hard-codes.
-EXPECTED: Dict[str, Any] = {
+EXPECTED: dict[str, Any] = {
     "MODEL.META_ARCHITECTURE": "GeneralizedRCNN",
     "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone",
     "MODEL.RESNETS.DEPTH": 50,
@@ -76,10 +76,10 @@ def _scalar(text: str) -> Any:
     return text
 
 
-def read_yaml_mapping(path: Path) -> Dict[str, Any]:
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Nested dict of a block-style YAML file with scalar / flow-list leaves."""
-    root: Dict[str, Any] = {}
-    stack: list[Tuple[int, Dict[str, Any]]] = [(-1, root)]
+    root: dict[str, Any] = {}
+    stack: list[tuple[int, dict[str, Any]]] = [(-1, root)]
     for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = _strip_comment(raw).rstrip()
         if not line.strip():
@@ -94,20 +94,20 @@ def read_yaml_mapping(path: Path) -> Dict[str, Any]:
         if value.strip():
             parent[key.strip()] = _scalar(value)
         else:
-            child: Dict[str, Any] = {}
+            child: dict[str, Any] = {}
             parent[key.strip()] = child
             stack.append((indent, child))
     return root
 
 
-def _merge(base: Dict[str, Any], child: Dict[str, Any]) -> Dict[str, Any]:
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in child.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
-def load_merged_config(path: Path) -> Dict[str, Any]:
+def load_merged_config(path: Path) -> dict[str, Any]:
     """Read a config and its ``_BASE_`` chain (relative to the file's folder)."""
     cfg = read_yaml_mapping(path)
     base_name = cfg.pop("_BASE_", None)

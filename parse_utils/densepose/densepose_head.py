@@ -1,7 +1,8 @@
 """DensePose branch: Panoptic-FPN style decoder over P2-P5, the V1ConvX head and the chart predictor."""
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F

@@ -1,8 +1,6 @@
 """Feature pyramid over res2..res5 plus the stride-64 P6 level that only the RPN reads."""
 from __future__ import annotations
 
-from typing import Dict
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +26,7 @@ class ResNetFPN(nn.Module):
             self.add_module(f"fpn_output{level}", nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.out_channels = out_channels
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.bottom_up(x)
         lateral = self.fpn_lateral5(c["res5"])
         outputs = {"p5": self.fpn_output5(lateral)}

@@ -1,14 +1,18 @@
 """GeneralizedRCNN assembly for DensePose R_50_FPN_s1x and the inference constants it runs with.
 
-The constants below are the merged detectron2 defaults + DensePose defaults + the two shipped YAML
-files + FastFit's score threshold (see shared/spec/densepose.md, section 1.3). Widths are a config
-so tests can build a narrow network with the same key names.
+The constants below are the effective inference configuration of facebookresearch/detectron2's
+DensePose R_50_FPN_s1x: detectron2's defaults, DensePose's ``add_densepose_config`` defaults, the
+``Base-DensePose-RCNN-FPN.yaml`` and ``densepose_rcnn_R_50_FPN_s1x.yaml`` files (projects/DensePose/
+configs), and FastFit's one override (github Zheng-Chong/FastFit): a detection score above 0.8
+instead of detectron2's 0.05. Widths are a config so tests can build a narrow network with the same
+key names.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -45,7 +49,7 @@ class DensePoseRCNNConfig:
     stem_channels: int = 64
     res2_bottleneck_channels: int = 64
     res2_out_channels: int = 256
-    depths: Tuple[int, int, int, int] = (3, 4, 6, 3)
+    depths: tuple[int, int, int, int] = (3, 4, 6, 3)
     fpn_channels: int = 256
     box_fc_dim: int = 1024
     decoder_conv_dims: int = 256
@@ -56,14 +60,14 @@ class DensePoseRCNNConfig:
     num_coarse_segm_channels: int = 2
 
     @classmethod
-    def tiny(cls) -> "DensePoseRCNNConfig":
+    def tiny(cls) -> DensePoseRCNNConfig:
         """Same key names and depths, narrow layers: for fast CPU tests."""
         return cls(stem_channels=8, res2_bottleneck_channels=4, res2_out_channels=16,
                    fpn_channels=16, box_fc_dim=32, decoder_conv_dims=16, decoder_num_classes=16,
                    head_dim=16)
 
     @classmethod
-    def from_shapes(cls, shapes: Mapping[str, Sequence[int]]) -> "DensePoseRCNNConfig":
+    def from_shapes(cls, shapes: Mapping[str, Sequence[int]]) -> DensePoseRCNNConfig:
         """Infer widths/depths from checkpoint shapes; falls back to the defaults if keys are absent
         (the strict loader then names what is missing)."""
         try:
@@ -104,7 +108,7 @@ class DensePoseROIHeads(nn.Module):
         self.densepose_predictor = DensePoseChartPredictor(c.head_dim, c.num_patches,
                                                            c.num_coarse_segm_channels)
 
-    def detect(self, features, proposals: torch.Tensor, image_hw: Tuple[int, int]):
+    def detect(self, features, proposals: torch.Tensor, image_hw: tuple[int, int]):
         return detect_boxes(self.box_head, self.box_predictor, features, proposals, image_hw,
                             SCORE_THRESH_TEST, NMS_THRESH_TEST, DETECTIONS_PER_IMAGE,
                             BOX_POOLER_RESOLUTION)
@@ -121,11 +125,11 @@ class Detections(NamedTuple):
 
     boxes: torch.Tensor
     scores: torch.Tensor
-    image_hw: Tuple[int, int]
-    chart: Optional[ChartOutput]
+    image_hw: tuple[int, int]
+    chart: ChartOutput | None
 
 
-def network_input_size(h: int, w: int, short: int = MIN_SIZE_TEST, max_size: int = MAX_SIZE_TEST) -> Tuple[int, int]:
+def network_input_size(h: int, w: int, short: int = MIN_SIZE_TEST, max_size: int = MAX_SIZE_TEST) -> tuple[int, int]:
     """(new_h, new_w) of ResizeShortestEdge: short side to 800, long side capped at 1333, int(v+0.5)."""
     scale = short * 1.0 / min(h, w)
     if h < w:
@@ -169,7 +173,7 @@ class DensePoseRCNN(nn.Module):
         return F.pad(x, (0, wp - w, 0, hp - h), value=0.0)[None]
 
     @torch.no_grad()
-    def forward(self, image: torch.Tensor, output_hw: Optional[Tuple[int, int]] = None,
+    def forward(self, image: torch.Tensor, output_hw: tuple[int, int] | None = None,
                 densepose_instances: str = "first") -> Detections:
         """Detect people in one (3, Hn, Wn) BGR float image at network resolution.
 

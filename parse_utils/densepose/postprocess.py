@@ -1,14 +1,12 @@
 """From DensePose head logits to FastFit's part-index map (0 background, 1..24 body-part charts)."""
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def int_box_xywh(box_xyxy: torch.Tensor) -> Tuple[int, int, int, int]:
+def int_box_xywh(box_xyxy: torch.Tensor) -> tuple[int, int, int, int]:
     """(X, Y, W, H) truncated toward zero from the fp32 xywh box; W = trunc(x2 - x1), not trunc(x2) - trunc(x1)."""
     b = box_xyxy.detach().float().cpu()
     x, y = b[0], b[1]
@@ -17,7 +15,7 @@ def int_box_xywh(box_xyxy: torch.Tensor) -> Tuple[int, int, int, int]:
 
 
 def instance_labels(coarse_segm: torch.Tensor, fine_segm: torch.Tensor,
-                    box_xyxy: torch.Tensor) -> Tuple[int, int, np.ndarray]:
+                    box_xyxy: torch.Tensor) -> tuple[int, int, np.ndarray]:
     """Resample one instance's logits (C, 112, 112) to its integer box and label it.
 
     Returns (X, Y, labels) with labels uint8 of shape (max(H, 1), max(W, 1)): argmax of the fine
@@ -32,7 +30,7 @@ def instance_labels(coarse_segm: torch.Tensor, fine_segm: torch.Tensor,
     return x, y, labels[0].to(torch.uint8).cpu().numpy()
 
 
-def paint_first_instance(canvas_hw: Tuple[int, int], boxes: torch.Tensor, coarse_segm: torch.Tensor,
+def paint_first_instance(canvas_hw: tuple[int, int], boxes: torch.Tensor, coarse_segm: torch.Tensor,
                          fine_segm: torch.Tensor) -> np.ndarray:
     """uint8 (H, W) map with only instance 0 (the best-scoring) pasted at rows Y..Y+H-1, cols X..X+W-1.
 

@@ -1,7 +1,7 @@
 """Box branch: multi-level ROIAlign, two-FC head, person/background classifier, box decoding, NMS."""
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,14 +61,14 @@ class BoxPredictor(nn.Module):
         self.cls_score = nn.Linear(fc_dim, num_classes + 1)
         self.bbox_pred = nn.Linear(fc_dim, 4 * num_classes)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cls_score(x), self.bbox_pred(x)
 
 
-def detect_boxes(box_head: BoxHead, box_predictor: BoxPredictor, features: Dict[str, torch.Tensor],
-                 proposals: torch.Tensor, image_hw: Tuple[int, int], score_thresh: float = 0.8,
+def detect_boxes(box_head: BoxHead, box_predictor: BoxPredictor, features: dict[str, torch.Tensor],
+                 proposals: torch.Tensor, image_hw: tuple[int, int], score_thresh: float = 0.8,
                  nms_thresh: float = 0.5, max_detections: int = 100,
-                 pooler_resolution: int = 7) -> Tuple[torch.Tensor, torch.Tensor]:
+                 pooler_resolution: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
     """Final (boxes, person scores), sorted by score; keeps scores strictly above ``score_thresh``."""
     pooled = multilevel_roi_align([features[k] for k in BOX_LEVELS], proposals, pooler_resolution)
     logits, deltas = box_predictor(box_head(pooled))

@@ -1,7 +1,7 @@
 """Region proposal network: shared 3x3 conv head, per-level top-k, decode, clip, per-level NMS."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ class RPNHead(nn.Module):
         self.objectness_logits = nn.Conv2d(channels, num_anchors, 1)
         self.anchor_deltas = nn.Conv2d(channels, num_anchors * 4, 1)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = F.relu(self.conv(x))
         return self.objectness_logits(t), self.anchor_deltas(t)
 
@@ -41,11 +41,11 @@ class RPN(nn.Module):
         self.nms_thresh = nms_thresh
         self._cells = [cell_anchors(s) for s in ANCHOR_SIZES]
 
-    def anchors(self, grid_sizes: Sequence[Tuple[int, int]], device: torch.device) -> List[torch.Tensor]:
+    def anchors(self, grid_sizes: Sequence[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
         return [grid_anchors(cell, stride, hw, device=device)
                 for cell, stride, hw in zip(self._cells, ANCHOR_STRIDES, grid_sizes)]
 
-    def forward(self, features: Dict[str, torch.Tensor], image_hw: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: dict[str, torch.Tensor], image_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (boxes (K, 4), objectness logits (K,)) for a batch of one padded image."""
         feats = [features[name] for name in RPN_LEVELS]
         if feats[0].shape[0] != 1:

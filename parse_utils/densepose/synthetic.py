@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import pickle
 from pathlib import Path
-from typing import Dict
 
 import numpy as np
 
@@ -61,11 +60,11 @@ VERSION: 2
 
 
 def synthetic_state_dict(config: DensePoseRCNNConfig = DensePoseRCNNConfig(), *, seed: int = 0,
-                         detectable: bool = True) -> Dict[str, np.ndarray]:
+                         detectable: bool = True) -> dict[str, np.ndarray]:
     """``{checkpoint key: float32 array}`` for ``config`` (all keys of the real file)."""
     rng = np.random.default_rng(seed)
     shapes = {k: tuple(v.shape) for k, v in build_model(config, "meta").state_dict().items()}
-    out: Dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {}
     for key, shape in shapes.items():
         if key.endswith("norm.running_mean"):
             arr = rng.normal(0.0, 0.05, shape)

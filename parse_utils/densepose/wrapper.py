@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, List, Mapping, Union
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..base import PersonParser, resolve_device
 from .checkpoint import load_detectron2_pickle, load_into_model
 from .config_files import check_config_folder
 from .model import DensePoseRCNN, DensePoseRCNNConfig, build_model, resize_for_network
@@ -21,20 +23,10 @@ WRAPPER_MAX_SIDE = 512
 
 logger = logging.getLogger(__name__)
 
-ImageInput = Union[Image.Image, str, os.PathLike]
+ImageInput = Image.Image | str | os.PathLike
 
 
-def _parse_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-class DensePose:
+class DensePose(PersonParser[ImageInput, Image.Image]):
     """DensePose R-CNN R_50_FPN_s1x body-part segmentation, loaded from the official detectron2 pickle.
 
     ``model_dir`` is the Human-Toolkit ``DensePose`` folder. Only the best-scoring person is painted;
@@ -42,7 +34,7 @@ class DensePose:
     """
 
     def __init__(self, model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> None:
-        device = _parse_device(device)
+        device = resolve_device(device)
         folder = Path(model_dir)
         weights = folder / WEIGHTS_NAME
         if not weights.is_file():
@@ -50,15 +42,15 @@ class DensePose:
         check_config_folder(folder)
         state = load_detectron2_pickle(weights)
         self.model = self._build(state, device)
-        self.device = torch.device(device)
+        self.device = device
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any], device: str | torch.device = "cpu") -> "DensePose":
+    def from_state_dict(cls, state: Mapping[str, Any], device: str | torch.device = "cpu") -> DensePose:
         """Build from an in-memory ``{name: array}`` dict in checkpoint naming (benchmarks, conversions)."""
-        device = _parse_device(device)
+        device = resolve_device(device)
         self = cls.__new__(cls)
         self.model = cls._build(state, device)
-        self.device = torch.device(device)
+        self.device = device
         return self
 
     @staticmethod
@@ -110,13 +102,9 @@ class DensePose:
         labels = Image.fromarray(self.predict_bgr(bgr), mode="L")
         return labels.resize((w0, h0), Image.NEAREST)
 
-    def __call__(self, image: ImageInput | List[ImageInput], resize: int = WRAPPER_MAX_SIDE
-                 ) -> Image.Image | List[Image.Image]:
+    def __call__(self, image: ImageInput | Sequence[ImageInput], resize: int = WRAPPER_MAX_SIDE
+                 ) -> Image.Image | list[Image.Image]:
         """Part map of the image's size; a list of inputs gives a list of maps."""
         if resize < 1:
             raise ValueError(f"resize must be positive, got {resize}")
-        if isinstance(image, (list, tuple)):
-            if not image:
-                raise ValueError("DensePose got an empty list of images")
-            return [self._one(im, resize) for im in image]
-        return self._one(image, resize)
+        return self._single_or_list(image, lambda images: [self._one(im, resize) for im in images])

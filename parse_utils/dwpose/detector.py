@@ -1,12 +1,13 @@
 """YOLOX person detector: letterbox input, anchor-free decoding and NMS.
 
-Behaviour follows the DWPose reference pipeline (see shared/spec/dwpose.md section 4),
-including its quirks: RGB input with raw 0..255 values, top-left letterbox with grey 114,
-no sigmoid on the outputs, "+1 pixel" IoU and unclipped boxes.
+Behaviour follows the person detector of the DWPose pipeline FastFit uses (easy-dwpose 1.0.2,
+``body_estimation/detector.py``, after github IDEA-Research/DWPose), including its quirks: RGB
+input with raw 0..255 values, top-left letterbox with grey 114, no sigmoid on the outputs,
+"+1 pixel" IoU and unclipped boxes.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

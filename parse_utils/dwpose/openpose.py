@@ -1,7 +1,8 @@
 """COCO-WholeBody (133 points) to the OpenPose-18 body layout used by the renderer.
 
-See shared/spec/dwpose.md section 6: a neck is synthesised from the shoulders and the
-first 18 slots are permuted; feet, face and hands keep their COCO order behind them.
+As easy-dwpose's ``body_estimation/wholebody.py`` does (after github IDEA-Research/DWPose):
+a neck is synthesised from the shoulders and the first 18 slots are permuted; feet, face and
+hands keep their COCO order behind them.
 """
 from __future__ import annotations
 

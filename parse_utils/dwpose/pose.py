@@ -1,11 +1,12 @@
 """Top-down whole-body pose (RTMPose/DWPose SimCC head): person crops and keypoint decoding.
 
-See shared/spec/dwpose.md section 5. The crop is a pure scale+shift warp of the padded,
-aspect-fixed box; the decoded points are mapped back with that same fixed scale.
+Follows easy-dwpose's ``body_estimation/pose.py`` (the RTMPose top-down pipeline of github
+IDEA-Research/DWPose): the crop is a pure scale+shift warp of the padded, aspect-fixed box; the
+decoded points are mapped back with that same fixed scale.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

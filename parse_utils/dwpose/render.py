@@ -1,4 +1,4 @@
-"""OpenPose-style drawing of body, face and hands (shared/spec/dwpose.md section 7).
+"""OpenPose-style drawing of body, face and hands, as easy-dwpose's ``draw/openpose.py`` draws them.
 
 Colours are RGB as they land in the returned image. Radii and widths are fixed pixels at
 the detect canvas; nothing scales with the image size, matching the reference output.

@@ -10,7 +10,6 @@ So outputs depend on the input, and the whole pipeline runs end to end.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import onnx
@@ -181,7 +180,7 @@ def build_pose_model(rng: np.random.Generator) -> onnx.ModelProto:
     return _model(nodes, inputs, outputs, "synthetic_dwpose")
 
 
-def write_dwpose_models(folder: Union[str, Path], *, seed: int = 0) -> Path:
+def write_dwpose_models(folder: str | Path, *, seed: int = 0) -> Path:
     """Write yolox_l.onnx and dw-ll_ucoco_384.onnx into `folder` (created) and return it.
 
     The folder is what DWposeDetector takes as model_dir (Human-Toolkit/DWPose layout).

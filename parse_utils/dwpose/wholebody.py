@@ -1,18 +1,22 @@
 """DWposeDetector: whole-body pose from the published Human-Toolkit ONNX files, drawn OpenPose-style.
 
-FastFit's conditioning was made with this exact pipeline (shared/spec/dwpose.md), so every
-step keeps the reference's behaviour, quirks included: detect-canvas resize, unchecked
-face/hand points and a bilinear resize back to the input size.
+FastFit's conditioning was made with this exact pipeline (easy-dwpose 1.0.2 called from github
+Zheng-Chong/FastFit's ``parse_utils/dwpose.py``), so every step keeps the reference's behaviour,
+quirks included: detect-canvas resize, unchecked face/hand points and a bilinear resize back to
+the input size.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
+from ..base import PersonParser, resolve_device
 from .detector import YoloxPersonDetector
 from .openpose import PoseResult, build_pose_result, coco_wholebody_to_openpose
 from .pose import SimccPoseEstimator
@@ -22,7 +26,7 @@ DETECTOR_FILE = "yolox_l.onnx"
 POSE_FILE = "dw-ll_ucoco_384.onnx"
 DETECT_RESOLUTION = 512
 
-ImageInput = Union[Image.Image, np.ndarray]
+ImageInput = Image.Image | np.ndarray
 
 
 def detect_canvas_size(height: int, width: int, resolution: int = DETECT_RESOLUTION) -> tuple[int, int]:
@@ -52,19 +56,17 @@ def _as_rgb_array(image: ImageInput) -> np.ndarray:
     raise TypeError(f"expected a PIL image or an H x W x 3 uint8 array, got {type(image).__name__}")
 
 
-def _providers(device: str) -> list:
+def _providers(device: str | torch.device) -> list:
     import onnxruntime as ort
 
-    kind, _, index = str(device).partition(":")
-    if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if kind == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        device_id = int(index) if index else 0
+    resolved = resolve_device(device, require_cuda=False)
+    if resolved.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        device_id = resolved.index if resolved.index is not None else 0
         return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
-class DWposeDetector:
+class DWposeDetector(PersonParser[ImageInput, Image.Image | np.ndarray]):
     """Person detector + whole-body pose + OpenPose renderer on two onnxruntime sessions.
 
     model_dir is the folder that contains yolox_l.onnx and dw-ll_ucoco_384.onnx
@@ -72,9 +74,10 @@ class DWposeDetector:
     execution provider when onnxruntime offers it and falls back to CPU otherwise.
     """
 
-    def __init__(self, model_dir: Union[str, Path], device: str = "cpu") -> None:
+    def __init__(self, model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> None:
         import onnxruntime as ort
 
+        self.device = resolve_device(device, require_cuda=False)
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise FileNotFoundError(f"DWPose model folder not found: {model_dir}")
@@ -82,7 +85,6 @@ class DWposeDetector:
         for path in paths.values():
             if not path.is_file():
                 raise FileNotFoundError(f"DWPose model file not found: {path}")
-        self.device = str(device)
         providers = _providers(self.device)
         self.detector = YoloxPersonDetector(ort.InferenceSession(str(paths[DETECTOR_FILE]), providers=providers))
         self.pose = SimccPoseEstimator(ort.InferenceSession(str(paths[POSE_FILE]), providers=providers))
@@ -97,11 +99,22 @@ class DWposeDetector:
         return build_pose_result(points, point_scores, width, height), (height, width)
 
     def __call__(
-        self, image: ImageInput, detect_resolution: int = DETECT_RESOLUTION, output_type: str = "pil"
-    ) -> Union[Image.Image, np.ndarray]:
-        """Rendered RGB skeleton of the input's size ("pil" image or "np" uint8 array)."""
+        self,
+        image: ImageInput | Sequence[ImageInput],
+        detect_resolution: int = DETECT_RESOLUTION,
+        output_type: str = "pil",
+    ) -> Image.Image | np.ndarray | list[Image.Image | np.ndarray]:
+        """Rendered RGB skeleton of the input's size ("pil" image or "np" uint8 array).
+
+        A list of images gives a list of drawings (one at a time: the reference takes no list).
+        """
         if output_type not in ("pil", "np"):
             raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
+        return self._single_or_list(
+            image, lambda images: [self._draw(im, detect_resolution, output_type) for im in images]
+        )
+
+    def _draw(self, image: ImageInput, detect_resolution: int, output_type: str) -> Image.Image | np.ndarray:
         rgb = _as_rgb_array(image)
         orig_h, orig_w = rgb.shape[:2]
         pose, (height, width) = self.estimate(rgb, detect_resolution)

@@ -38,7 +38,7 @@ class SCHPNetworkConfig:
     fusion_channels: int = 256
     leaky_slope: float = 0.01
 
-    def with_classes(self, num_classes: int) -> "SCHPNetworkConfig":
+    def with_classes(self, num_classes: int) -> SCHPNetworkConfig:
         return replace(self, num_classes=num_classes)
 
     @property

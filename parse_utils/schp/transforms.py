@@ -74,7 +74,9 @@ def warp_to_input(image: np.ndarray, matrix: np.ndarray, input_size: tuple[int, 
 
 def normalize(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> 3xHxW float32: /255 then (x - mean) / std per array channel."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0)
+    # contiguous before the arithmetic: same values, and the broadcast ops on the permuted view
+    # took 7-9 ms against 1.8 ms at 473x473 (2-core CPU, 2026-12-01)
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous().float().div(255.0)
     mean = torch.tensor(BGR_IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(BGR_IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
     return tensor.sub_(mean).div_(std)

@@ -1,8 +1,13 @@
-"""Shared helpers for the FastFit engine tests: tiny synthetic folders, images and an independent,
-cache-free reference computation of the semi-attention UNet and the whole try-on loop."""
+"""Plain helpers shared by the tests (fixtures live in conftest.py): synthetic person and garment
+images, PNG bytes, tiny synthetic model folders and an independent, cache-free reference
+computation of the semi-attention UNet and the whole try-on loop."""
 from __future__ import annotations
 
+import io
 import math
+import struct
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +18,45 @@ from PIL import Image
 from fastfit_engine.synthetic import write_fastfit_model
 from fastfit_engine.unet import FastFitUNet
 
+# Small but valid: multiples of 64, 3:4 like the product size.
+TEST_RESOLUTION = (192, 256)
+
 _TINY_CACHE: dict[int, Path] = {}
+
+
+def make_person(w: int = 300, h: int = 400, seed: int = 0) -> Image.Image:
+    """A smooth synthetic 'photo': a light background with a darker upright figure."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([200 + 30 * x / w, 190 + 30 * y / h, np.full_like(x, 180)], -1)
+    body = ((x - w / 2) / (w * 0.18)) ** 2 + ((y - h * 0.55) / (h * 0.4)) ** 2 < 1
+    head = ((x - w / 2) / (w * 0.08)) ** 2 + ((y - h * 0.13) / (h * 0.08)) ** 2 < 1
+    img[body] = (60, 70, 140)
+    img[head] = (220, 170, 140)
+    img += rng.normal(0, 3, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+def make_garment(colour=(200, 30, 40), w: int = 120, h: int = 160) -> Image.Image:
+    img = Image.new("RGB", (w, h), (255, 255, 255))
+    img.paste(Image.new("RGB", (w // 2, h // 2), colour), (w // 4, h // 4))
+    return img
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (the pixel data is not even there)."""
+    data = bytearray(png_bytes(Image.new("L", (1, 1))))
+    ihdr = bytearray(data[16:29])
+    ihdr[0:8] = struct.pack(">II", width, height)
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)) & 0xFFFFFFFF)
+    return bytes(data)
 
 
 def tiny_model_dir(root: Path, seed: int = 0) -> Path:
@@ -96,10 +139,10 @@ def record_references(unet, procs, ref_latents, ref_labels) -> None:
 
 
 def independent_tryon(model_dir: Path, person, mask, references, pose, steps, guidance, seed) -> np.ndarray:
-    """The whole try-on written from the spec, with the cache-free UNet above (fp32, CPU)."""
+    """The whole try-on written from the paper's description (arXiv 2508.20586), with the cache-free UNet above (fp32, CPU)."""
     from diffusers import AutoencoderKL, DDPMScheduler
 
-    from fastfit_engine.pipeline import load_vae
+    from fastfit_engine.loading import load_vae
 
     labels_map = {"upper": 0, "lower": 1, "overall": 2, "shoe": 3, "bag": 4}
     vae: AutoencoderKL = load_vae(model_dir / "vae", "cpu", torch.float32)
@@ -149,7 +192,7 @@ def independent_tryon(model_dir: Path, person, mask, references, pose, steps, gu
     return img * 255.0  # float, before rounding
 
 
-def single_thread():
+def single_thread() -> Iterator[None]:
     """Tiny models run faster on one intra-op thread, and a shared 2-core box with other test
     processes makes OpenMP thread teams stall; restore the setting afterwards."""
     previous = torch.get_num_threads()

@@ -7,11 +7,11 @@ RTMPose-L for 384x288 whole-body: CSPNeXt-L + RTMCC SimCC head), fills it with s
 random weights, calibrates the batch norms on one deterministic input so activations stay
 in range, and exports both with the TorchScript ONNX exporter. Outputs are meaningless but
 the graphs have the published input/output shapes and (within a few percent) the published
-parameter and FLOP counts, so bench/bench_dwpose.py can time them:
+parameter and FLOP counts, so bench.bench_dwpose can time them:
 
-    python bench/dwpose_proxy_models.py /tmp/dwpose_proxy
-    python bench/bench_dwpose.py --models /tmp/dwpose_proxy
-    python bench/dwpose_proxy_models.py /tmp/unused --no-export --torch-bench cuda   # eager torch timing
+    python -m bench.proxies.dwpose /tmp/dwpose_proxy
+    python -m bench.bench_dwpose --models /tmp/dwpose_proxy
+    python -m bench.proxies.dwpose /tmp/unused --no-export --torch-bench cuda   # eager torch timing
 
 With random weights the detector's objectness/class logits sit at the YOLOX prior
 (sigmoid ~ 0.01), so it finds no person and the pose model runs once on the whole image,
@@ -558,7 +558,7 @@ def build(out_dir: Path, seed: int, export_files: bool = True, torch_devices: tu
         }
         if export_files:
             path = out_dir / file_name
-            note = f"random-weight {key} proxy from bench/dwpose_proxy_models.py (seed {seed}); outputs are meaningless"
+            note = f"random-weight {key} proxy from bench/proxies/dwpose.py (seed {seed}); outputs are meaningless"
             export(model, sample, path, input_name, output_names, note)
             entry.update(file=str(path), bytes=path.stat().st_size, build_s=round(time.perf_counter() - start, 1))
             entry.update(check_with_onnxruntime(path, sample, expected))

@@ -1,0 +1,187 @@
+"""Attention kernel choice for the UNet's self-attention: FlashAttention-4 where it is faster.
+
+FlashAttention-4 (PyPI ``flash-attn-4``, module ``flash_attn.cute``, written in NVIDIA's CuTe
+DSL) has a Hopper (SM90) forward kernel that accepts head size 40, the top UNet level's. There it
+beats cuDNN's SDPA kernel, which is already the fastest of PyTorch's own; at head size 160 cuDNN
+wins. So the choice is per layer shape, made from measurements (below), and SDPA keeps every case
+FA4 cannot take: the package absent, a CPU tensor, a GPU older than SM90, float32.
+
+FA4 is wrapped as a ``torch.library`` custom op (``fastfit::fa4_attention``) with a fake
+implementation, so torch.compile keeps the denoising step in one graph around it instead of
+breaking the graph at an unknown Python call. The op takes and returns (batch, tokens, heads,
+head size) tensors, the layout the fused QKV projection already has, so the transposes around
+SDPA disappear on this path. Its CPU kernel is a plain SDPA reference: it exists so the op (and
+its fake implementation) can be exercised without a GPU; the dispatcher never sends CPU tensors
+to the op.
+
+Measured on one H200 (torch 2.11, cuDNN 9.19, flash-attn-4 4.0.0b36), bf16, batch 2, 8 heads,
+queries x keys of the upper+lower request, CUDA events, 2026-12-01 (``bench_diffusion.py --micro``):
+  12288 x 36864, head 40:  FA4 3.19 ms, SDPA cuDNN 3.80 ms, SDPA flash 7.07 ms
+   3072 x  9216, head 80:  FA4 0.244 ms, cuDNN 0.330 ms
+    768 x  2304, head 160: FA4 0.087 ms, cuDNN 0.047 ms  (cuDNN wins; same H200, an earlier run)
+    192 x   576, head 160: FA4 0.070 ms, cuDNN 0.020 ms  (cuDNN wins)
+Hence FA4 for head size <= 80, SDPA with cuDNN first above. FA4's tile options at head 40
+(12288 x 36864): its default 192x128 3.23 ms, 192x112 3.30, 192x96 3.47, 128x176 3.66,
+128x192 3.77, 128x128 3.80 ms: the default stays. FA4's output is within 3e-3 relative of
+cuDNN's on random inputs (bf16 rounding of the output; cuDNN itself is not exact either).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import site
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel
+
+__all__ = [
+    "FA4_MAX_HEAD_DIM",
+    "FlashAttentionPolicy",
+    "attention_bshd",
+    "fa4_available",
+    "fa4_attention",
+    "fa4_unavailable_reason",
+]
+
+log = logging.getLogger("fastfit.attention")
+
+# FA4 for head sizes up to this (see the measurements above); SDPA above it.
+FA4_MAX_HEAD_DIM = 80
+# Tile (queries x keys per thread block) per head size; None keeps FA4's own heuristic.
+FA4_TILES: dict[int, tuple[int, int] | None] = {}
+
+
+@functools.lru_cache(maxsize=1)
+def _import_fa4():
+    """The FA4 forward entry point, or raise ImportError with the reason.
+
+    Cached: it runs once per process. (Measured on the H200, 2026-12-01: running the path
+    set-up below on every call grew sys.path by one entry per call, and the attention call's
+    host time with it, 0.06 -> 1 ms within a few hundred calls.)
+    """
+    # The CUTLASS DSL wheels put their packages on the path through a .pth file, which Python
+    # reads only in site folders: a --target install on PYTHONPATH needs the folder added by hand.
+    for entry in list(sys.path):
+        dsl = os.path.join(entry, "nvidia_cutlass_dsl", "dsl_packages") if entry else ""
+        if dsl and os.path.isdir(dsl) and dsl not in sys.path:
+            site.addsitedir(entry)
+    from flash_attn.cute.interface import _flash_attn_fwd  # noqa: PLC0415
+
+    return _flash_attn_fwd
+
+
+@functools.lru_cache(maxsize=None)
+def fa4_unavailable_reason(device_index: int = 0) -> str | None:
+    """None when FA4 can run on this CUDA device, else why not (package, GPU, import error)."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    major, minor = torch.cuda.get_device_capability(device_index)
+    if major < 9:
+        return f"FlashAttention-4 needs an SM90+ GPU, this one is SM{major}{minor}"
+    try:
+        _import_fa4()
+    except Exception as exc:  # ImportError, or a DSL library that fails to load
+        return f"flash-attn-4 is not importable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def fa4_available(device: torch.device | str | None = None) -> bool:
+    """True when FA4 can run on ``device`` (a CUDA device, SM90+, package importable)."""
+    device = torch.device(device if device is not None else "cuda")
+    if device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return fa4_unavailable_reason(index) is None
+
+
+@torch.library.custom_op("fastfit::fa4_attention", mutates_args=(), device_types="cuda")
+def fa4_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tile_m: int = 0, tile_n: int = 0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (batch, tokens, heads, head size) tensors, no mask.
+
+    ``tile_m``/``tile_n`` > 0 pick FA4's tile; 0 keeps its heuristic.
+    """
+    fwd = _import_fa4()
+    tile = (tile_m, tile_n) if tile_m > 0 and tile_n > 0 else None
+    out = fwd(q, k, v, tile_mn=tile)[0]
+    return out
+
+
+@fa4_attention.register_kernel("cpu")
+def _fa4_attention_cpu(q, k, v, tile_m=0, tile_n=0):
+    # reference semantics for tests on machines without a GPU; never chosen by attention_bshd
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2).contiguous()
+
+
+@fa4_attention.register_fake
+def _fa4_attention_fake(q, k, v, tile_m=0, tile_n=0):
+    # FA4 allocates a fresh contiguous (batch, tokens, heads, value head size) output
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
+@dataclass
+class FlashAttentionPolicy:
+    """Which kernel each self-attention call takes.
+
+    ``fa4``: FA4 may be used (set only after :func:`fa4_available` said yes). ``max_head_dim``:
+    FA4 for head sizes up to this. ``devices``: device types FA4 may see (tests add "cpu" to
+    route through the op's reference kernel). ``sdpa_backends``: SDPA priority for the rest.
+    """
+
+    fa4: bool = False
+    max_head_dim: int = FA4_MAX_HEAD_DIM
+    tiles: dict[int, tuple[int, int] | None] = field(default_factory=lambda: dict(FA4_TILES))
+    devices: tuple[str, ...] = ("cuda",)
+    sdpa_backends: list | None = None
+
+    def use_fa4(self, q: torch.Tensor, k: torch.Tensor) -> bool:
+        return (
+            self.fa4
+            and q.device.type in self.devices
+            and q.dtype in (torch.bfloat16, torch.float16)
+            and q.shape[-1] <= self.max_head_dim
+            and q.shape[-1] % 8 == 0
+            and k.shape[-1] == q.shape[-1]
+        )
+
+
+def attention_bshd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, policy: FlashAttentionPolicy) -> torch.Tensor:
+    """Attention over (batch, tokens, heads, head size) tensors; returns the same layout.
+
+    FA4 where ``policy`` allows it for this shape, else SDPA (with the policy's backend priority).
+    """
+    if policy.use_fa4(q, k):
+        tile = policy.tiles.get(q.shape[-1]) or (0, 0)
+        return torch.ops.fastfit.fa4_attention(q, k, v, tile[0], tile[1])
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if policy.sdpa_backends:
+        with sdpa_kernel(policy.sdpa_backends, set_priority=True):
+            out = F.scaled_dot_product_attention(q, k, v)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v)
+    return out.transpose(1, 2)
+
+
+_warned: set[str] = set()
+
+
+def enable_fa4(policy: FlashAttentionPolicy, device: torch.device | str, required: bool = False) -> bool:
+    """Turn FA4 on in ``policy`` if it can run on ``device``; otherwise log the reason once
+    (or raise ValueError when ``required``). Returns whether FA4 is on."""
+    device = torch.device(device)
+    reason = "not a CUDA device" if device.type != "cuda" else None
+    if reason is None:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        reason = fa4_unavailable_reason(index)
+    policy.fa4 = reason is None
+    if reason is not None:
+        if required:
+            raise ValueError(f"attention_backend 'fa4' cannot run here: {reason}")
+        if reason not in _warned and device.type == "cuda":
+            _warned.add(reason)
+            log.warning("FlashAttention-4 off, using PyTorch SDPA: %s", reason)
+    return policy.fa4

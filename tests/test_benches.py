@@ -1,0 +1,89 @@
+"""Every benchmark script runs end to end with ``--quick`` (tiny models, CPU) and prints its report.
+
+The benchmarks are scripts, not timed tests: nothing here looks at a duration. What is checked is
+that each script still runs against the current code (a bench that reaches into a renamed method
+fails here, not on the GPU machine) and that its JSON says what it measured.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ["upper_lower", "upper_lower_shoe_bag", "dress_shoe"]
+
+
+def run_bench(module: str, *args: str) -> dict:
+    """``python -m bench.<module> --quick ARGS`` from the repository root; its stdout parsed as JSON."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", "--quick", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_every_bench_script_is_covered():
+    scripts = sorted(p.stem for p in (ROOT / "bench").glob("bench_*.py"))
+    assert scripts == ["bench_densepose", "bench_diffusion", "bench_dwpose", "bench_request", "bench_schp"]
+
+
+def test_bench_diffusion_quick(models_dir):
+    report = run_bench("bench_diffusion", "--model-dir", str(models_dir / "FastFit-MR-1024"))
+    assert report["device"] == "cpu" and report["size"] == "48x64" and report["steps"] == 2
+    variant = report["variants"]["eager"]
+    assert "error" not in variant, variant
+    assert sorted(k for k in variant if not k.startswith("_")) == sorted(SCENARIOS)
+    for name in SCENARIOS:
+        row = variant[name]
+        assert row["deterministic"] is True
+        assert row["ms_per_step"] > 0 and row["reference_pass_ms"] > 0
+        assert row["vae_encode_ms"] > 0 and row["vae_decode_ms"] > 0
+
+
+def test_bench_request_quick(models_dir):
+    from fastfit_engine.engine import STAGES
+
+    report = run_bench("bench_request", "--models", str(models_dir), "--scenarios", ",".join(SCENARIOS))
+    assert report["resolution"] == "64x128" and report["dwpose"] == "given" and report["warmup_s"] is None
+    assert list(report["scenarios"]) == SCENARIOS
+    for row in report["scenarios"].values():
+        assert row["deterministic"] is True
+        assert list(row["seconds"]) == list(STAGES) and row["seconds"]["total"] > 0
+
+
+def test_bench_dwpose_quick():
+    report = run_bench("bench_dwpose", "--devices", "cpu")
+    assert report["models"] == "synthetic" and report["repeats"] == 2
+    (result,) = report["results"]
+    assert result["device"] == "cpu" and result["total_ms_median"] > 0
+    assert {"detector_session", "pose_session", "render"} <= set(result["stages_ms_median"])
+
+
+def test_bench_schp_quick():
+    report = run_bench("bench_schp", "--device", "cpu")
+    assert report["weights"] == "synthetic tiny" and report["image_size"] == [96, 128]
+    assert set(report["results"]) == {"lip", "atr"}
+    for row in report["results"].values():
+        assert row["output_size"] == [96, 128] and row["end_to_end"]["median_ms"] > 0
+
+
+def test_bench_densepose_quick():
+    report = run_bench("bench_densepose", "--device", "cpu")
+    assert report["input_wh"] == [96, 128] and report["output_size"] == [96, 128]
+    stages = report["stages_ms"]
+    assert stages["num_detections"] >= 1 and "densepose_decoder_head" in stages  # every stage ran
+
+
+def test_dwpose_proxy_builder_runs_as_a_module():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.proxies.dwpose", "--help"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0 and "yolox_l.onnx" in proc.stdout
