@@ -34,6 +34,8 @@ control_socket_disable = True
 max_requests = 0  # never recycle the worker: reloading the models costs far more than it saves
 limit_request_line = 8190
 accesslog = _env("GUNICORN_ACCESSLOG", "-")
+# gunicorn's default access line, plus the response's X-Request-ID (fastfit_service/security.py)
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
 errorlog = "-"
 loglevel = _env("GUNICORN_LOGLEVEL", "info")
 capture_output = True
@@ -44,11 +46,15 @@ def post_fork(server, worker):  # noqa: ARG001 - gunicorn hook signature
     let a worker whose engine cannot be loaded exit so that this master starts a new one."""
     import logging
 
+    from fastfit_service.security import RequestIdFilter
+
     os.environ.setdefault("FASTFIT_EXIT_ON_LOAD_FAILURE", "1")
     logger = logging.getLogger("fastfit")
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-                                               "%Y-%m-%d %H:%M:%S %z"))
+        handler.addFilter(RequestIdFilter())  # the X-Request-ID of the request a line belongs to
+        handler.setFormatter(logging.Formatter(
+            "[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s",
+            "%Y-%m-%d %H:%M:%S %z"))
         logger.addHandler(handler)
         logger.setLevel(loglevel.upper())

@@ -53,3 +53,9 @@ class ImageTooLargeError(ImageError):
 
 class ImageTooSmallError(ImageError):
     code = "image_too_small"
+
+
+class UnsupportedFormatError(ImageError):
+    """An image in a format the service does not decode (only the formats in images.ACCEPTED_FORMATS)."""
+
+    code = "unsupported_format"

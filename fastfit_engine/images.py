@@ -1,8 +1,16 @@
 """Image loading and the geometric steps the try-on app applies before the models see an image.
 
 Uploads come from phones (EXIF rotation), design tools (transparent PNG garments, CMYK JPEGs,
-16-bit PNGs) and, on a public service, from attackers (decompression bombs): everything is
-normalised here to a plain 8-bit RGB image or refused with a one-line reason.
+16-bit PNGs) and, on a public service, from attackers (decompression bombs, malformed files):
+everything is normalised here to a plain 8-bit RGB image or refused with a one-line reason.
+
+Only JPEG, PNG, WebP and (where Pillow has libavif: the PyPI wheels since 11.3) AVIF are
+decoded: Pillow would otherwise try each of its ~40 format plugins, among them EPS (which runs
+Ghostscript where it is installed) and TIFF (whose rarer layouts raised TypeError and gave 500s).
+Any other format is refused as `unsupported_format`, naming it when Pillow or the HEIF brand
+recognises its signature. HEIC is not decoded: the HEIF plugin's binary wheels (pillow-heif)
+bundle the GPL x265 encoder and its decoder-only variant (pi-heif) is no longer maintained
+upstream. Every exception a decoder raises on a bad file is an `invalid_image` error.
 """
 from __future__ import annotations
 
@@ -11,9 +19,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from .errors import ImageError, ImageTooLargeError, ImageTooSmallError
+from .errors import ImageError, ImageTooLargeError, ImageTooSmallError, UnsupportedFormatError
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
@@ -28,6 +36,37 @@ PERSON_ASPECT = 3 / 4
 MIN_SIDE = 16
 
 
+# The formats Pillow may decode (names as in Image.open's `formats`), in the order they are tried.
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP") + (("AVIF",) if features.check("avif") else ())
+_FORMAT_LABELS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "AVIF": "AVIF"}
+ACCEPTED_FORMATS_TEXT = ", ".join(_FORMAT_LABELS[f] for f in ACCEPTED_FORMATS)
+
+# ISO base media "ftyp" brands of HEIF still images (phone photos), recognised only to name them.
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+
+
+def _sniff_format(prefix: bytes) -> str | None:
+    """The format whose signature `prefix` carries, by Pillow's own signature checks (no decoding)."""
+    if prefix[4:8] == b"ftyp" and prefix[8:12] in _HEIF_BRANDS:
+        return "HEIC"
+    Image.init()
+    for fmt, (_, accept) in Image.OPEN.items():
+        if fmt not in ACCEPTED_FORMATS and accept is not None:
+            try:
+                if accept(prefix) is True:
+                    return fmt
+            except Exception:  # a signature check never decides a response
+                continue
+    return None
+
+
+def _unidentified(data: bytes, name: str) -> ImageError:
+    fmt = _sniff_format(data[:16])
+    if fmt is not None:
+        return UnsupportedFormatError.for_field(name, f"is in {fmt} format, which is not accepted (accepted formats: {ACCEPTED_FORMATS_TEXT})")
+    return ImageError.for_field(name, f"is not a decodable image (accepted formats: {ACCEPTED_FORMATS_TEXT})")
+
+
 def _open(source: ImageSource, name: str) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
@@ -35,19 +74,24 @@ def _open(source: ImageSource, name: str) -> Image.Image:
         data = bytes(source)
         if not data:
             raise ImageError.for_field(name, "is empty")
-        stream = io.BytesIO(data)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"{name}: file not found: {path}")
-        stream = io.BytesIO(path.read_bytes())
+        data = path.read_bytes()
+        if not data:
+            raise ImageError.for_field(name, "is empty")
     else:
         raise TypeError(f"{name} must be a path, bytes or a PIL image, got {type(source).__name__}")
     try:
-        return Image.open(stream)
+        return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError:
         raise ImageTooLargeError.for_field(name, "is too large (decompression bomb guard)") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        raise _unidentified(data, name) from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # any decoder failure on a bad file is the client's error, never a 500
         raise ImageError.for_field(name, f"is not a decodable image ({type(exc).__name__})") from None
 
 
@@ -115,7 +159,9 @@ def load_image(
         return to_rgb(image, background)
     except Image.DecompressionBombError:
         raise ImageTooLargeError.for_field(name, "is too large (decompression bomb guard)") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # see _open: a decoder's TypeError or struct.error is a bad file too
         raise ImageError.for_field(name, f"is not a decodable image ({type(exc).__name__})") from None
 
 

@@ -24,7 +24,7 @@ __all__ = [
     "ChoiceField", "parse_output_options",
     "MODEL_LABEL_INDEX", "NUMBER_FIELDS", "NUMBER_FIELDS_BY_NAME", "PERSON_FIELD", "SEED_MAX", "GarmentSlot",
     "NumberField", "RequestError", "TryOnParams", "check_garments", "check_images", "cli_flag",
-    "garment_set_per_size_layout", "markdown_table", "parse_numbers",
+    "garment_set_per_size_layout", "markdown_table", "parse_numbers", "shorten",
 ]
 
 PERSON_FIELD = "person"
@@ -96,14 +96,18 @@ class NumberField:
             raise self._error("invalid_number", f"must be a number, got {value!r}")
         if isinstance(value, str):
             text = value.strip()
+            # Python's int() and float() also take other scripts' digits ("٣٤") and digit-group
+            # underscores ("1_0"); a request number is plain ASCII, so those are refused here.
+            kind = "an integer" if self.kind is int else "a number"
+            if not text.isascii() or "_" in text:
+                raise self._error("invalid_number", f"must be {kind} in ASCII digits, got {shorten(value)!r}")
             try:
                 if self.kind is int:
                     number: int | float = int(text, 10)
                 else:
                     number = float(text)
             except ValueError:
-                kind = "an integer" if self.kind is int else "a number"
-                raise self._error("invalid_number", f"must be {kind}, got {value!r}") from None
+                raise self._error("invalid_number", f"must be {kind}, got {shorten(value)!r}") from None
         elif isinstance(value, numbers.Real):  # int, float and NumPy scalars
             number = int(value) if isinstance(value, numbers.Integral) else float(value)
             if self.kind is int and isinstance(number, float):
@@ -113,12 +117,21 @@ class NumberField:
         else:
             raise self._error("invalid_number", f"must be a number, got {type(value).__name__}")
         if isinstance(number, float) and not math.isfinite(number):
-            raise self._error("invalid_number", f"must be a finite number, got {value!r}")
+            raise self._error("invalid_number", f"must be a finite number, got {shorten(repr(value))}")
         if not self.minimum <= number <= self.maximum:
             raise self._error(
-                "out_of_range", f"must be between {_fmt(self.minimum)} and {_fmt(self.maximum)}, got {_fmt(number)}"
+                "out_of_range", f"must be between {_fmt(self.minimum)} and {_fmt(self.maximum)}, got {shorten(_fmt(number))}"
             )
         return self.kind(number)
+
+
+# Names and values a client sent are echoed in error messages only up to this many characters.
+ECHO_LIMIT = 64
+
+
+def shorten(text: str, limit: int = ECHO_LIMIT) -> str:
+    """A client-supplied name or value cut to `limit` characters (plus an ellipsis) for a message."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _fmt(x: float) -> str:
@@ -211,7 +224,7 @@ def parse_numbers(values: Mapping[str, Any]) -> TryOnParams:
     unknown = sorted(set(values) - set(NUMBER_FIELDS_BY_NAME))
     if unknown:
         raise RequestError(
-            f"unknown parameter {unknown[0]!r}; expected one of {', '.join(NUMBER_FIELDS_BY_NAME)}",
+            f"unknown parameter {shorten(unknown[0])!r}; expected one of {', '.join(NUMBER_FIELDS_BY_NAME)}",
             code="unknown_field", field=unknown[0],
         )
     out: dict[str, Any] = {}
@@ -242,7 +255,7 @@ def check_garments(present: Iterable[str]) -> list[str]:
     unknown = sorted(names - set(GARMENT_FIELDS))
     if unknown:
         raise RequestError(
-            f"unknown garment {unknown[0]!r}; expected one of {', '.join(GARMENT_FIELDS)}",
+            f"unknown garment {shorten(unknown[0])!r}; expected one of {', '.join(GARMENT_FIELDS)}",
             code="unknown_field", field=unknown[0],
         )
     if not names:

@@ -2,7 +2,8 @@
 
 Routes: `/prompt`, `/health` (the process answers), `/ready` (the engine is loaded), `/metrics`,
 `/openapi.json`, `/docs/` (API docs) and `/` (the try-on page).
-One engine per process; `admission.Service` lets one request at a time onto the GPU.
+One engine per process; `admission.Service` lets one request at a time onto the GPU; `auth`
+asks for an API key when keys are configured; `security` adds the request id and common headers.
 """
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from fastfit_engine.schema import PERSON_FIELD
 
 from .admission import Service
 from .answer import answer
+from .auth import register_auth
 from .config import default_config, engine_settings
 from .docs import register_docs
 from .jsonbody import json_body_limit, read_prompt_json
-from .multipart import read_prompt_form
+from .multipart import FormLimits, read_prompt_form
 from .responses import ProcessingFailed, register_error_handlers
+from .security import register_security
 from .web import register_page
 
 log = logging.getLogger("fastfit.server")
@@ -58,6 +61,9 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
 
     svc.metrics.instrument(app)
     register_error_handlers(app)
+    register_security(app, cfg)  # request id, nosniff, CORS
+    register_auth(app, cfg)  # API keys, when configured
+    form_limits = FormLimits.from_config(cfg)
 
     @app.get("/health")
     def health() -> Response:
@@ -79,7 +85,7 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
             request.max_content_length = json_body_limit(upload_limit)  # base64 is 4/3 of the bytes
             req = read_prompt_json(request, cfg["MAX_IMAGE_PIXELS"], upload_limit)
         else:
-            req = read_prompt_form(request, cfg["MAX_IMAGE_PIXELS"])
+            req = read_prompt_form(request, cfg["MAX_IMAGE_PIXELS"], form_limits)
         eng = svc.require_engine()
         images = dict(req.images)
         person = images.pop(PERSON_FIELD)

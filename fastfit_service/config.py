@@ -34,6 +34,11 @@ def _env_bool(environ: Mapping[str, str], name: str) -> bool | None:
     return None if value is None else value.lower() in ("1", "true", "yes", "on")
 
 
+def _env_list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list; blanks around and between items are dropped."""
+    return tuple(item.strip() for item in (_env_str(environ, name) or "").split(",") if item.strip())
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """Where the models are and where they run: what both front doors hand to FastFitEngine."""
@@ -77,6 +82,13 @@ def default_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "QUEUE_TIMEOUT": _env_float(env, "FASTFIT_QUEUE_TIMEOUT", 120.0),
         "RETRY_AFTER": _env_int(env, "FASTFIT_RETRY_AFTER", 10),
         "WARMUP": _env_bool(env, "FASTFIT_WARMUP"),  # None: warm up on CUDA only
+        "MAX_FORM_PARTS": _env_int(env, "FASTFIT_MAX_FORM_PARTS", 16),  # the form has 9 fields
+        "MAX_FIELD_BYTES": _env_int(env, "FASTFIT_MAX_FIELD_BYTES", 1024),  # a text field holds one number
+        # Access control (fastfit_service/auth.py, security.py); no keys: no authentication.
+        "API_KEYS": _env_list(env, "FASTFIT_API_KEYS"),
+        "API_KEYS_FILE": _env_str(env, "FASTFIT_API_KEYS_FILE"),  # one key per line, '#' comments
+        "METRICS_PUBLIC": bool(_env_bool(env, "FASTFIT_METRICS_PUBLIC")),  # /metrics without a key
+        "CORS_ORIGINS": _env_list(env, "FASTFIT_CORS_ORIGINS"),  # e.g. https://shop.example; '*' any
         "ENGINE_FACTORY": None,  # callable() -> engine; default builds FastFitEngine from the above
         "LOAD_RETRY": RetryPolicy.from_env(env),  # FASTFIT_LOAD_ATTEMPTS, FASTFIT_LOAD_BACKOFF(_MAX)
         # Exit the process when the engine cannot be loaded (gunicorn.conf.py turns it on in the worker).

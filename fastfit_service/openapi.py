@@ -36,8 +36,12 @@ class ErrorCode:
 
 # Every code the service answers, in the order a request is checked.
 ERROR_CODES: tuple[ErrorCode, ...] = (
-    ErrorCode("payload_too_large", 413, "the request body is over the upload limit"),
+    ErrorCode("unauthorized", 401, "API keys are configured and the request has no valid bearer key"),
+    ErrorCode("payload_too_large", 413, "the request body (or, for JSON, the decoded images) is over the upload limit"),
+    ErrorCode("malformed_request", 400, "neither JSON nor a well-formed multipart/form-data body"),
     ErrorCode("invalid_json", 400, "a JSON body that does not parse, or is not an object"),
+    ErrorCode("too_many_parts", 413, "a multipart body with more parts than allowed"),
+    ErrorCode("field_too_large", 413, "a multipart text field over its size limit"),
     ErrorCode("unknown_field", 400, "a field that is not in the schema"),
     ErrorCode("duplicate_field", 400, "a field given more than once"),
     ErrorCode("not_a_file", 400, "an image field sent as text (multipart) or not as a string (JSON)"),
@@ -48,6 +52,7 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("invalid_number", 400, "a number field that is not a (finite) number"),
     ErrorCode("out_of_range", 400, "a number field outside its range"),
     ErrorCode("invalid_choice", 400, "an option that is not one of its words"),
+    ErrorCode("unsupported_format", 400, "an image in another format than JPEG, PNG, WebP, AVIF"),
     ErrorCode("invalid_image", 400, "a file that is not a decodable image (or, in JSON, not base64)"),
     ErrorCode("image_too_large", 400, "an image over the pixel limit (or a decompression bomb)"),
     ErrorCode("image_too_small", 400, "an image under 16 pixels on a side"),
@@ -167,6 +172,7 @@ def _error_response(status: int, codes: list[ErrorCode], summary: str) -> dict[s
 
 _STATUS_SUMMARY = {
     400: "The request breaks the schema.",
+    401: "An API key is needed.",
     404: "No such route.",
     405: "Wrong method.",
     413: "The request body is too large.",

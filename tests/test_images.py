@@ -143,7 +143,7 @@ def test_16bit_grey_is_scaled_not_clipped():
 def test_animated_image_uses_first_frame():
     frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
     buf = io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    frames[0].save(buf, format="WEBP", save_all=True, append_images=frames[1:], lossless=True)
     out = np.asarray(load_image(buf.getvalue(), min_side=1))
     assert out[0, 0, 0] > 200 and out[0, 0, 2] < 50
 

@@ -1,0 +1,86 @@
+"""Response headers every answer carries, the request id, and the CORS allow-list.
+
+- `X-Content-Type-Options: nosniff` on every response (JSON errors and PNGs are what they say).
+- `X-Request-ID`: a client's value is kept when it is sane (1-128 characters of letters,
+  digits and `._:-`, as proxies and tracing systems send), otherwise a fresh one is made; it is
+  echoed in the response and added to the log lines of that request by `RequestIdFilter`
+  (gunicorn.conf.py puts it on the error log's handler and in the access log format).
+- CORS: only origins listed in `FASTFIT_CORS_ORIGINS` get `Access-Control-Allow-Origin`
+  (flask-cors answers the preflight `OPTIONS`); with none listed no CORS header is sent, so
+  browsers keep pages of other origins from reading answers. `*` allows any origin; keys are
+  sent in the Authorization header, never cookies, so credentials mode is never enabled.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, g, has_request_context, request
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+# What a browser page may send and read across origins.
+CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", REQUEST_ID_HEADER)
+CORS_EXPOSE_HEADERS = ("X-Seed", REQUEST_ID_HEADER, "Server-Timing", "Retry-After", "X-Peak-VRAM-MB")
+CORS_MAX_AGE_S = 600
+
+
+def request_id_from(value: str | None) -> str:
+    """The client's request id if it is sane, else a new random one (32 hex digits)."""
+    if value is not None and _SANE_REQUEST_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def current_request_id() -> str:
+    """The id of the request being served in this thread, or '-' outside a request."""
+    if has_request_context():
+        return g.get("request_id", "-")
+    return "-"
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives every log record a `request_id` attribute (for a `%(request_id)s` format)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = current_request_id()
+        return True
+
+
+def check_origins(origins: Iterable[str]) -> list[str]:
+    """The CORS allow-list, each entry a bare origin (`https://host[:port]`) or `*`; else ValueError."""
+    out = []
+    for origin in (o.rstrip("/") for o in origins):
+        parts = urlsplit(origin)
+        bare = parts.scheme in ("http", "https") and parts.netloc and not (parts.path or parts.query or parts.fragment)
+        if origin != "*" and not (bare and re.fullmatch(r"[A-Za-z0-9.:\[\]-]+", parts.netloc)):
+            raise ValueError(f"FASTFIT_CORS_ORIGINS: {origin!r} is not an origin like https://shop.example or *")
+        out.append(origin)
+    return out
+
+
+def register_security(app: Flask, config: Mapping[str, Any]) -> None:
+    """Request ids and the nosniff header on every response of `app`; CORS when origins are listed."""
+
+    @app.before_request
+    def _assign_request_id() -> None:
+        g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+
+    @app.after_request
+    def _common_headers(resp: Response) -> Response:
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers[REQUEST_ID_HEADER] = current_request_id() if "request_id" in g else request_id_from(None)
+        return resp
+
+    origins = check_origins(config["CORS_ORIGINS"])
+    if origins:
+        from flask_cors import CORS
+
+        CORS(app, origins="*" if "*" in origins else origins, methods=["GET", "POST", "OPTIONS"],
+             allow_headers=list(CORS_ALLOW_HEADERS), expose_headers=list(CORS_EXPOSE_HEADERS),
+             max_age=CORS_MAX_AGE_S, supports_credentials=False, vary_header=True)

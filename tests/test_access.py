@@ -1,0 +1,226 @@
+"""Access control (issue 11, item 8), app side: API keys, /metrics, CORS allow-list, nosniff and
+request ids, against the real app (Flask test client on the shared CPU engine) and once through
+a real gunicorn (keys from a file, the request id in its log lines)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from fastfit_service import auth
+from helpers import make_garment, png_bytes
+from server import create_app, default_config
+from test_gunicorn import ROOT, _free_port, _get, _wait_for
+
+KEYS = ("k-alpha-0123456789abcdef", "k-beta-0123456789abcdef", "k-gamma-0123456789abcdef")
+
+
+def _app(engine, **env):
+    return create_app(engine, default_config(env))
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _error(resp, status: int) -> tuple[str, str]:
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    return body["error"]["code"], body["error"]["message"]
+
+
+def _no_garment_post(client, headers=None):
+    """A /prompt that passes authentication and stops at validation (no try-on runs)."""
+    data = {"person": (io.BytesIO(png_bytes(make_garment())), "p.png")}
+    return client.post("/prompt", data=data, content_type="multipart/form-data", headers=headers or {})
+
+
+@pytest.fixture(scope="module")
+def keyed(engine):
+    return _app(engine, FASTFIT_API_KEYS=" , ".join(KEYS)).test_client()
+
+
+# -- API keys ---------------------------------------------------------------------------------------
+def test_without_keys_everything_is_open(engine):
+    client = _app(engine).test_client()
+    assert _error(_no_garment_post(client), 400)[0] == "no_garment"
+    assert client.get("/metrics").status_code == 200
+
+
+def test_prompt_needs_a_valid_key(keyed):
+    for headers in ({}, _bearer("wrong"), {"Authorization": "Basic " + KEYS[0]}, {"Authorization": "Bearer "},
+                    {"Authorization": KEYS[0]}, _bearer(KEYS[0][:-1]), _bearer(KEYS[0] + "x")):
+        resp = _no_garment_post(keyed, headers)
+        code, message = _error(resp, 401)
+        assert code == "unauthorized" and "Authorization: Bearer <key>" in message
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        assert KEYS[0] not in resp.get_data(as_text=True)
+    for key in KEYS:
+        assert _error(_no_garment_post(keyed, _bearer(key)), 400)[0] == "no_garment"
+    assert _error(_no_garment_post(keyed, {"Authorization": f"bearer  {KEYS[1]} "}), 400)[0] == "no_garment"
+
+
+def test_probes_stay_open_and_metrics_is_behind_the_keys(keyed, engine):
+    assert keyed.get("/health").status_code == 200 and keyed.get("/ready").status_code == 200
+    assert _error(keyed.get("/metrics"), 401)[0] == "unauthorized"
+    assert keyed.get("/metrics", headers=_bearer(KEYS[2])).status_code == 200
+    assert _error(keyed.get("/nope"), 401)[0] == "unauthorized"  # routes are not revealed without a key
+    public = _app(engine, FASTFIT_API_KEYS=KEYS[0], FASTFIT_METRICS_PUBLIC="1").test_client()
+    assert public.get("/metrics").status_code == 200
+    assert _error(_no_garment_post(public), 401)[0] == "unauthorized"
+
+
+def test_every_key_is_compared_in_constant_time(keyed, monkeypatch):
+    calls = []
+    real = auth.hmac.compare_digest
+
+    def counting(a, b):
+        calls.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", counting)
+    assert _no_garment_post(keyed, _bearer(KEYS[0])).status_code == 400  # the first key matches ...
+    assert calls == [(32, 32)] * len(KEYS)  # ... and all keys are still compared, as equal-length digests
+    calls.clear()
+    assert _no_garment_post(keyed, _bearer("x")).status_code == 401
+    assert calls == [(32, 32)] * len(KEYS)
+
+
+def test_keys_from_a_file(engine, tmp_path):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"# service keys\n{KEYS[0]}\n\n  {KEYS[1]}  \n")
+    client = _app(engine, FASTFIT_API_KEYS_FILE=str(keys_file)).test_client()
+    assert _error(_no_garment_post(client, _bearer(KEYS[1])), 400)[0] == "no_garment"
+    assert _no_garment_post(client, _bearer("# service keys")).status_code == 401
+    with pytest.raises(RuntimeError, match="FASTFIT_API_KEYS_FILE .* cannot be read"):
+        _app(engine, FASTFIT_API_KEYS_FILE=str(tmp_path / "missing"))
+    (tmp_path / "empty").write_text("# nothing yet\n")
+    with pytest.raises(RuntimeError, match="holds no key"):
+        _app(engine, FASTFIT_API_KEYS_FILE=str(tmp_path / "empty"))
+
+
+# -- headers on every response ------------------------------------------------------------------------
+def test_nosniff_and_request_id_on_every_response(keyed):
+    responses = [keyed.get("/health"), keyed.get("/metrics"), _no_garment_post(keyed),
+                 _no_garment_post(keyed, _bearer(KEYS[0])), keyed.get("/health", headers={"X-Request-ID": "x" * 129})]
+    ids = set()
+    for resp in responses:
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["X-Request-ID"]), resp.headers
+        ids.add(resp.headers["X-Request-ID"])
+    assert len(ids) == len(responses)  # a fresh id per request
+    for sane in ("abc-123", "0f8e:trace.7_x", "A" * 128):
+        assert keyed.get("/health", headers={"X-Request-ID": sane}).headers["X-Request-ID"] == sane
+    for insane in ("has space", "semi;colon", "<script>", "A" * 129, ""):
+        got = keyed.get("/health", headers={"X-Request-ID": insane}).headers["X-Request-ID"]
+        assert got != insane and re.fullmatch(r"[0-9a-f]{32}", got)
+
+
+def test_request_id_reaches_the_log_lines(keyed, caplog):
+    from fastfit_service.security import RequestIdFilter
+
+    caplog.handler.addFilter(RequestIdFilter())
+    with caplog.at_level("INFO", logger="fastfit"):
+        resp = keyed.get("/metrics", headers={"X-Request-ID": "req-42"})
+    assert resp.status_code == 401
+    refused = [r for r in caplog.records if "refused GET /metrics: missing API key" in r.getMessage()]
+    assert [r.request_id for r in refused] == ["req-42"]
+
+
+# -- CORS ---------------------------------------------------------------------------------------------
+SHOP = "https://shop.example"
+
+
+@pytest.fixture(scope="module")
+def cors(engine):
+    return _app(engine, FASTFIT_API_KEYS=KEYS[0], FASTFIT_CORS_ORIGINS=f"{SHOP}, http://localhost:3000").test_client()
+
+
+def test_cors_preflight_is_answered_for_listed_origins(cors):
+    resp = cors.options("/prompt", headers={"Origin": SHOP, "Access-Control-Request-Method": "POST",
+                                            "Access-Control-Request-Headers": "authorization, content-type"})
+    assert resp.status_code == 200  # a preflight carries no key and is still answered
+    assert resp.headers["Access-Control-Allow-Origin"] == SHOP
+    assert "POST" in resp.headers["Access-Control-Allow-Methods"]
+    assert {"authorization", "content-type"} <= {h.strip().lower() for h in resp.headers["Access-Control-Allow-Headers"].split(",")}
+    assert resp.headers["Access-Control-Max-Age"] == "600"
+    assert "Access-Control-Allow-Credentials" not in resp.headers
+
+
+def test_cors_headers_on_answers_only_for_listed_origins(cors):
+    resp = _no_garment_post(cors, {**_bearer(KEYS[0]), "Origin": SHOP})
+    assert resp.status_code == 400 and resp.headers["Access-Control-Allow-Origin"] == SHOP
+    exposed = {h.strip().lower() for h in resp.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"x-seed", "x-request-id", "retry-after"} <= exposed
+    assert "Origin" in resp.headers.get("Vary", "")
+    denied = _no_garment_post(cors, {"Origin": SHOP})  # a 401 still tells the page why
+    assert denied.status_code == 401 and denied.headers["Access-Control-Allow-Origin"] == SHOP
+    for other in ("https://evil.example", "https://shop.example.evil", "http://shop.example"):
+        resp = cors.options("/prompt", headers={"Origin": other, "Access-Control-Request-Method": "POST"})
+        assert "Access-Control-Allow-Origin" not in resp.headers, other
+        assert "Access-Control-Allow-Origin" not in cors.get("/health", headers={"Origin": other}).headers
+
+
+def test_no_cors_without_origins_and_bad_origins_refused(engine):
+    client = _app(engine).test_client()
+    resp = client.options("/prompt", headers={"Origin": SHOP, "Access-Control-Request-Method": "POST"})
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    for bad in ("shop.example", "https://shop.example/path", "https://*.example", "ftp://shop.example"):
+        with pytest.raises(ValueError, match="FASTFIT_CORS_ORIGINS"):
+            _app(engine, FASTFIT_CORS_ORIGINS=bad)
+
+
+# -- through a real gunicorn --------------------------------------------------------------------------
+def _request(url: str, headers: dict[str, str]) -> tuple[int, bytes, dict]:
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def test_gunicorn_enforces_keys_and_logs_request_ids(models_dir, tmp_path):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(KEYS[1] + "\n")
+    port = _free_port()
+    env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{port}", "FASTFIT_MODELS_DIR": str(models_dir),
+           "FASTFIT_RESOLUTION": "128x192", "FASTFIT_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "FASTFIT_WARMUP": "0",
+           "FASTFIT_API_KEYS_FILE": str(keys_file), "GUNICORN_ACCESSLOG": "-"}
+    log = open(tmp_path / "gunicorn.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "server:app"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(base + "/health", 200, time.time() + 90, proc)  # the probe needs no key
+        status, body, headers = _request(base + "/metrics", {"X-Request-ID": "probe-401"})
+        assert status == 401 and json.loads(body)["error"]["code"] == "unauthorized"
+        assert headers["WWW-Authenticate"].startswith("Bearer") and headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["X-Request-ID"] == "probe-401"
+        status, body, headers = _request(base + "/metrics", {**_bearer(KEYS[1]), "X-Request-ID": "probe-200"})
+        assert status == 200 and b"fastfit_http_requests_total" in body and headers["X-Request-ID"] == "probe-200"
+        assert _get(base + "/health")[0] == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.seek(0)
+            output = log.read()
+            log.close()
+    assert re.search(r"\[probe-401\] fastfit\.server: refused GET /metrics: missing API key", output), output
+    assert re.search(r'"GET /metrics HTTP/1\.1" 401 .* probe-401$', output, re.M), output
+    assert re.search(r'"GET /metrics HTTP/1\.1" 200 .* probe-200$', output, re.M), output
+    assert KEYS[1] not in output
