@@ -244,6 +244,9 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                                 "X-Peak-VRAM-MB": {"description": "peak GPU memory of the request (CUDA only)",
                                                    "schema": {"type": "integer", "minimum": 0}},
                                 "Cache-Control": {"schema": {"type": "string", "const": "no-store"}},
+                                "X-FastFit-Synthetic-Weights": {
+                                    "description": "`true` when the service runs the random test weights",
+                                    "schema": {"type": "string", "const": "true"}},
                             },
                             "content": {
                                 **{f.content_type: {"schema": {"type": "string", "contentMediaType": f.content_type}}
