@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from fastfit_engine.errors import TryOnError
+from fastfit_engine.output import encode_image, format_for_path
 from fastfit_engine.schema import (
     GARMENT_FIELDS,
     GARMENT_SLOTS,
     NUMBER_FIELDS,
     NUMBER_FIELDS_BY_NAME,
     PERSON_FIELD,
+    QUALITY,
     TryOnParams,
     check_images,
     cli_flag,
@@ -57,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="inference.py", description="FastFit virtual try-on: dress a person in given garments.")
     p.add_argument(cli_flag(PERSON_FIELD), dest=PERSON_FIELD, required=True,
                    help="photo of the person (centre-cropped to 3:4)")
-    p.add_argument("--output", default="output.png", help="where to write the PNG (default: output.png)")
+    p.add_argument("--output", default="output.png",
+                   help="where to write the image; the extension picks the format: .png, .jpg/.jpeg, .webp "
+                        "(default: output.png)")
     for s in GARMENT_SLOTS:
         p.add_argument(s.cli_flag, dest=s.name, default=None, metavar="IMAGE", help=s.description)
     for f in NUMBER_FIELDS:
@@ -66,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", default=None, metavar="WxH",
                    help="working size, multiples of 64 (default: $FASTFIT_RESOLUTION or 768x1024, the size "
                         "the models were trained at); 384x512 or 192x256 for a quick try on a CPU")
+    p.add_argument(QUALITY.cli_flag, dest=QUALITY.name, default=None, metavar="N",
+                   help=f"{QUALITY.help} ({QUALITY.minimum}..{QUALITY.maximum}, default {QUALITY.default_text})")
+    p.add_argument("--save-mask", action="store_true",
+                   help="also write the cloth-agnostic mask beside the output, as <output>_mask.png")
     p.add_argument("--models-dir", default=None,
                    help="models root (default: $FASTFIT_MODELS_DIR or ./Models; downloaded if missing)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -147,10 +155,12 @@ def engine_settings(args: argparse.Namespace, environ: Mapping[str, str] | None 
 
 
 def _validate(args: argparse.Namespace) -> tuple[dict[str, str], TryOnParams]:
-    """Apply the schema to the command line; returns (garment paths by slot, parameters)."""
+    """Apply the schema to the command line; returns (garment paths by slot, parameters). The
+    output format (from the file name) and quality are checked into `args` too."""
     garments = {g: getattr(args, g) for g in GARMENT_FIELDS if getattr(args, g) is not None}
     check_images([PERSON_FIELD, *garments])
     params = parse_numbers({name: getattr(args, name) for name in NUMBER_FIELDS_BY_NAME})
+    args.quality = QUALITY.parse(args.quality) if args.quality is not None else int(QUALITY.default)
     for name, path in [(PERSON_FIELD, args.person)] + list(garments.items()):
         if not Path(path).is_file():
             raise UsageError(f"{cli_flag(name)}: file not found: {path}")
@@ -159,6 +169,10 @@ def _validate(args: argparse.Namespace) -> tuple[dict[str, str], TryOnParams]:
     out_dir = Path(args.output).resolve().parent
     if not out_dir.is_dir():
         raise UsageError(f"--output: folder does not exist: {out_dir}")
+    try:
+        args.output_format = format_for_path(args.output)
+    except ValueError as exc:
+        raise UsageError(f"--output: {exc}") from None
     return garments, params
 
 
@@ -189,10 +203,15 @@ def run(argv: Sequence[str] | None = None) -> int:
             engine = FastFitEngine(**settings.engine_kwargs())
             progress.start()
             try:
-                result = engine.process(args.person, garments, params, output_path=args.output,
-                                        progress=progress, stage=progress.stage)
+                result = engine.process(args.person, garments, params, progress=progress, stage=progress.stage)
             finally:
                 progress.close()
+        out = Path(args.output)
+        out.write_bytes(encode_image(result.image, args.output_format, args.quality))
+        result.output_path = out
+        mask_path = out.with_name(out.stem + "_mask.png") if args.save_mask else None
+        if mask_path is not None:
+            mask_path.write_bytes(encode_image(result.mask, "png"))
     except TryOnError as exc:  # an input the engine refuses (e.g. the request's pixel budget)
         print(f"error: {exc.describe(cli_flag(exc.field))}", file=sys.stderr)
         return EXIT_USAGE
@@ -206,6 +225,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     vram = f"{result.peak_vram_mb:.0f} MB" if result.peak_vram_mb is not None else f"n/a ({engine.device.type})"
     print(f"output: {result.output_path}")
+    if mask_path is not None:
+        print(f"mask: {mask_path}")
     print(f"seed: {result.seed}")
     print(f"peak VRAM: {vram}")
     print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))

@@ -17,7 +17,6 @@ own generator from the seed).
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import threading
 import time
@@ -53,6 +52,7 @@ from .images import (
     prepare_person,
     prepare_reference,
 )
+from .output import encode_image, format_for_path
 from .schema import (
     GARMENT_LABELS,
     GARMENT_SLOTS,
@@ -86,9 +86,43 @@ class TryOnResult:
     mask: Image.Image | None = field(default=None, repr=False)
 
     def to_png_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        self.image.save(buf, format="PNG")
-        return buf.getvalue()
+        return encode_image(self.image, "png")
+
+
+@dataclass
+class Preparation:
+    """What the stages before diffusion make of one person photo."""
+
+    person: Image.Image  # cropped to 3:4 and resized to the working size
+    pose: Image.Image  # DWPose skeleton drawing
+    mask: Image.Image  # L; 255 where the model repaints
+    seed: int  # for the mask's random draws (none in the default variant)
+    timings: dict[str, float]  # seconds: pose, densepose, schp, mask, total
+
+    masked_person: Image.Image | None = None  # RGB; what diffusion is conditioned on (preprocess() only)
+
+
+class _StageClock:
+    """Seconds per stage; on CUDA each lap waits for the GPU so a stage is charged its own work."""
+
+    def __init__(self, device: torch.device):
+        self._cuda = device.type == "cuda"
+        self._device = device
+        self.timings: dict[str, float] = {}
+        self._start = self._t = time.perf_counter()
+
+    def start_stages(self) -> None:
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self._cuda:
+            torch.cuda.synchronize(self._device)
+        now = time.perf_counter()
+        self.timings[stage] = now - self._t
+        self._t = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self._start
 
 
 def parse_resolution(value: str | tuple[int, int] | list[int] | None) -> tuple[int, int]:
@@ -218,6 +252,18 @@ class FastFitEngine:
         sizes = self.reference_sizes
         plans = {PERSON_FIELD: (person, self.resolution, PERSON_ASPECT)}
         plans.update({g: (garments[g], sizes[g], None) for g in order})
+        return self._decode_plans(plans, max_total_pixels)
+
+    def load_person(self, person: ImageSource) -> Image.Image:
+        """Decode the person photo alone, exactly as `load_inputs` does (a mask preview's input)."""
+        if person is None:
+            check_images([])  # the schema's "person is required"
+        plans = {PERSON_FIELD: (person, self.resolution, PERSON_ASPECT)}
+        return self._decode_plans(plans, None)[0]
+
+    def _decode_plans(
+        self, plans: dict[str, tuple[ImageSource, tuple[int, int], float | None]], max_total_pixels: int | None
+    ) -> tuple[Image.Image, dict[str, Image.Image]]:
         opened = {
             name: open_image(src, name=name, max_pixels=self.max_pixels, cover=cover, crop_aspect=aspect)
             for name, (src, cover, aspect) in plans.items()
@@ -287,11 +333,65 @@ class FastFitEngine:
 
         with self._lock:
             result = self._run(person_img, garment_imgs, params, progress, stage, check)
-        if output_path is not None:
+        if output_path is not None:  # the extension picks the format (.png, .jpg, .webp)
             out = Path(output_path)
-            result.image.save(out, format="PNG")
+            out.write_bytes(encode_image(result.image, format_for_path(out)))
             result.output_path = out
         return result
+
+    def preprocess(self, person: ImageSource, seed: int | None = None) -> Preparation:
+        """The stages before diffusion alone (pose, DensePose, SCHP parsing, the cloth-agnostic
+        mask) for one person photo: what a mask preview shows, without the diffusion model. The
+        mask is the one a try-on of the same photo uses (`seed` feeds the mask's random draws,
+        as in a try-on; the default mask variant makes none)."""
+        seed = parse_numbers({"seed": seed}).with_seed().seed
+        person_img = self.load_person(person)
+        clock = _StageClock(self.device)
+        with self._lock, torch.inference_mode():
+            prep = self._preprocess(person_img, seed, clock)
+            # The pipeline's own composite (person outside the mask, pose skeleton inside), in 8 bits.
+            masked = self.pipeline.prepare_person_inputs(prep.person, prep.mask, prep.pose).masked
+            pixels = ((masked[0].float().permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255)
+            prep.masked_person = Image.fromarray(pixels.to(torch.uint8).cpu().numpy(), "RGB")
+        prep.timings["total"] = clock.total()
+        return prep
+
+    def _preprocess(self, person_img: Image.Image, seed: int, clock: _StageClock) -> Preparation:
+        """The person's maps (person cache, or DWPose on its thread beside DensePose and SCHP, as in
+        a try-on) and the mask a try-on with this seed uses."""
+        person = prepare_person(person_img, self.resolution)
+        key = self._person_key(person)
+        maps = self.person_cache.get(key) if key is not None else None
+        clock.start_stages()
+        if maps is None:
+            pose_job = self._pose_worker.submit(self._timed_pose, person)
+
+            def lap(name: str, _t0: float) -> float:
+                clock.lap(name)
+                return time.perf_counter()
+
+            maps, _ = self._parse_person(person, pose_job, lap, time.perf_counter(), clock.timings)
+            if key is not None:
+                self.person_cache.put(key, maps, maps.nbytes)
+        mask = self._cloth_mask(maps, seed)
+        clock.lap("mask")
+        return Preparation(person=person, pose=maps.pose, mask=mask, seed=seed, timings=clock.timings)
+
+    def _person_key(self, person: Image.Image) -> tuple[str, tuple[int, int]] | None:
+        """The person cache's key for a prepared person photo; None while the cache is off."""
+        if not (self._caches_on and self.person_cache.enabled):
+            return None
+        return (image_digest(person), person.size)
+
+    @staticmethod
+    def _cloth_mask(maps: PersonMaps, seed: int) -> Image.Image:
+        """The cloth-agnostic mask from the parser maps; its random draws come from the seed."""
+        from parse_utils import multi_ref_cloth_agnostic_mask
+
+        return multi_ref_cloth_agnostic_mask(
+            maps.densepose, maps.lip, maps.atr, square_cloth_mask=False, horizon_expand=True,
+            rng=np.random.default_rng(seed),
+        )
 
     def _run(
         self,
@@ -302,8 +402,6 @@ class FastFitEngine:
         stage: StageCallback | None = None,
         check: Callable[[], None] | None = None,
     ) -> TryOnResult:
-        from parse_utils import multi_ref_cloth_agnostic_mask
-
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -324,7 +422,7 @@ class FastFitEngine:
         if check is not None:
             check()
         person = prepare_person(person_img, self.resolution)
-        person_key = (image_digest(person), person.size) if self._caches_on and self.person_cache.enabled else None
+        person_key = self._person_key(person)
         maps: PersonMaps | None = self.person_cache.get(person_key) if person_key is not None else None
         pose_job = self._pose_worker.submit(self._timed_pose, person) if maps is None else None
         t = time.perf_counter()
@@ -343,10 +441,7 @@ class FastFitEngine:
                         maps, t = self._parse_person(person, pose_job, lap, t, timings)
                         if person_key is not None:
                             self.person_cache.put(person_key, maps, maps.nbytes)
-                    mask = multi_ref_cloth_agnostic_mask(
-                        maps.densepose, maps.lip, maps.atr, square_cloth_mask=False, horizon_expand=True,
-                        rng=np.random.default_rng(params.seed),
-                    )
+                    mask = self._cloth_mask(maps, params.seed)
                     t = lap("mask", t)
                     image = self.pipeline(
                         person,

@@ -20,6 +20,8 @@ from .errors import RequestError
 
 __all__ = [
     "ALL_FIELDS", "GARMENT_DESCRIPTIONS", "GARMENT_FIELDS", "GARMENT_LABELS", "GARMENT_SLOTS", "IMAGE_FIELDS",
+    "OUTPUT_FIELDS", "OUTPUT_FORMAT", "PREVIEW", "QUALITY", "RESPONSE_FORMAT", "VALUE_FIELDS_BY_NAME",
+    "ChoiceField", "parse_output_options",
     "MODEL_LABEL_INDEX", "NUMBER_FIELDS", "NUMBER_FIELDS_BY_NAME", "PERSON_FIELD", "SEED_MAX", "GarmentSlot",
     "NumberField", "RequestError", "TryOnParams", "check_garments", "check_images", "cli_flag",
     "garment_set_per_size_layout", "markdown_table", "parse_numbers", "shorten",
@@ -143,10 +145,51 @@ NUMBER_FIELDS = (
 )
 NUMBER_FIELDS_BY_NAME = {f.name: f for f in NUMBER_FIELDS}
 
-ALL_FIELDS = IMAGE_FIELDS + tuple(NUMBER_FIELDS_BY_NAME)
+
+
+@dataclass(frozen=True)
+class ChoiceField:
+    """A request parameter that takes one of a few words."""
+
+    name: str
+    cli_flag: str | None  # None: the command line has its own way (or none)
+    choices: tuple[str, ...]
+    default: str
+    help: str
+
+    @property
+    def default_text(self) -> str:
+        return self.default
+
+    def parse(self, value: Any) -> str:
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text not in self.choices:
+            raise RequestError.for_field(
+                self.name, f"must be one of {', '.join(self.choices)}, got {value!r}", code="invalid_choice"
+            )
+        return text
+
+
+# What to send back, applied after the engine: the image encoding, a preview of the mask instead
+# of a try-on, and the service's answer as the bare image or as JSON.
+OUTPUT_FORMAT = ChoiceField("output_format", None, ("png", "jpeg", "webp"), "png",
+                            "image encoding of the answer (CLI: the output file's extension); metadata is never kept")
+QUALITY = NumberField("quality", "--quality", int, 1, 100, 90, "JPEG/WebP quality; PNG is lossless and ignores it")
+PREVIEW = ChoiceField("preview", None, ("none", "mask", "masked_person"), "none",
+                      "mask or masked_person: answer the cloth-agnostic mask (or the person as the model sees it) "
+                      "without running diffusion (CLI: --save-mask)")
+RESPONSE_FORMAT = ChoiceField("response_format", None, ("image", "json"), "image",
+                              "json: image as base64 with seed, timings and peak VRAM (same as Accept: application/json)")
+OUTPUT_FIELDS: tuple[NumberField | ChoiceField, ...] = (OUTPUT_FORMAT, QUALITY, PREVIEW, RESPONSE_FORMAT)
+OUTPUT_FIELDS_BY_NAME = {f.name: f for f in OUTPUT_FIELDS}
+
+# Every field that is not an image, in table order.
+VALUE_FIELDS_BY_NAME: dict[str, NumberField | ChoiceField] = {**NUMBER_FIELDS_BY_NAME, **OUTPUT_FIELDS_BY_NAME}
+
+ALL_FIELDS = IMAGE_FIELDS + tuple(VALUE_FIELDS_BY_NAME)
 
 _CLI_FLAGS = {PERSON_FIELD: "--person"} | {s.name: s.cli_flag for s in GARMENT_SLOTS} | {
-    f.name: f.cli_flag for f in NUMBER_FIELDS
+    f.name: f.cli_flag for f in VALUE_FIELDS_BY_NAME.values() if f.cli_flag
 }
 
 
@@ -192,6 +235,18 @@ def parse_numbers(values: Mapping[str, Any]) -> TryOnParams:
         else:
             out[field.name] = field.parse(raw)
     return TryOnParams(**out)
+
+
+def parse_output_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the output options present in `values`; absent or blank ones get their defaults."""
+    out: dict[str, Any] = {}
+    for field in OUTPUT_FIELDS:
+        raw = values.get(field.name)
+        if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+            out[field.name] = field.default
+        else:
+            out[field.name] = field.parse(raw)
+    return out
 
 
 def check_garments(present: Iterable[str]) -> list[str]:
@@ -255,9 +310,13 @@ def markdown_table() -> str:
     ]
     for s in GARMENT_SLOTS:
         rows.append(f"| `{s.name}` | `{s.cli_flag}` | image file | | | {s.description} |")
-    for f in NUMBER_FIELDS:
+    for f in VALUE_FIELDS_BY_NAME.values():
+        flag = f"`{f.cli_flag}`" if f.cli_flag else ""
+        if isinstance(f, ChoiceField):
+            rows.append(f"| `{f.name}` | {flag} | word | {', '.join(f.choices)} | {f.default} | {f.help} |")
+            continue
         rng = f"{_fmt(f.minimum)} .. {_fmt(f.maximum) if f.maximum != SEED_MAX else '2**32-1'}"
         rows.append(
-            f"| `{f.name}` | `{f.cli_flag}` | {'integer' if f.kind is int else 'number'} | {rng} | {f.default_text} | {f.help} |"
+            f"| `{f.name}` | {flag} | {'integer' if f.kind is int else 'number'} | {rng} | {f.default_text} | {f.help} |"
         )
     return "\n".join(rows) + "\n"

@@ -1,7 +1,8 @@
-"""The Flask app factory of the try-on service: `POST /prompt` (multipart) returns a PNG.
+"""The Flask app factory of the try-on service: `POST /prompt` (multipart or JSON) returns the image.
 
 Routes: `/prompt`, `/health` (liveness: the process answers and the GPU is not stuck), `/ready`
-(the engine is loaded and the process not draining), `/metrics`. One engine per process;
+(the engine is loaded and the process not draining), `/metrics`,
+`/openapi.json`, `/docs/` (API docs) and `/` (the try-on page). One engine per process;
 `admission.Service` admits a request before its images are decoded and lets one request at a
 time onto the GPU, under a deadline and a check that its client is still there; `auth` asks for
 an API key when keys are configured; `security` adds the request id and common headers.
@@ -18,11 +19,15 @@ from fastfit_engine.errors import ClientGone, DeadlineExceeded, NonFiniteOutputE
 from fastfit_engine.schema import PERSON_FIELD
 
 from .admission import Service
+from .answer import answer
 from .auth import register_auth
 from .config import default_config, engine_settings
-from .multipart import FormLimits, read_prompt_upload
-from .responses import ProcessingFailed, register_error_handlers, server_timing
+from .docs import register_docs
+from .jsonbody import json_body_limit, read_prompt_json
+from .multipart import FormLimits, read_prompt_form
+from .responses import ProcessingFailed, register_error_handlers
 from .security import register_security
+from .web import register_page
 
 log = logging.getLogger("fastfit.server")
 
@@ -81,19 +86,31 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
 
     @app.post("/prompt")
     def prompt() -> Response:
-        uploads, params = read_prompt_upload(request, form_limits)  # undecoded: refusals below cost no decoding
+        if request.is_json:
+            upload_limit = app.config["MAX_CONTENT_LENGTH"]
+            request.max_content_length = json_body_limit(upload_limit)  # base64 is 4/3 of the bytes
+            req = read_prompt_json(request, upload_limit)
+        else:
+            req = read_prompt_form(request, form_limits)  # undecoded: refusals below cost no decoding
         eng = svc.require_engine()
+        uploads = dict(req.uploads)
+        person_data = uploads.pop(PERSON_FIELD)
+        preview = req.options["preview"]
         control = svc.control(request.environ)
         try:
             with svc.admit():
                 control.check()
-                with svc.decode_lock:
-                    person, garments = eng.load_inputs(
-                        uploads.pop(PERSON_FIELD), uploads, max_total_pixels=cfg["MAX_REQUEST_PIXELS"]
+                if preview != "none":  # the stages before diffusion only
+                    with svc.decode_lock:
+                        person = eng.load_person(person_data)
+                    result = svc.run_on_gpu(lambda: eng.preprocess(person, seed=req.params.seed), control)
+                else:
+                    with svc.decode_lock:
+                        person, garments = eng.load_inputs(person_data, uploads, max_total_pixels=cfg["MAX_REQUEST_PIXELS"])
+                    result = svc.run_on_gpu(
+                        lambda: eng.process(person, garments, req.params, progress=control.step, check=control.check),
+                        control,
                     )
-                result = svc.run_on_gpu(
-                    lambda: eng.process(person, garments, params, progress=control.step, check=control.check), control
-                )
         except ClientGone:
             svc.metrics.cancelled.inc()
             log.info("request cancelled: the client closed the connection")
@@ -111,15 +128,16 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
         except Exception:
             log.exception("processing failed")
             raise ProcessingFailed("the try-on could not be processed") from None
-        png = result.to_png_bytes()
-        resp = Response(png, mimetype="image/png")
-        resp.headers["X-Seed"] = str(result.seed)
-        if result.peak_vram_mb is not None:
-            resp.headers["X-Peak-VRAM-MB"] = f"{result.peak_vram_mb:.0f}"
-        resp.headers["Server-Timing"] = server_timing(result.timings)
-        resp.headers["Cache-Control"] = "no-store"
+        if preview == "mask":
+            resp = answer(request, result.mask, req.options, result.seed, result.timings, None)
+        elif preview == "masked_person":
+            resp = answer(request, result.masked_person, req.options, result.seed, result.timings, None)
+        else:
+            resp = answer(request, result.image, req.options, result.seed, result.timings, result.peak_vram_mb)
         if getattr(eng, "synthetic_weights", False):  # random weights from fastfit_engine.synthetic
             resp.headers["X-FastFit-Synthetic-Weights"] = "true"
         return resp
 
+    register_docs(app, cfg)  # /openapi.json and /docs
+    register_page(app)  # the try-on page at /
     return app

@@ -19,21 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Request
-from PIL import Image
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from fastfit_engine.errors import TryOnError
-from fastfit_engine.images import load_image
-from fastfit_engine.schema import (
-    IMAGE_FIELDS,
-    NUMBER_FIELDS_BY_NAME,
-    RequestError,
-    TryOnParams,
-    check_images,
-    parse_numbers,
-    shorten,
-)
+from fastfit_engine.schema import IMAGE_FIELDS, VALUE_FIELDS_BY_NAME, RequestError, shorten
+
+from .prompt import PromptRequest, check_prompt
 
 _CHUNK = 64 * 1024
 
@@ -48,7 +40,7 @@ class FormTooLarge(TryOnError):
 class FormLimits:
     """Limits on the shape of the form (the body's total size is MAX_CONTENT_LENGTH's)."""
 
-    max_parts: int = 16  # the form has 9 fields; FASTFIT_MAX_FORM_PARTS
+    max_parts: int = 16  # the form has 13 fields; FASTFIT_MAX_FORM_PARTS
     max_field_bytes: int = 1024  # a text field holds one number; FASTFIT_MAX_FIELD_BYTES
 
     @classmethod
@@ -131,15 +123,13 @@ def _form_error(code: str, message: str, field: str) -> RequestError:
     return RequestError(message, code=code, field=field)
 
 
-def read_prompt_upload(request: Request, limits: FormLimits) -> tuple[dict[str, bytes], TryOnParams]:
-    """Validate the multipart request against the schema; return (encoded images by field, parameters).
-
-    Nothing is decoded yet: the caller decides when the images are worth decoding.
-    """
+def read_prompt_upload(request: Request, limits: FormLimits) -> tuple[dict[str, bytes], dict[str, str]]:
+    """The form's own checks; return (encoded images by field, text values by field), unchecked
+    by the schema yet."""
     form = read_multipart(request, limits)
     names = form.names()
     for key in names:
-        if key not in IMAGE_FIELDS and key not in NUMBER_FIELDS_BY_NAME:
+        if key not in IMAGE_FIELDS and key not in VALUE_FIELDS_BY_NAME:
             raise _form_error("unknown_field", f"unknown field {shorten(key)!r}", key)
         if names.count(key) > 1:
             raise _form_error("duplicate_field", f"field {key!r} is given more than once", key)
@@ -149,24 +139,15 @@ def read_prompt_upload(request: Request, limits: FormLimits) -> tuple[dict[str, 
             raise _form_error("not_a_file", f"field {key!r} must be a file upload", key)
     uploads: dict[str, bytes] = {}
     for key, filename, data in form.files:
-        if key in NUMBER_FIELDS_BY_NAME:
+        if key in VALUE_FIELDS_BY_NAME:
             raise _form_error("not_a_number_field", f"field {key!r} must be a form field, not a file", key)
         if data or filename:
             uploads[key] = data  # else an empty file input of an HTML form: the field was left blank
     uploads = {key: uploads[key] for key in IMAGE_FIELDS if key in uploads}
-
-    check_images(uploads)
-    params = parse_numbers({k: fields.get(k) for k in NUMBER_FIELDS_BY_NAME})
-    return uploads, params
+    return uploads, {k: fields[k] for k in VALUE_FIELDS_BY_NAME if k in fields}
 
 
-def decode_uploads(uploads: Mapping[str, bytes], max_pixels: int | None) -> dict[str, Image.Image]:
-    """Decode the uploaded images (in schema order), each refused with its field's name if unusable."""
-    return {key: load_image(data, name=key, max_pixels=max_pixels) for key, data in uploads.items()}
-
-
-def read_prompt_form(request: Request, max_pixels: int | None,
-                     limits: FormLimits | None = None) -> tuple[dict[str, Image.Image], TryOnParams]:
-    """Validate the multipart request against the schema; return (images by field, parameters)."""
-    uploads, params = read_prompt_upload(request, limits or FormLimits())
-    return decode_uploads(uploads, max_pixels), params
+def read_prompt_form(request: Request, limits: FormLimits | None = None) -> PromptRequest:
+    """Validate the multipart request against the schema (the checks JSON bodies share)."""
+    uploads, values = read_prompt_upload(request, limits or FormLimits())
+    return check_prompt(uploads, values)

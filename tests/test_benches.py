@@ -31,7 +31,16 @@ def run_bench(module: str, *args: str) -> dict:
 
 def test_every_bench_script_is_covered():
     scripts = sorted(p.stem for p in (ROOT / "bench").glob("bench_*.py"))
-    assert scripts == ["bench_densepose", "bench_diffusion", "bench_dwpose", "bench_request", "bench_schp", "bench_sha256"]
+    assert scripts == ["bench_densepose", "bench_diffusion", "bench_dwpose", "bench_output_formats", "bench_request",
+                       "bench_schp", "bench_sha256"]
+
+
+def test_bench_output_formats_quick():
+    report = run_bench("bench_output_formats")
+    assert report["size"] == "192x256" and report["quality"] == 90
+    (row,) = report["images"].values()
+    assert list(row) == ["png", "jpeg", "webp"]
+    assert row["jpeg"]["bytes"] < row["png"]["bytes"] and row["webp"]["bytes"] < row["png"]["bytes"]
 
 
 def test_bench_diffusion_quick(models_dir):

@@ -91,7 +91,8 @@ def test_cli_flags_come_from_the_schema():
     parser = inference.build_parser()
     flags = {opt for a in parser._actions for opt in a.option_strings if opt.startswith("--")}
     expected = {"--person", "--output", "--upper", "--lower", "--dress", "--shoe", "--bag", "--steps", "--seed",
-                "--guidance", "--models-dir", "--help", "--resolution", "--progress", "--no-progress"}
+                "--guidance", "--quality", "--save-mask", "--models-dir", "--help", "--resolution", "--progress",
+                "--no-progress"}
     assert flags == expected
     assert {f.cli_flag for f in schema.NUMBER_FIELDS} <= flags
 
@@ -147,7 +148,8 @@ def test_number_errors_name_the_field_or_its_flag(field):
 
 def test_cli_flag_of_every_field():
     assert [schema.cli_flag(f) for f in schema.ALL_FIELDS] == [
-        "--person", "--upper", "--lower", "--dress", "--shoe", "--bag", "--steps", "--seed", "--guidance"]
+        "--person", "--upper", "--lower", "--dress", "--shoe", "--bag", "--steps", "--seed", "--guidance",
+        None, "--quality", None, None]  # output_format comes from --output's extension; preview, response_format: service only
     assert schema.cli_flag(None) is None and schema.cli_flag("hat") is None
 
 

@@ -1,0 +1,29 @@
+"""One try-on request, whatever its encoding: the checks multipart and JSON bodies share.
+
+Each reader turns its body into raw uploads (bytes per image field) and raw values (strings or
+JSON scalars per other field); `check_prompt` applies the schema to both in one order, so the
+two encodings give the same answers and the same error codes.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastfit_engine.schema import NUMBER_FIELDS_BY_NAME, TryOnParams, check_images, parse_numbers, parse_output_options
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    uploads: dict[str, bytes]  # person and garments, still encoded: decoded only once admitted
+    params: TryOnParams  # steps, seed, guidance_scale
+    options: dict[str, Any]  # output_format, quality, preview, response_format
+
+
+def check_prompt(uploads: Mapping[str, bytes], values: Mapping[str, Any]) -> PromptRequest:
+    """Schema checks after the body's own: person, garment rules, numbers, options. The images are
+    decoded later, once the request has a place in the queue (the engine's `load_inputs`)."""
+    check_images(uploads)
+    params = parse_numbers({k: values.get(k) for k in NUMBER_FIELDS_BY_NAME})
+    options = parse_output_options(values)
+    return PromptRequest(uploads=dict(uploads), params=params, options=options)
