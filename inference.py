@@ -115,7 +115,7 @@ class Progress:
             return
         if self._bar is None:
             self.start()
-        self._bar.set_postfix_str(name, refresh=False)
+        self._bar.postfix = name  # shown after the counts at the next refresh
         last = name == PREPARATION_STAGES[-1]
         self._bar.update(self._bar.total - self._bar.n if last else 1)
         if last:

@@ -68,6 +68,7 @@ DEFAULT_RESOLUTION = (768, 1024)
 # and "schp"); "pose_wait" is the part of it left on the critical path (this thread blocked on
 # it). "garments": VAE encodes and reference passes (or garment-cache restores). A person-cache
 # hit reports 0 for the parser stages.
+PREVIEW_STAGES = ("pose", "densepose", "schp", "mask")  # a mask preview's timings (then "total")
 STAGES = ("pose", "garments", "densepose", "schp", "pose_wait", "mask", "diffusion", "total")
 
 ProgressCallback = Callable[[int, int], None]
@@ -362,12 +363,14 @@ class FastFitEngine:
         person = prepare_person(person_img, self.resolution)
         key = self._person_key(person)
         maps = self.person_cache.get(key) if key is not None else None
+        clock.timings.update(dict.fromkeys(PREVIEW_STAGES, 0.0))  # zeros for what the person cache saves
         clock.start_stages()
         if maps is None:
             pose_job = self._pose_worker.submit(self._timed_pose, person)
 
             def lap(name: str, _t0: float) -> float:
                 clock.lap(name)
+                clock.timings.pop("pose_wait", None)  # `pose` holds DWPose's own time
                 return time.perf_counter()
 
             maps, _ = self._parse_person(person, pose_job, lap, time.perf_counter(), clock.timings)

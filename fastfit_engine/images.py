@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError, features
+from PIL import Image, UnidentifiedImageError, features
 
 from .errors import ImageError, ImageTooLargeError, ImageTooSmallError, UnsupportedFormatError
 

@@ -56,15 +56,21 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("invalid_image", 400, "a file that is not a decodable image (or, in JSON, not base64)"),
     ErrorCode("image_too_large", 400, "an image over the pixel limit (or a decompression bomb)"),
     ErrorCode("image_too_small", 400, "an image under 16 pixels on a side"),
+    ErrorCode("pixel_budget_exceeded", 400, "the request's images decode to more pixels together than allowed"),
     ErrorCode("invalid_request", 400, "any other invalid input"),
     ErrorCode("not_found", 404, "no such route"),
     ErrorCode("method_not_allowed", 405, "the route does not take this method"),
     ErrorCode("processing_failed", 500, "the try-on failed; details go to the server log only"),
+    ErrorCode("non_finite_output", 500, "the model produced NaN or infinite values (corrupt weights or a numerical fault)"),
+    ErrorCode("client_closed_request", 499, "the client closed the connection; the work was stopped (logged, never read)"),
+    ErrorCode("deadline_exceeded", 504, "the request ran past its deadline (queue time included)"),
     ErrorCode("internal_error", 500, "an unexpected failure; details go to the server log only"),
     ErrorCode("loading", 503, "the models are still loading", retry_after=True),
     ErrorCode("engine_failed", 503, "the models failed to load (see the server log)"),
     ErrorCode("queue_full", 503, "too many requests are waiting for the GPU", retry_after=True),
     ErrorCode("queue_timeout", 503, "the request waited too long for the GPU", retry_after=True),
+    ErrorCode("draining", 503, "the server is shutting down; retry on another instance", retry_after=True),
+    ErrorCode("engine_stuck", 503, "a GPU call has made no progress for too long; the process awaits a restart"),
 )
 
 _JSON = "application/json"
@@ -204,7 +210,7 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
     limit = f" The whole body may be at most {float(upload_mb):g} MB." if upload_mb else ""
     prompt_errors = [c for c in errors if c.code not in ("not_found", "method_not_allowed")]
     timing = ", ".join(STAGES)
-    ready_errors = [c for c in errors if c.code in ("loading", "engine_failed")]
+    ready_errors = [c for c in errors if c.code in ("loading", "engine_failed", "non_finite_output", "draining", "engine_stuck")]
 
     return {
         "openapi": OPENAPI_VERSION,

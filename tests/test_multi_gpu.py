@@ -125,7 +125,9 @@ def test_busy_instance_is_skipped_and_a_killed_worker_disturbs_nothing(models_di
         short = slow_clients.timed_request(stack.front + "/prompt", short_body, headers, timeout=240)
         first.join(240)
         assert short[0] == 200 and results["long"][0] == 200, (short[:2], results["long"][:2])
-        log = [e for e in stack.access_entries() if e["uri"] == "/prompt"]
+        deadline = time.time() + 10  # nginx writes a request's log line just after its answer
+        while len(log := [e for e in stack.access_entries() if e["uri"] == "/prompt"]) < 2 and time.time() < deadline:
+            time.sleep(0.1)
         assert len(log) == 2 and {e["upstream"] for e in log} == addresses, log  # one each
         # the short request (found by the request id the app echoes) went to the idle instance
         short_id = {k.lower(): v for k, v in short[2].items()}["x-request-id"]
