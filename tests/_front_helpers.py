@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("fastfit_slow_clients", ROOT / "deploy" / "slow_clients.py")
 slow_clients = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(slow_clients)
+_spec = importlib.util.spec_from_file_location("fastfit_loadtest", ROOT / "deploy" / "loadtest.py")
+loadtest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(loadtest)
 
 
 def require_nginx() -> None:

@@ -55,3 +55,13 @@ def single_thread() -> Iterator[None]:
     """One intra-op torch thread for a whole module (see helpers.single_thread); a module opts in with
     ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
     yield from _single_thread()
+
+
+@pytest.fixture(autouse=True)
+def _engine_caches_per_test(request):
+    """The shared engine's caches never carry a test's values (some patch a parser) into another."""
+    if "engine" in request.fixturenames:
+        request.getfixturevalue("engine").clear_caches()
+    yield
+    if "engine" in request.fixturenames:
+        request.getfixturevalue("engine").clear_caches()

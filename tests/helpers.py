@@ -201,3 +201,16 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+class NoDiffusion:
+    """The real pipeline's preparation methods, but no denoising run (for the mask preview tests)."""
+
+    def __init__(self, pipeline):
+        self._pipeline = pipeline
+
+    def __getattr__(self, name):
+        return getattr(self._pipeline, name)
+
+    def __call__(self, *args, **kwargs):
+        raise AssertionError("a preview must not run diffusion")

@@ -5,23 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import TEST_RESOLUTION
+from helpers import TEST_RESOLUTION, NoDiffusion
 from parse_utils.automasker import LIP_MAPPING
 
 PREP_STAGES = ["pose", "densepose", "schp", "mask", "total"]
 
 
-class _NoDiffusion:
-    """The real pipeline's preparation methods, but no denoising run."""
-
-    def __init__(self, pipeline):
-        self._pipeline = pipeline
-
-    def __getattr__(self, name):
-        return getattr(self._pipeline, name)
-
-    def __call__(self, *args, **kwargs):
-        raise AssertionError("the mask preview must not run diffusion")
 
 
 @pytest.fixture()
@@ -40,7 +29,7 @@ def face_on_top(engine, monkeypatch):
 
 def test_preprocess_gives_the_mask_the_try_on_uses(engine, sample_files, monkeypatch, face_on_top):
     result = engine.process(sample_files["person"], {"upper": sample_files["upper"]}, steps=1, seed=21)
-    monkeypatch.setattr(engine, "pipeline", _NoDiffusion(engine.pipeline))
+    monkeypatch.setattr(engine, "pipeline", NoDiffusion(engine.pipeline))
     prep = engine.preprocess(sample_files["person"], seed=21)
     assert prep.seed == 21 and list(prep.timings) == PREP_STAGES
     assert prep.mask.mode == "L" and prep.mask.size == TEST_RESOLUTION and prep.person.size == TEST_RESOLUTION

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from _front_helpers import Stack, get, require_nginx, slow_clients
+from _front_helpers import Stack, get, loadtest, require_nginx, slow_clients
 from fastfit_service import launch
 
 
@@ -79,16 +79,7 @@ def _prompt_request(sample_files, steps: int) -> tuple[bytes, dict]:
 
 def _gunicorn_pids(launcher_pid: int, instance: int) -> tuple[int, list[int]]:
     """(master pid, worker pids) of one instance, found through /proc."""
-    def children(pid: int) -> list[int]:
-        out = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry.name))
-                except (OSError, IndexError, ValueError):
-                    pass
-        return out
+    children = loadtest._children  # the load tool finds processes the same way
 
     for pid in children(launcher_pid):
         try:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import TEST_RESOLUTION
+from helpers import TEST_RESOLUTION, NoDiffusion
 from fastfit_engine.engine import STAGES
 from fastfit_engine.output import encode_image
 from server import create_app
@@ -94,24 +94,13 @@ def test_lossy_output_formats(client, sample_files, reference_png, fmt, mime, pi
     assert j.get_json()["content_type"] == mime
 
 
-class _NoDiffusion:
-    """The real pipeline's preparation methods, but no denoising run."""
-
-    def __init__(self, pipeline):
-        self._pipeline = pipeline
-
-    def __getattr__(self, name):
-        return getattr(self._pipeline, name)
-
-    def __call__(self, *args, **kwargs):
-        raise AssertionError("a preview must not run diffusion")
 
 
 @pytest.mark.parametrize("preview, mode", [("mask", "L"), ("masked_person", "RGB")])
 def test_mask_preview_skips_diffusion(app, engine, sample_files, monkeypatch, preview, mode):
     expected = engine.preprocess(sample_files["person"], seed=9)
     want = expected.mask if preview == "mask" else expected.masked_person
-    monkeypatch.setattr(engine, "pipeline", _NoDiffusion(engine.pipeline))
+    monkeypatch.setattr(engine, "pipeline", NoDiffusion(engine.pipeline))
     r = _multipart(app.test_client(), _form(sample_files, "person", "upper", seed="9", preview=preview))
     assert r.status_code == 200 and r.mimetype == "image/png"
     img = Image.open(io.BytesIO(r.data))
