@@ -18,7 +18,7 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
-bind = _env("GUNICORN_BIND", "0.0.0.0:" + _env("PORT", "8000"))
+bind = _env("GUNICORN_BIND", "127.0.0.1:" + _env("PORT", "8000"))  # loopback unless told: the front (nginx) faces clients
 workers = 1  # one model copy per GPU; scale out with more containers, not more workers
 worker_class = "fastfit_service.gunicorn_worker.DeadlineThreadWorker"
 # Threads are cheap (the app lets one request onto the GPU and QUEUE_SIZE wait); 8 leaves room for

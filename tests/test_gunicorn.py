@@ -130,7 +130,8 @@ def test_config_is_one_worker_threads_and_env(monkeypatch):
     monkeypatch.setenv("PORT", "7000")
     monkeypatch.delenv("GUNICORN_THREADS")
     cfg = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    assert cfg["bind"] == "0.0.0.0:7000"
+    assert cfg["bind"] == "127.0.0.1:7000"  # loopback unless told: the front faces clients
     from server import default_config
 
     assert cfg["threads"] >= default_config()["QUEUE_SIZE"] + 2  # a thread left for /health when busy
+
