@@ -214,3 +214,20 @@ class NoDiffusion:
 
     def __call__(self, *args, **kwargs):
         raise AssertionError("a preview must not run diffusion")
+
+
+def stop_process(proc, log) -> tuple[int | None, str]:
+    """SIGTERM a server process (graceful stop; killed if it takes over 60 s); (exit code, its log)."""
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    code = None
+    try:
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.seek(0)
+        output = log.read()
+        log.close()
+    return code, output

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import urllib.request
 import pytest
 
 from fastfit_service import auth
-from helpers import make_garment, png_bytes
+from helpers import make_garment, png_bytes, stop_process
 from server import create_app, default_config
 from test_gunicorn import ROOT, _free_port, _get, _wait_for
 
@@ -211,15 +210,7 @@ def test_gunicorn_enforces_keys_and_logs_request_ids(models_dir, tmp_path):
         assert status == 200 and b"fastfit_http_requests_total" in body and headers["X-Request-ID"] == "probe-200"
         assert _get(base + "/health")[0] == 200
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            log.seek(0)
-            output = log.read()
-            log.close()
+        _, output = stop_process(proc, log)
     assert re.search(r"\[probe-401\] fastfit\.server: refused GET /metrics: missing API key", output), output
     assert re.search(r'"GET /metrics HTTP/1\.1" 401 .* probe-401$', output, re.M), output
     assert re.search(r'"GET /metrics HTTP/1\.1" 200 .* probe-200$', output, re.M), output

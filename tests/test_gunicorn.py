@@ -5,7 +5,6 @@ import io
 import json
 import os
 import runpy
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import uuid
 from pathlib import Path
 
 from PIL import Image
+
+from helpers import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,15 +103,7 @@ def test_gunicorn_serves_health_ready_and_prompt(models_dir, sample_files, tmp_p
         status, text, _ = _get(base + "/metrics")
         assert status == 200 and b'fastfit_http_requests_total{endpoint="/prompt",status="200"} 1.0' in text
     finally:
-        proc.send_signal(signal.SIGTERM)  # graceful shutdown
-        try:
-            code = proc.wait(60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            log.seek(0)
-            output = log.read()
-            log.close()
+        code, output = stop_process(proc, log)  # graceful shutdown
     assert code == 0, output
     assert "Traceback" not in output, output
     assert "fastfit.server: warm-up request took" in output
