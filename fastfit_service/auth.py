@@ -5,6 +5,8 @@ line, blank lines and `#` comments ignored; read once at start-up, so a rotated 
 restart). With no key configured the service is open, as before. With keys:
 
 - `/health` and `/ready` stay open (liveness and readiness probes carry no credentials);
+- the try-on page (`/`, `/web/...`), the API description (`/openapi.json`) and its docs page
+  (`/docs/...`) stay open: they hold no data, and the page asks for the key it then sends;
 - `/metrics` needs a key too unless `FASTFIT_METRICS_PUBLIC=1` (Prometheus can send one:
   `authorization: {credentials: <key>}` in its scrape config);
 - CORS preflights (`OPTIONS`) are answered without a key, as browsers send them without one;
@@ -31,7 +33,8 @@ from .responses import error_response
 
 log = logging.getLogger("fastfit.server")
 
-OPEN_PATHS = frozenset({"/health", "/ready"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/", "/openapi.json", "/docs"})
+OPEN_PREFIXES = ("/web/", "/docs/")  # the page's files and the Swagger UI's (static, no data)
 
 
 class Unauthorized(TryOnError):
@@ -98,7 +101,7 @@ def register_auth(app: Flask, config: Mapping[str, Any]) -> KeyChecker:
 
     @app.before_request
     def _require_key() -> None:
-        if request.method == "OPTIONS" or request.path in open_paths:
+        if request.method == "OPTIONS" or request.path in open_paths or request.path.startswith(OPEN_PREFIXES):
             return
         token = bearer_token(request.headers.get("Authorization"))
         if token is None or not checker.valid(token):

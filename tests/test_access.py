@@ -79,6 +79,19 @@ def test_probes_stay_open_and_metrics_is_behind_the_keys(keyed, engine):
     assert _error(_no_garment_post(public), 401)[0] == "unauthorized"
 
 
+def test_page_and_api_description_stay_open_with_keys(keyed):
+    """The page, its files, /openapi.json and the docs hold no data: a browser loads them without a
+    key and the page sends the key the user types; the try-on itself still needs it."""
+    page = keyed.get("/")
+    assert page.status_code == 200 and b'id="apikey"' in page.data
+    assert b'name="apikey"' not in page.data  # the key never travels as a form field
+    assert keyed.get("/web/page.js").status_code == 200
+    assert keyed.get("/openapi.json").get_json()["openapi"].startswith("3.1")
+    assert keyed.get("/docs/").status_code == 200
+    assert _error(_no_garment_post(keyed), 401)[0] == "unauthorized"
+    assert _error(keyed.get("/docsx"), 401)[0] == "unauthorized"  # only the docs' own paths are open
+
+
 def test_every_key_is_compared_in_constant_time(keyed, monkeypatch):
     calls = []
     real = auth.hmac.compare_digest

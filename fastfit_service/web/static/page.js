@@ -121,7 +121,9 @@ async function submit(event) {
     $("elapsed").textContent = ((performance.now() - t0) / 1000).toFixed(1) + " s";
   }, 100);
   try {
-    const resp = await fetch("/prompt", { method: "POST", body: new FormData(form) });
+    const key = $("apikey").value.trim();
+    const headers = key ? { Authorization: "Bearer " + key } : {};
+    const resp = await fetch("/prompt", { method: "POST", body: new FormData(form), headers });
     if (!resp.ok) {
       let message = "the server answered " + resp.status;
       try {
