@@ -231,3 +231,22 @@ def stop_process(proc, log) -> tuple[int | None, str]:
         output = log.read()
         log.close()
     return code, output
+
+
+def multipart_body(files: dict[str, bytes | Path], fields: dict[str, str]) -> tuple[bytes, str]:
+    """A multipart/form-data body for a real HTTP client: (body, Content-Type). Files are bytes or
+    paths; text fields come first."""
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    out = io.BytesIO()
+    for name, value in fields.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, data in files.items():
+        filename = data.name if isinstance(data, Path) else f"{name}.png"
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                  "Content-Type: application/octet-stream\r\n\r\n".encode())
+        out.write(data.read_bytes() if isinstance(data, Path) else data)
+        out.write(b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"

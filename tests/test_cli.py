@@ -17,8 +17,7 @@ import numpy as np
 from PIL import Image
 
 import inference
-from fastfit_engine import cpu_estimate, schema
-from fastfit_service.config import EngineSettings
+from fastfit_engine import cpu_estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,7 +179,8 @@ def test_cpu_estimate_logged_once_per_process(caplog, monkeypatch):
     after the second step of the first CPU request only (the first of a 1-step one), never elsewhere."""
     monkeypatch.setattr(cpu_estimate, "_logged", threading.Event())
     scale = (768 * 1024 / (192 * 256)) ** cpu_estimate.STEP_EXPONENT  # 16**1.5 = 64
-    assert cpu_estimate.full_size_seconds(20.0, 3.0, 0.5, (192, 256)) == pytest.approx(20.0 + 64 * (3.0 + 29 * 0.5))
+    assert cpu_estimate.full_size_seconds(20.0, 3.0, 0.5, (192, 256)) == pytest.approx(20.0 + scale * (3.0 + 29 * 0.5))
+    assert scale == pytest.approx(64)
     assert cpu_estimate.full_size_seconds(20.0, 3.0, 0.5, (768, 1024)) == pytest.approx(20.0 + 3.0 + 29 * 0.5)
 
     seen: list[tuple[int, int]] = []

@@ -11,12 +11,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 from PIL import Image
 
-from helpers import stop_process
+from helpers import multipart_body, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,20 +32,6 @@ def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes, dict]:
             return r.status, r.read(), dict(r.headers)
     except urllib.error.HTTPError as e:
         return e.code, e.read(), dict(e.headers)
-
-
-def _multipart(files: dict[str, Path], fields: dict[str, str]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    out = io.BytesIO()
-    for name, value in fields.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, path in files.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{path.name}"\r\n'
-                  "Content-Type: application/octet-stream\r\n\r\n".encode())
-        out.write(path.read_bytes())
-        out.write(b"\r\n")
-    out.write(f"--{boundary}--\r\n".encode())
-    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
 def _wait_for(url: str, status: int, deadline: float, proc: subprocess.Popen) -> None:
@@ -83,7 +68,7 @@ def test_gunicorn_serves_health_ready_and_prompt(models_dir, sample_files, tmp_p
         assert json.loads(body) == {"status": "ok"}
         _wait_for(base + "/ready", 200, time.time() + 180, proc)
 
-        body, ctype = _multipart({"person": sample_files["person"], "bag": sample_files["bag"]},
+        body, ctype = multipart_body({"person": sample_files["person"], "bag": sample_files["bag"]},
                                  {"steps": "1", "seed": "5", "guidance_scale": "1"})
         req = urllib.request.Request(base + "/prompt", data=body, method="POST", headers={"Content-Type": ctype})
         with urllib.request.urlopen(req, timeout=300) as r:
@@ -93,7 +78,7 @@ def test_gunicorn_serves_health_ready_and_prompt(models_dir, sample_files, tmp_p
             assert img.size == (128, 192)
 
         # a bad request over the wire: JSON error, server still up
-        body, ctype = _multipart({"person": sample_files["person"]}, {})
+        body, ctype = multipart_body({"person": sample_files["person"]}, {})
         req = urllib.request.Request(base + "/prompt", data=body, method="POST", headers={"Content-Type": ctype})
         try:
             urllib.request.urlopen(req, timeout=30)

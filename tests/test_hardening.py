@@ -16,9 +16,7 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +25,7 @@ from PIL import Image, ImageFile
 from werkzeug.serving import make_server
 
 from fastfit_engine.images import load_image
-from helpers import make_garment, make_person, png_bytes
+from helpers import make_garment, make_person, multipart_body, png_bytes
 from server import create_app
 
 
@@ -59,7 +57,7 @@ class Served:
         raise AssertionError(f"{name} not in /metrics")
 
     def post(self, files: dict[str, bytes], fields: dict[str, str], timeout: float = 120) -> tuple[int, dict, dict]:
-        body, ctype = multipart(files, fields)
+        body, ctype = multipart_body(files, fields)
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request("POST", "/prompt", body=body, headers={"Content-Type": ctype})
@@ -73,20 +71,6 @@ class Served:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def multipart(files: dict[str, bytes], fields: dict[str, str]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    out = io.BytesIO()
-    for name, value in fields.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, data in files.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
-                  "Content-Type: application/octet-stream\r\n\r\n".encode())
-        out.write(data)
-        out.write(b"\r\n")
-    out.write(f"--{boundary}--\r\n".encode())
-    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
 @pytest.fixture()
@@ -207,7 +191,7 @@ def test_abandoned_request_stops_within_a_few_steps(serve, engine, inputs):
     s = serve()
     calls = []
     with unet_pre_hook(engine, lambda *a: (calls.append(1), time.sleep(0.02))[1]):
-        body, ctype = multipart(inputs, {"steps": "100", "guidance_scale": "1", "seed": "1"})
+        body, ctype = multipart_body(inputs, {"steps": "100", "guidance_scale": "1", "seed": "1"})
         sock = socket.create_connection(("127.0.0.1", s.port))
         sock.sendall(f"POST /prompt HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)

@@ -7,11 +7,11 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
+from helpers import multipart_body
 from _front_helpers import Stack, get, loadtest, require_nginx, slow_clients
 from fastfit_service import launch
 
@@ -67,14 +67,9 @@ def test_rendered_front_is_least_connections_with_a_cap_per_instance(tmp_path):
 
 
 def _prompt_request(sample_files, steps: int) -> tuple[bytes, dict]:
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in {"steps": str(steps), "seed": "3", "guidance_scale": "1"}.items()]
-    for name in ("person", "bag"):
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
-                     f"Content-Type: image/png\r\n\r\n".encode() + Path(sample_files[name]).read_bytes() + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    body, ctype = multipart_body({"person": sample_files["person"], "bag": sample_files["bag"]},
+                                 {"steps": str(steps), "seed": "3", "guidance_scale": "1"})
+    return body, {"Content-Type": ctype}
 
 
 def _gunicorn_pids(launcher_pid: int, instance: int) -> tuple[int, list[int]]:
