@@ -41,37 +41,34 @@ function imageSlot(name, schema, required) {
   return slot;
 }
 
-function numberInput(name, schema) {
+function labelled(name, schema, control) {
+  // one form control with its caption; name, id and tooltip from the schema
   const wrap = document.createElement("label");
   wrap.className = "number";
   const title = document.createElement("span");
   title.textContent = label(name);
+  control.name = name;
+  control.id = "input-" + name;
+  control.title = schema.description || "";
+  wrap.append(title, control);
+  return wrap;
+}
+
+function numberInput(name, schema) {
   const input = document.createElement("input");
   input.type = "number";
-  input.name = name;
-  input.id = "input-" + name;
   input.min = schema.minimum;
   input.max = schema.maximum;
   input.step = schema.type === "integer" ? "1" : "any";
   if (schema.default !== undefined) input.value = schema.default;
   else input.placeholder = "random";
-  input.title = schema.description || "";
-  wrap.append(title, input);
-  return wrap;
+  return labelled(name, schema, input);
 }
 
 function choiceInput(name, schema) {
-  const wrap = document.createElement("label");
-  wrap.className = "number";
-  const title = document.createElement("span");
-  title.textContent = label(name);
   const select = document.createElement("select");
-  select.name = name;
-  select.id = "input-" + name;
   for (const value of schema.enum) select.add(new Option(value.replace(/_/g, " "), value, false, value === schema.default));
-  select.title = schema.description || "";
-  wrap.append(title, select);
-  return wrap;
+  return labelled(name, schema, select);
 }
 
 function showError(message) {
