@@ -13,8 +13,10 @@ per garment set the four cases the engine's caches distinguish, each ``--repeats
 
 "New" images are the examples with a patch of pixels changed per call, so every one hashes
 differently. Prints JSON with, per case, the median seconds per stage, the cache hits and misses
-it caused, plus peak VRAM, whether the repeated image repeated and whether it equals the same
-request with the caches bypassed. ``--no-caches`` runs every case with the caches bypassed.
+it caused, plus peak VRAM, whether the repeated image repeated, whether it equals the same
+request with the caches bypassed and (where the warm-up captured reference-pass CUDA graphs)
+whether it equals the same request with eager reference passes. ``--no-caches`` runs every case
+with the caches bypassed.
 
     python -m bench.bench_request --dwpose-proxy            # GPU, 768x1024, 30 steps
     python -m bench.bench_request --quick                   # tiny models on CPU (script check)
@@ -102,6 +104,16 @@ def run_scenario(engine: FastFitEngine, slots: tuple[str, ...], steps: int, repe
     with engine.caches_bypassed():
         uncached = engine.process(seen_person, seen_garments, steps=steps, seed=0)
     image = lambda r: np.asarray(r.image)
+    graphs_equal = None  # the same request with every reference pass eager instead of replayed
+    graphs = engine.pipeline.reference_graphs
+    if graphs is not None and len(graphs):
+        engine.pipeline.reference_graphs = None
+        try:
+            with engine.caches_bypassed():
+                eager = engine.process(seen_person, seen_garments, steps=steps, seed=0)
+        finally:
+            engine.pipeline.reference_graphs = graphs
+        graphs_equal = bool(np.array_equal(image(eager), image(uncached)))
     every = [r for case in CASES for r in runs[case]]
     return {
         "cases": {
@@ -117,6 +129,7 @@ def run_scenario(engine: FastFitEngine, slots: tuple[str, ...], steps: int, repe
         "peak_vram_mb": max((r.peak_vram_mb or 0.0) for r in every) or None,
         "deterministic": all(np.array_equal(image(first), image(r)) for r in runs["both"]),
         "cached_equals_uncached": bool(np.array_equal(image(uncached), image(runs["both"][-1]))),
+        "reference_graphs_equal_eager": graphs_equal,
         "garment_cache": engine.cache_stats()["garment"],
     }
 
@@ -132,6 +145,7 @@ def main() -> int:
     ap.add_argument("--compile-cache", type=Path, default=None, help="persistent compiler cache folder (as FASTFIT_COMPILE_CACHE)")
     ap.add_argument("--warmup-all", action="store_true", help="warm up every garment layout as the service does (default: only the chosen sets')")
     ap.add_argument("--no-caches", action="store_true", help="bypass the garment and person caches in every case")
+    ap.add_argument("--eager-reference-passes", action="store_true", help="drop the warm-up's reference-pass CUDA graphs (to compare)")
     ap.add_argument("--scenarios", default=None, help="comma list of " + ", ".join(SCENARIOS) + " (default: all)")
     ap.add_argument("--quick", action="store_true", help="tiny models on CPU, 64x128, 1 step, 1 repeat, no warm-up (checks the script)")
     args = ap.parse_args()
@@ -163,6 +177,8 @@ def main() -> int:
     load_s = time.perf_counter() - t0
     warm_sets = None if args.warmup_all else [SCENARIOS[name] for name in wanted]
     warmup_s = None if args.quick else engine.warmup(warm_sets)  # the engine's own tests cover the warm-up
+    if args.eager_reference_passes:
+        engine.pipeline.reference_graphs = None
     report = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -175,6 +191,7 @@ def main() -> int:
         "warmup_s": None if warmup_s is None else round(warmup_s, 2),
         "warmup_sets": "all" if warm_sets is None else [list(x) for x in warm_sets],
         "compiled": engine.compiled,
+        "reference_graphs": len(engine.pipeline.reference_graphs or ()),
         "caches": {
             "enabled": not args.no_caches,
             "garment_cache_mb": engine.garment_cache.max_bytes / 2**20,

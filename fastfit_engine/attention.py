@@ -15,10 +15,13 @@ Differences from the reference implementation, all numerically neutral up to flo
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 from torch import nn
 
@@ -75,6 +78,9 @@ class ReferenceKVCache:
         self.request: _Request | None = None
         self.processors: list[ReferenceAttnProcessor] = []
         self.stop_after_last_store = True
+        # Mark every buffer's token dimension dynamic for torch.compile (set by compile_unet): the
+        # buffers are the only tensors of a denoising step whose shape depends on the garments.
+        self.dynamic_tokens = False
         # kernel per layer shape: FA4 where enabled and faster, else SDPA (see flash_attention.py)
         self.attention_policy = FlashAttentionPolicy()
 
@@ -130,6 +136,21 @@ class ReferenceKVCache:
             raise RuntimeError(f"reference K/V cache incomplete in layers: {', '.join(missing[:4])}...")
         self.mode = CacheMode.READ
 
+    @contextlib.contextmanager
+    def side_request(self, batch: int, person_hw: tuple[int, int], ref_hws: list[tuple[int, int]]) -> Iterator[None]:
+        """A second request with buffers of its own inside the block; the live request (if any)
+        and its buffers are untouched and current again afterwards. The side buffers are freed
+        on exit unless someone kept a reference to them (e.g. a captured graph's staging)."""
+        saved = (self.mode, self.request, [proc.state() for proc in self.processors])
+        try:
+            self.begin(batch, person_hw, ref_hws)
+            yield
+        finally:
+            self.clear()
+            self.mode, self.request, states = saved
+            for proc, state in zip(self.processors, states):
+                proc.set_state(state)
+
     def clear(self) -> None:
         """Free every layer's buffers; safe to call any number of times."""
         self.mode = CacheMode.OFF
@@ -180,6 +201,23 @@ class ReferenceAttnProcessor:
             batch, total = self._pending
             self.k_buf = torch.empty(batch, total, channels, device=like.device, dtype=like.dtype)
             self.v_buf = torch.empty_like(self.k_buf)
+            if self.cache.dynamic_tokens:
+                torch._dynamo.mark_dynamic(self.k_buf, 1)
+                torch._dynamo.mark_dynamic(self.v_buf, 1)
+
+    def state(self) -> tuple:
+        """What :meth:`set_state` needs to make this layer's current request current again."""
+        return (self.k_buf, self.v_buf, self.offsets, self.ref_tokens, self.filled, getattr(self, "_pending", None))
+
+    def set_state(self, state: tuple) -> None:
+        self.k_buf, self.v_buf, self.offsets, self.ref_tokens, self.filled, self._pending = state
+
+    def slot(self, ref: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views (no copy) of one reference's stored K/V in one cache row: [tokens, channels] each."""
+        if (ref, row) not in self.filled:
+            raise RuntimeError(f"{self.name}: reference {ref} row {row} has not been stored")
+        start, tokens = self._slot(ref)
+        return self.k_buf[row, start : start + tokens], self.v_buf[row, start : start + tokens]
 
     def release(self) -> None:
         self.k_buf = None
@@ -199,10 +237,8 @@ class ReferenceAttnProcessor:
         return self.offsets[ref], level_token_count(*request.ref_hws[ref], self.level)
 
     def snapshot(self, ref: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if (ref, row) not in self.filled:
-            raise RuntimeError(f"{self.name}: reference {ref} row {row} has not been stored")
-        start, tokens = self._slot(ref)
-        return self.k_buf[row, start : start + tokens].clone(), self.v_buf[row, start : start + tokens].clone()
+        k, v = self.slot(ref, row)
+        return k.clone(), v.clone()
 
     def restore(self, ref: int, row: int, k: torch.Tensor, v: torch.Tensor) -> None:
         start, tokens = self._slot(ref)
@@ -253,8 +289,11 @@ class ReferenceAttnProcessor:
                 raise ReferencePassComplete()
             keys, values = k, v
         elif mode is CacheMode.READ:
-            self.k_buf[:, self.ref_tokens :].copy_(k)
-            self.v_buf[:, self.ref_tokens :].copy_(v)
+            # the person's slot is the buffer's tail; sized from the buffer, not from a Python int,
+            # so a compiled step does not specialise on the garment layout
+            person_start = self.k_buf.shape[1] - tokens
+            self.k_buf[:, person_start:].copy_(k)
+            self.v_buf[:, person_start:].copy_(v)
             keys, values = self.k_buf, self.v_buf
         else:
             keys, values = k, v
@@ -279,7 +318,9 @@ class ReferenceAttnProcessor:
             start, expected = self._slot(ref)
             if tokens != expected:
                 raise ValueError(f"{self.name}: reference {ref} has {tokens} tokens, cache expects {expected}")
-            part = slice(j * len(rows), (j + 1) * len(rows))
-            self.k_buf[rows, start : start + tokens] = k[part]
-            self.v_buf[rows, start : start + tokens] = v[part]
+            # one plain slice per row: an index list would become a host tensor copied to the
+            # device (a stream sync, and not allowed while a CUDA graph is being captured)
+            for r, row in enumerate(rows):
+                self.k_buf[row, start : start + tokens] = k[j * len(rows) + r]
+                self.v_buf[row, start : start + tokens] = v[j * len(rows) + r]
             self.filled.update((ref, row) for row in rows)

@@ -75,26 +75,35 @@ def snapshot_nbytes(snapshot: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
 
 @dataclass(frozen=True)
 class PersonMaps:
-    """The person's parser outputs at the working size; the arrays are read-only (shared by hits)."""
+    """The person's parser outputs at the working size; the arrays are read-only (shared by hits).
+
+    ``mask`` is the cloth-agnostic mask when building it made no random draws (the default
+    variant makes none), so it is the same for every seed and a hit need not rebuild it; None
+    when it drew from the seed, and then each request rebuilds it from the maps.
+    """
 
     pose: Image.Image  # DWPose drawing (RGB)
     densepose: np.ndarray  # uint8 part labels
     lip: np.ndarray  # SCHP LIP labels
     atr: np.ndarray  # SCHP ATR labels
+    mask: Image.Image | None = None  # L, 255 = repaint; only a seed-independent one
 
     @classmethod
-    def frozen(cls, pose: Image.Image, densepose: Any, lip: Any, atr: Any) -> PersonMaps:
+    def frozen(
+        cls, pose: Image.Image, densepose: Any, lip: Any, atr: Any, mask: Image.Image | None = None
+    ) -> PersonMaps:
         arrays = []
         for value in (densepose, lip, atr):
             array = np.array(value, copy=True)
             array.setflags(write=False)
             arrays.append(array)
-        return cls(pose.copy(), *arrays)
+        return cls(pose.copy(), *arrays, mask=None if mask is None else mask.copy())
 
     @property
     def nbytes(self) -> int:
         w, h = self.pose.size
-        return w * h * len(self.pose.getbands()) + self.densepose.nbytes + self.lip.nbytes + self.atr.nbytes
+        mask = 0 if self.mask is None else self.mask.size[0] * self.mask.size[1]
+        return w * h * len(self.pose.getbands()) + self.densepose.nbytes + self.lip.nbytes + self.atr.nbytes + mask
 
 
 class LRUCache:

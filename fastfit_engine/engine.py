@@ -6,10 +6,15 @@ needs: input rules and parameters from the request schema (a `TryOnParams` is ta
 never checked again), a seed that is always reported, per-stage timings and peak VRAM, and a
 lock so one engine can be shared by threads.
 
-Off the critical path: DWPose (CPU by default) runs in a worker thread started as soon as the
-person is prepared (onnxruntime releases the GIL) while this thread does the work that does not
-need the pose: the garment half (VAE encodes and conditional reference passes), DensePose and
-SCHP. Exact caches across requests (fastfit_engine/caches.py): a garment's conditional reference
+Off the critical path: as soon as the person is prepared, DWPose (CPU by default; onnxruntime
+releases the GIL) starts on one worker thread and DensePose, SCHP and the mask on another, which
+on CUDA has its own stream, while this thread does the garment half (VAE encodes and conditional
+reference passes). The garment half is mostly eager kernel launches, so the GPU has room for the
+parsers beside it: on one H200 (2026-12-01) garments + DensePose + SCHP took 0.19-0.20 s one
+after the other and 0.13-0.16 s side by side, and with DWPose running too 0.33-0.36 s against
+0.23-0.24 s, which is DWPose's own time (its detector alone is 0.17-0.18 s on 14 cores). On a
+CPU the parsers run on this thread after the garments (no gain there, and the two would compete
+for the same cores). Exact caches across requests (fastfit_engine/caches.py): a garment's conditional reference
 K/V (GPU) and a person's parser maps (CPU); neither changes a pixel, and neither touches the
 random draws (one generator per request: the initial noise, then one draw per step; the mask's
 own generator from the seed).
@@ -22,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,10 +70,11 @@ from .schema import (
 )
 
 DEFAULT_RESOLUTION = (768, 1024)
-# Seconds per stage. "pose" is DWPose in its worker thread (overlapping "garments", "densepose"
-# and "schp"); "pose_wait" is the part of it left on the critical path (this thread blocked on
-# it). "garments": VAE encodes and reference passes (or garment-cache restores). A person-cache
-# hit reports 0 for the parser stages.
+# Seconds per stage. "garments": VAE encodes and reference passes (or garment-cache restores), on
+# the request thread. "pose" is DWPose on its worker thread; "densepose", "schp" and "mask" run on
+# the parser thread (on CUDA) beside "garments"; "pose_wait" is what is left of them on the
+# critical path: the request thread blocked on the person's maps and mask after its garment work.
+# A person-cache hit reports 0 for the parser stages.
 PREVIEW_STAGES = ("pose", "densepose", "schp", "mask")  # a mask preview's timings (then "total")
 STAGES = ("pose", "garments", "densepose", "schp", "pose_wait", "mask", "diffusion", "total")
 
@@ -103,27 +110,45 @@ class Preparation:
     masked_person: Image.Image | None = None  # RGB; what diffusion is conditioned on (preprocess() only)
 
 
-class _StageClock:
-    """Seconds per stage; on CUDA each lap waits for the GPU so a stage is charged its own work."""
+@dataclass
+class _Parsed:
+    """What the parser thread hands back: DensePose, SCHP LIP and ATR maps, the mask, its timings."""
 
-    def __init__(self, device: torch.device):
-        self._cuda = device.type == "cuda"
-        self._device = device
-        self.timings: dict[str, float] = {}
-        self._start = self._t = time.perf_counter()
+    densepose: np.ndarray
+    lip: np.ndarray
+    atr: np.ndarray
+    mask: Image.Image
+    seeded: bool  # the mask drew from the seed's generator (so it is not cached with the maps)
+    timings: dict[str, float]
 
-    def start_stages(self) -> None:
-        self._t = time.perf_counter()
+    def maps(self, pose: Image.Image) -> PersonMaps:
+        """The person-cache entry: the maps, and the mask where it is the same for every seed."""
+        return PersonMaps.frozen(pose, self.densepose, self.lip, self.atr, mask=None if self.seeded else self.mask)
 
-    def lap(self, stage: str) -> None:
-        if self._cuda:
-            torch.cuda.synchronize(self._device)
-        now = time.perf_counter()
-        self.timings[stage] = now - self._t
-        self._t = now
 
-    def total(self) -> float:
-        return time.perf_counter() - self._start
+class _ParseJob:
+    """A call that runs on a worker thread once started, else on the first ``result()``."""
+
+    def __init__(self, fn: Callable[..., _Parsed], *args: Any) -> None:
+        self._call = (fn, args)
+        self._future: Future | None = None
+        self.ran_here = False  # result() ran the call on the calling thread
+
+    def start(self, worker: ThreadPoolExecutor) -> None:
+        fn, args = self._call
+        self._future = worker.submit(fn, *args)
+
+    def result(self) -> _Parsed:
+        if self._future is None:
+            fn, args = self._call
+            self.ran_here = True
+            return fn(*args)
+        return self._future.result()
+
+    def settle(self) -> None:
+        """Wait until a started call has finished, whatever its outcome (nothing to wait for otherwise)."""
+        if self._future is not None:
+            futures_wait([self._future])
 
 
 def parse_resolution(value: str | tuple[int, int] | list[int] | None) -> tuple[int, int]:
@@ -210,6 +235,12 @@ class FastFitEngine:
         self.person_cache = LRUCache("person", int(person_mb * 2**20), max_items=person_items)
         self._caches_on = True
         self._pose_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastfit-pose")
+        self._parse_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastfit-parse")
+        self._prep_pool = ThreadPoolExecutor(max_workers=len(GARMENT_SLOTS), thread_name_prefix="fastfit-prep")
+        # DensePose, SCHP and the mask on that thread beside the garment work: on CUDA (see the
+        # module docstring); a CPU has no idle units for them, so there they follow the garments
+        self.parse_beside = self.device.type == "cuda"
+        self._parse_stream: torch.cuda.Stream | None = None
 
     def cache_stats(self) -> dict[str, dict[str, int]]:
         """Hits, misses, evictions, entries and bytes per cache ("garment", "person")."""
@@ -290,12 +321,16 @@ class FastFitEngine:
         """Throw-away 1-step requests, one per reference-size layout, so real requests pay neither
         CUDA/cuDNN start-up and per-shape set-up (+0.35 s on a layout's first request; H100 80GB,
         bf16, 768x1024, 2026-11-25), nor compilation, nor the first computation of a slot's
-        unconditional reference K/V; returns the seconds taken. The service runs it before
-        reporting ready on CUDA. ``sets`` limits it to some garment sets (benchmarks)."""
+        unconditional reference K/V; returns the seconds taken. A compiled engine on CUDA first
+        captures the reference pass of each garment size as a CUDA graph. The service runs it
+        before reporting ready on CUDA. ``sets`` limits it to some garment sets (benchmarks)."""
         w, h = self.resolution
         person = Image.new("RGB", (w, h), (128, 128, 128))
         garment = Image.new("RGB", (w, h), (200, 200, 200))
         t0 = time.perf_counter()
+        if self.compiled and self.device.type == "cuda":  # the fast path: reference passes as graphs
+            with self._lock:
+                self.pipeline.capture_reference_graphs(sorted(set(self.reference_sizes.values())))
         with self.caches_bypassed():  # every layout runs every stage; no grey garment is cached
             for slots in self.WARMUP_SETS if sets is None else sets:
                 self.process(person, {slot: garment for slot in slots}, self._WARMUP_PARAMS)
@@ -347,38 +382,32 @@ class FastFitEngine:
         as in a try-on; the default mask variant makes none)."""
         seed = parse_numbers({"seed": seed}).with_seed().seed
         person_img = self.load_person(person)
-        clock = _StageClock(self.device)
+        t_start = time.perf_counter()
         with self._lock, torch.inference_mode():
-            prep = self._preprocess(person_img, seed, clock)
+            prep = self._preprocess(person_img, seed)
             # The pipeline's own composite (person outside the mask, pose skeleton inside), in 8 bits.
             masked = self.pipeline.prepare_person_inputs(prep.person, prep.mask, prep.pose).masked
             pixels = ((masked[0].float().permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255)
             prep.masked_person = Image.fromarray(pixels.to(torch.uint8).cpu().numpy(), "RGB")
-        prep.timings["total"] = clock.total()
+        prep.timings["total"] = time.perf_counter() - t_start
         return prep
 
-    def _preprocess(self, person_img: Image.Image, seed: int, clock: _StageClock) -> Preparation:
-        """The person's maps (person cache, or DWPose on its thread beside DensePose and SCHP, as in
-        a try-on) and the mask a try-on with this seed uses."""
+    def _preprocess(self, person_img: Image.Image, seed: int) -> Preparation:
+        """The person's maps (person cache, or DWPose on its thread beside DensePose and SCHP on
+        this one) and the mask a try-on with this seed uses."""
         person = prepare_person(person_img, self.resolution)
         key = self._person_key(person)
         maps = self.person_cache.get(key) if key is not None else None
-        clock.timings.update(dict.fromkeys(PREVIEW_STAGES, 0.0))  # zeros for what the person cache saves
-        clock.start_stages()
+        timings = dict.fromkeys(PREVIEW_STAGES, 0.0)  # zeros for what the person cache saves
+        pose_job = self._pose_worker.submit(self._timed_pose, person) if maps is None else None
+        parsed = self._parse_and_mask(person, maps, seed)
         if maps is None:
-            pose_job = self._pose_worker.submit(self._timed_pose, person)
-
-            def lap(name: str, _t0: float) -> float:
-                clock.lap(name)
-                clock.timings.pop("pose_wait", None)  # `pose` holds DWPose's own time
-                return time.perf_counter()
-
-            maps, _ = self._parse_person(person, pose_job, lap, time.perf_counter(), clock.timings)
+            pose, timings["pose"] = pose_job.result()
+            maps = parsed.maps(pose)
             if key is not None:
                 self.person_cache.put(key, maps, maps.nbytes)
-        mask = self._cloth_mask(maps, seed)
-        clock.lap("mask")
-        return Preparation(person=person, pose=maps.pose, mask=mask, seed=seed, timings=clock.timings)
+        timings.update(parsed.timings)
+        return Preparation(person=person, pose=maps.pose, mask=parsed.mask, seed=seed, timings=timings)
 
     def _person_key(self, person: Image.Image) -> tuple[str, tuple[int, int]] | None:
         """The person cache's key for a prepared person photo; None while the cache is off."""
@@ -387,14 +416,17 @@ class FastFitEngine:
         return (image_digest(person), person.size)
 
     @staticmethod
-    def _cloth_mask(maps: PersonMaps, seed: int) -> Image.Image:
-        """The cloth-agnostic mask from the parser maps; its random draws come from the seed."""
+    def _cloth_mask(densepose: np.ndarray, lip: np.ndarray, atr: np.ndarray, seed: int) -> tuple[Image.Image, bool]:
+        """The cloth-agnostic mask from the parser maps (the pose plays no part), and whether
+        building it drew from the seed's generator (the default variant does not)."""
         from parse_utils import multi_ref_cloth_agnostic_mask
 
-        return multi_ref_cloth_agnostic_mask(
-            maps.densepose, maps.lip, maps.atr, square_cloth_mask=False, horizon_expand=True,
-            rng=np.random.default_rng(seed),
+        rng = np.random.default_rng(seed)
+        untouched = rng.bit_generator.state
+        mask = multi_ref_cloth_agnostic_mask(
+            densepose, lip, atr, square_cloth_mask=False, horizon_expand=True, rng=rng,
         )
+        return mask, rng.bit_generator.state != untouched
 
     def _run(
         self,
@@ -411,41 +443,55 @@ class FastFitEngine:
         timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         t_start = time.perf_counter()
 
-        def lap(name: str, t0: float) -> float:
-            if cuda:
-                torch.cuda.synchronize(self.device)
-            now = time.perf_counter()
-            timings[name] = now - t0
+        def announce(name: str) -> None:
             if stage is not None:
                 stage(name)
             if check is not None and name != "diffusion":  # a finished result is always delivered
                 check()
+
+        def lap(name: str, t0: float, *, quiet: bool = False) -> float:
+            if cuda:  # this thread's stream only: the parser thread's work is not this stage's
+                torch.cuda.current_stream(self.device).synchronize()
+            now = time.perf_counter()
+            timings[name] = now - t0
+            if not quiet:
+                announce(name)
             return now
 
         if check is not None:
             check()
+        garment_jobs = [self._prep_pool.submit(self._prepare_garment, g, img) for g, img in garment_imgs.items()]
         person = prepare_person(person_img, self.resolution)
         person_key = self._person_key(person)
         maps: PersonMaps | None = self.person_cache.get(person_key) if person_key is not None else None
         pose_job = self._pose_worker.submit(self._timed_pose, person) if maps is None else None
+        parse_job = self._start_parsing(person, maps, params.seed)
         t = time.perf_counter()
         try:
             with torch.inference_mode():
-                sizes = self.reference_sizes
-                references = [
-                    (GARMENT_LABELS[g], prepare_reference(img, sizes[g])) for g, img in garment_imgs.items()
-                ]
+                prepped = [job.result() for job in garment_jobs]
+                references = [(label, image) for label, image, _ in prepped]
                 garment_cache = self.garment_cache if self._caches_on else None
+                keys = [key for _, _, key in prepped] if garment_cache is not None else None
                 with self.pipeline.prepare_references(
-                    references, person.size, params.guidance_scale, garment_cache=garment_cache
+                    references, person.size, params.guidance_scale, garment_cache=garment_cache, keys=keys
                 ) as prepared:
                     t = lap("garments", t)
-                    if maps is None:
-                        maps, t = self._parse_person(person, pose_job, lap, t, timings)
+                    parsed = parse_job.result()
+                    if parse_job.ran_here:
+                        t = time.perf_counter()  # its stages timed themselves; the wait is for DWPose
+                    hit = maps is not None
+                    if not hit:
+                        pose, timings["pose"] = pose_job.result()
+                        maps = parsed.maps(pose)
                         if person_key is not None:
                             self.person_cache.put(person_key, maps, maps.nbytes)
-                    mask = self._cloth_mask(maps, params.seed)
-                    t = lap("mask", t)
+                        announce("densepose")
+                        announce("schp")
+                    t = lap("pose_wait", t, quiet=hit)
+                    timings.update(parsed.timings)
+                    announce("mask")
+                    mask = parsed.mask
                     image = self.pipeline(
                         person,
                         mask,
@@ -460,30 +506,64 @@ class FastFitEngine:
         finally:
             if pose_job is not None:
                 pose_job.cancel()  # only if it never started; a running one finishes on its own
+            parse_job.settle()  # the parsers' GPU work ends before the engine lock is released
         timings["total"] = time.perf_counter() - t_start
         peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None
         return TryOnResult(image=image, seed=params.seed, timings=timings, peak_vram_mb=peak, mask=mask)
+
+    def _prepare_garment(self, slot: str, image: Image.Image) -> tuple[int, Image.Image, tuple]:
+        """One garment's label, resized reference and garment-cache key (a prep thread runs one per
+        garment beside the person's preparation: LANCZOS resizes and SHA-256 release the GIL)."""
+        label = GARMENT_LABELS[slot]
+        reference = prepare_reference(image, self.reference_sizes[slot])
+        return label, reference, self.pipeline.reference_key(label, reference)
+
+    def _start_parsing(self, person: Image.Image, maps: PersonMaps | None, seed: int) -> _ParseJob:
+        """DensePose, SCHP (unless the person cache gave ``maps``) and the mask (unless the maps
+        hold it): with ``parse_beside`` at once on the parser thread and its own CUDA stream,
+        beside the garment work; otherwise on this thread when asked for."""
+        job = _ParseJob(self._parse_and_mask, person, maps, seed)
+        if self.parse_beside and (maps is None or maps.mask is None):
+            job.start(self._parse_worker)
+        return job
+
+    def _parse_and_mask(self, person: Image.Image, maps: PersonMaps | None, seed: int) -> _Parsed:
+        """The parser maps and the mask, each stage timed on its own (on the parser stream)."""
+        if maps is not None and maps.mask is not None:
+            return _Parsed(maps.densepose, maps.lip, maps.atr, maps.mask, False, {})
+        cuda = self.device.type == "cuda"
+        timings: dict[str, float] = {}
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            if cuda:
+                if self._parse_stream is None:
+                    self._parse_stream = torch.cuda.Stream(self.device)
+                stack.enter_context(torch.cuda.device(self.device))
+                stack.enter_context(torch.cuda.stream(self._parse_stream))
+            t = time.perf_counter()
+
+            def lap(name: str) -> None:
+                nonlocal t
+                if cuda:
+                    self._parse_stream.synchronize()
+                now = time.perf_counter()
+                timings[name] = now - t
+                t = now
+
+            if maps is None:
+                densepose = np.asarray(self.densepose(person))
+                lap("densepose")
+                lip = np.asarray(self.schp_lip(person))
+                atr = np.asarray(self.schp_atr(person))
+                lap("schp")
+            else:
+                densepose, lip, atr = maps.densepose, maps.lip, maps.atr
+            mask, seeded = self._cloth_mask(densepose, lip, atr, seed)
+            lap("mask")
+        return _Parsed(densepose, lip, atr, mask, seeded, timings)
 
     def _timed_pose(self, person: Image.Image) -> tuple[Image.Image, float]:
         """DWPose on the worker thread: the drawing and the seconds it took there."""
         t0 = time.perf_counter()
         pose = self.pose_detector(person)
         return pose, time.perf_counter() - t0
-
-    def _parse_person(
-        self,
-        person: Image.Image,
-        pose_job: Future,
-        lap: Callable[[str, float], float],
-        t: float,
-        timings: dict[str, float],
-    ) -> tuple[PersonMaps, float]:
-        """DensePose and SCHP here while DWPose finishes on its thread; the maps and the clock."""
-        densepose = np.asarray(self.densepose(person))
-        t = lap("densepose", t)
-        lip = np.asarray(self.schp_lip(person))
-        atr = np.asarray(self.schp_atr(person))
-        t = lap("schp", t)
-        pose, timings["pose"] = pose_job.result()
-        t = lap("pose_wait", t)
-        return PersonMaps.frozen(pose, densepose, lip, atr), t

@@ -20,6 +20,7 @@ encodings use the posterior mode.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +37,10 @@ from fastfit_engine.caches import LRUCache, image_digest, snapshot_nbytes
 from fastfit_engine.errors import NonFiniteOutputError
 from fastfit_engine.group_norm import use_fast_group_norm
 from fastfit_engine.loading import load_scheduler, load_vae
+from fastfit_engine.reference_graphs import ReferenceGraphs
 from fastfit_engine.unet import GARMENT_LABELS, FastFitUNet
+
+log = logging.getLogger("fastfit.pipeline")
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDPMScheduler
@@ -129,6 +133,8 @@ class FastFitPipeline:
         # the label and the latent size, so they are computed once and reused across requests
         self.unconditional_memo_size = 10
         self._unconditional_memo: OrderedDict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        # conditional reference passes replayed from CUDA graphs (capture_reference_graphs)
+        self.reference_graphs: ReferenceGraphs | None = None
 
     @classmethod
     def from_pretrained(
@@ -212,10 +218,10 @@ class FastFitPipeline:
 
     @staticmethod
     def _compile_options(kwargs: dict) -> dict:
-        """Static shapes: one graph per request layout, never a shape-generic one.
+        """Static shapes, except where ``compile_unet`` marks a dimension dynamic itself.
 
-        With PyTorch's default automatic dynamic shapes, a second layout would recompile the model
-        shape-generically and later requests of the first layout would switch to that graph,
+        With PyTorch's default automatic dynamic shapes, a second image shape would recompile the
+        model shape-generically and later requests of the first shape would switch to that graph,
         whose kernels round differently: the first request's image would not repeat bit for bit.
         """
         import torch._dynamo
@@ -232,10 +238,19 @@ class FastFitPipeline:
     def compile_unet(self, batch_sizes: tuple[int, ...] = (2,), **kwargs: Any) -> None:
         """torch.compile the denoising forward (GPU option; the reference pass stays eager).
 
+        One graph serves every garment layout: the reference K/V buffers' token dimension is
+        marked dynamic from the first compilation on, and it is the only one that varies between
+        layouts (the person's shape is fixed per engine). Nothing the compiler generates reduces
+        over that dimension (attention is an opaque FA4 or SDPA call; the rest only copies the
+        person's K/V into the buffer's tail), so the image of a layout does not depend on which
+        layout compiled the graph, and the warm-up compiles once instead of once per layout
+        (8 layouts: 8 x 60-90 s cold and about 8 x 11 s from a filled cache, H200, 2026-12-01).
+
         Only steps of ``batch_sizes`` rows run compiled (default: 2, classifier-free guidance);
         others (guidance 1.0: one row) stay eager, so such a request never waits minutes for a
-        layout the warm-up did not compile.
+        shape the warm-up did not compile.
         """
+        self.unet.kv_cache.dynamic_tokens = True
         compiled = torch.compile(self.unet.forward, **self._compile_options(kwargs))
         forward_denoise = self.unet.forward_denoise
         batch_sizes = tuple(batch_sizes)
@@ -285,26 +300,37 @@ class FastFitPipeline:
             refs.append((idx, image))
         return refs
 
+    def to_device(self, host: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the pipeline's device without waiting for the GPU's queued work.
+
+        A plain ``.to("cuda")`` from pageable memory synchronises the stream, which stalled the
+        garment half's kernel launches behind each encode (H200, 2026-12-01); a pinned copy is
+        queued like any kernel. The values are the same either way.
+        """
+        if self.device.type != "cuda":
+            return host.to(self.device)
+        return host.pin_memory().to(self.device, non_blocking=True)
+
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         """uint8 RGB -> [1,3,H,W] in [-1,1]; the scaling happens in fp32 before the cast."""
         arr = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
-        x = arr.to(self.device).permute(2, 0, 1).unsqueeze(0).float()
+        x = self.to_device(arr).permute(2, 0, 1).unsqueeze(0).float()
         return (x / 127.5 - 1.0).to(self.dtype)
 
     def prepare_person_inputs(self, person: Image.Image, mask: Image.Image, pose: Image.Image | None) -> PersonInputs:
         """Person tensor, binary mask (>= 0.5 repaints), masked person with the pose skeleton, latent mask."""
-        device, dtype = self.device, self.dtype
+        dtype = self.dtype
         width, height = person.size
         person_x = self.preprocess_image(person)
         mask_arr = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.uint8).copy())
-        mask_f32 = (mask_arr.to(device).float() / 255.0 >= 0.5).float()[None, None]
+        mask_f32 = (self.to_device(mask_arr).float() / 255.0 >= 0.5).float()[None, None]
         mask_x = mask_f32.to(dtype)
         if pose is not None:
             pose_img = pose.convert("RGB")
             if pose_img.size != person.size:
                 pose_img = pose_img.resize(person.size)
             pose_arr = torch.from_numpy(np.asarray(pose_img, dtype=np.uint8).copy())
-            pose_x = (pose_arr.to(device).permute(2, 0, 1).unsqueeze(0).float() / 255.0).to(dtype)
+            pose_x = (self.to_device(pose_arr).permute(2, 0, 1).unsqueeze(0).float() / 255.0).to(dtype)
             masked = person_x * (1 - mask_x) + mask_x * pose_x
         else:
             masked = person_x * (1 - mask_x)
@@ -327,7 +353,7 @@ class FastFitPipeline:
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
         scheduler.set_timesteps(int(num_inference_steps))
         timesteps = [int(t) for t in scheduler.timesteps]
-        return scheduler, timesteps, torch.tensor(timesteps, dtype=torch.int64).to(self.device)
+        return scheduler, timesteps, self.to_device(torch.tensor(timesteps, dtype=torch.int64))
 
     def prepare_latents(
         self, latent_size: tuple[int, int], generator: torch.Generator, scheduler: DDPMScheduler
@@ -343,6 +369,26 @@ class FastFitPipeline:
         model_input[:, 5:9] = masked_latent
         return model_input
 
+    def capture_reference_graphs(self, reference_sizes: Sequence[tuple[int, int]], graphs: bool | None = None) -> None:
+        """Capture the conditional reference pass as a CUDA graph for references of each (W, H)
+        in ``reference_sizes`` (see fastfit_engine/reference_graphs.py); later passes of those
+        sizes replay it, others stay eager. Call it between requests (the engine's warm-up does).
+        ``graphs=False`` (the default off CUDA) runs the same staging path without graphs."""
+        if graphs is None:
+            graphs = self.device.type == "cuda"
+        if self.reference_graphs is None or self.reference_graphs.graphs != graphs:
+            self.reference_graphs = ReferenceGraphs(self.unet, graphs=graphs)
+        channels = self.vae.config.latent_channels
+        with torch.inference_mode():
+            for width, height in reference_sizes:
+                try:
+                    self.reference_graphs.capture((height // 8, width // 8), channels, self.dtype, self.device)
+                except RuntimeError as exc:
+                    if not graphs or "captured between requests" in str(exc):
+                        raise
+                    # an optimisation only: a kernel that cannot be captured leaves the pass eager
+                    log.warning("reference pass of %dx%d references stays eager: %s", width, height, exc)
+
     def run_reference_passes(
         self,
         labels: Sequence[int],
@@ -355,7 +401,8 @@ class FastFitPipeline:
         the garment cache; its latent may then be None) or from a pass of that reference alone.
 
         One pass per reference (batch 1) rather than one per group of equal sizes: a garment's K/V
-        must not depend on the garments it came with, or a cached copy would not be exact.
+        must not depend on the garments it came with, or a cached copy would not be exact. A pass
+        of a size with a captured graph (:meth:`capture_reference_graphs`) is a graph replay.
         """
         cache = self.unet.kv_cache
         if cache.request is None:
@@ -369,7 +416,11 @@ class FastFitPipeline:
             if cached is not None and cached[i] is not None:
                 cache.restore(i, cond_row, cached[i])
                 continue
-            label_t = torch.tensor([label], dtype=torch.int64).to(self.device)
+            staged = self.reference_graphs.run(label, ref_latents[i]) if self.reference_graphs is not None else None
+            if staged is not None:
+                cache.restore(i, cond_row, staged)
+                continue
+            label_t = torch.full((1,), label, dtype=torch.int64, device=self.device)
             self.unet.forward_reference(ref_latents[i], label_t, [i], rows=[cond_row])
 
     @contextlib.contextmanager
@@ -389,10 +440,10 @@ class FastFitPipeline:
         finally:
             cache.clear()
 
-    def reference_key(self, label: int, image: Image.Image) -> tuple:
+    def reference_key(self, label: str | int, image: Image.Image) -> tuple:
         """Garment-cache key of a prepared reference: what its conditional K/V depend on besides
-        the weights (content hash, slot label, size, weight dtype and device)."""
-        return (image_digest(image), int(label), tuple(image.size), str(self.unet.dtype), str(self.unet.device))
+        the weights (content hash, class index of the label, size, weight dtype and device)."""
+        return (image_digest(image), _label_index(label), tuple(image.size), str(self.unet.dtype), str(self.unet.device))
 
     @contextlib.contextmanager
     def prepare_references(
@@ -402,14 +453,16 @@ class FastFitPipeline:
         guidance_scale: float,
         *,
         garment_cache: LRUCache | None = None,
+        keys: Sequence[tuple] | None = None,
     ) -> Iterator[PreparedReferences]:
         """The garment half of a request, which needs neither the person image nor the pose.
 
         Encodes each reference alone, sizes the UNet's reference K/V cache for a person of
         ``person_size`` (W, H) and fills it; with ``garment_cache``, a garment seen before (same
         prepared image bytes, label, size, dtype, device) restores its conditional K/V instead of
-        being encoded and passed, and a new one is stored. Yields the live set, to be passed to
-        ``__call__`` as ``references`` inside this block; the cache is freed on exit.
+        being encoded and passed, and a new one is stored. ``keys`` are the references' cache keys
+        (:meth:`reference_key`, in order) where the caller has them already. Yields the live set,
+        to be passed to ``__call__`` as ``references`` inside this block; the cache is freed on exit.
         """
         refs = self.check_references(references)
         labels = [label for label, _ in refs]
@@ -417,7 +470,12 @@ class FastFitPipeline:
         width, height = person_size
         latent_size = (height // 8, width // 8)
         use_cache = garment_cache is not None and garment_cache.enabled
-        keys = [self.reference_key(label, image) for label, image in refs] if use_cache else []
+        if keys is not None and len(keys) != len(refs):
+            raise ValueError(f"{len(keys)} garment-cache keys for {len(refs)} references")
+        if not use_cache:
+            keys = []
+        elif keys is None:
+            keys = [self.reference_key(label, image) for label, image in refs]
         hits = [garment_cache.get(key) for key in keys] if use_cache else [None] * len(refs)
         latents = [
             self.encode_images([self.preprocess_image(image)])[0] if hit is None else None
@@ -557,7 +615,7 @@ class FastFitPipeline:
             memo.move_to_end(key)
             cache.restore(ref, 0, memo[key])
             return
-        label_t = torch.tensor([label], dtype=torch.int64).to(self.device)
+        label_t = torch.full((1,), label, dtype=torch.int64, device=self.device)
         zeros = torch.zeros((1, self.vae.config.latent_channels, *latent_hw), device=self.device, dtype=self.vae.dtype)
         self.unet.forward_reference(zeros, label_t, [ref], rows=[0])
         if self.unconditional_memo_size > 0:

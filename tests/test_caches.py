@@ -79,7 +79,7 @@ def test_cached_requests_are_bit_identical(cached_engine, monkeypatch):
     assert len(parsed) == 2 and both.timings["pose"] == 0.0 and both.timings["densepose"] == 0.0
     assert np.array_equal(_img(both), _img(ref_a7))
 
-    # the mask draws from the seed: the parser maps are cached, the mask is not
+    # another seed: the cached maps (and their mask, which draws nothing from the seed) serve it
     person_hit = run(person_a, 8)
     assert _counts(eng)["person"] == (2, 2)
     assert np.array_equal(_img(person_hit), _img(ref_a8))
@@ -137,6 +137,70 @@ def test_pose_runs_beside_the_garment_and_parser_work(cached_engine, monkeypatch
     t = result.timings
     assert t["pose"] > 0 and t["garments"] > 0 and t["pose_wait"] >= 0
     assert t["total"] >= t["garments"] + t["densepose"] + t["schp"] + t["pose_wait"] + t["diffusion"]
+
+
+def test_parsers_beside_the_garment_work_give_the_same_image(cached_engine, monkeypatch):
+    """The CUDA arrangement on the CPU: DensePose, SCHP and the mask on the parser thread while
+    the garment passes run (the first pass waits for DensePose to start: run one after the other,
+    this would time out), and the very image the inline arrangement gives."""
+    eng = cached_engine
+    person, garments = make_person(seed=8), {"upper": make_garment((40, 90, 160))}
+    with eng.caches_bypassed():
+        inline = eng.process(person, garments, steps=2, seed=5)
+    densepose_started = threading.Event()
+    seen = {}
+    real_densepose, real_pass = eng.densepose, eng.pipeline.unet.forward_reference
+
+    def densepose(image):
+        seen["parse_thread"] = threading.current_thread().name
+        densepose_started.set()
+        return real_densepose(image)
+
+    def reference_pass(*args, **kwargs):
+        seen.setdefault("overlapped", densepose_started.wait(timeout=60))
+        return real_pass(*args, **kwargs)
+
+    monkeypatch.setattr(eng, "densepose", densepose)
+    monkeypatch.setattr(eng.pipeline.unet, "forward_reference", reference_pass)
+    monkeypatch.setattr(eng, "parse_beside", True)
+    stages = []
+    with eng.caches_bypassed():
+        beside = eng.process(person, garments, steps=2, seed=5, stage=stages.append)
+    assert seen["overlapped"] and seen["parse_thread"].startswith("fastfit-parse")
+    assert np.array_equal(_img(beside), _img(inline))
+    assert stages == ["garments", "densepose", "schp", "pose_wait", "mask", "diffusion"]
+    t = beside.timings
+    assert t["densepose"] > 0 and t["schp"] > 0 and t["mask"] > 0 and t["pose_wait"] >= 0
+
+
+def test_mask_is_cached_with_the_maps_unless_it_draws_from_the_seed(cached_engine, monkeypatch):
+    import parse_utils
+
+    eng = cached_engine
+    eng.clear_caches()
+    person, garments = make_person(seed=9), {"lower": make_garment((70, 70, 70))}
+    masks = []
+    real_mask = parse_utils.multi_ref_cloth_agnostic_mask
+    monkeypatch.setattr(parse_utils, "multi_ref_cloth_agnostic_mask", lambda *a, **k: masks.append(1) or real_mask(*a, **k))
+    first = eng.process(person, garments, steps=1, seed=1)
+    again = eng.process(person, garments, steps=1, seed=2)
+    assert len(masks) == 1 and again.timings["mask"] == 0.0  # the hit's mask came with the maps
+    assert np.array_equal(np.asarray(first.mask), np.asarray(again.mask))
+    with eng.caches_bypassed():
+        assert np.array_equal(_img(again), _img(eng.process(person, garments, steps=1, seed=2)))
+
+    # a mask variant that draws from the seed is rebuilt for every request, from the cached maps
+    eng.clear_caches()
+    masks.clear()
+
+    def drawing_mask(*args, rng=None, **kwargs):
+        masks.append(float(rng.random()))
+        return real_mask(*args, rng=rng, **kwargs)
+
+    monkeypatch.setattr(parse_utils, "multi_ref_cloth_agnostic_mask", drawing_mask)
+    eng.process(person, garments, steps=1, seed=1)
+    eng.process(person, garments, steps=1, seed=2)
+    assert _counts(eng)["person"][0] >= 1 and len(masks) == 2 and masks[0] != masks[1]
 
 
 def test_garment_cache_eviction_and_prepared_references(tmp_path_factory):

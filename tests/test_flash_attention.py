@@ -256,3 +256,38 @@ def test_compiled_step_serves_guided_batches_only(models_dir):
     assert graphs == []
     pipe(person, mask, refs, num_inference_steps=1, guidance_scale=2.5)
     assert len(graphs) == 1 and any(s[:1] == (2,) and len(s) == 4 for s in graphs[0])
+
+
+def test_one_compiled_step_serves_every_garment_layout(models_dir):
+    """The K/V token dimension is dynamic: a second layout reuses the first graph, and each
+    layout's compiled image equals its eager one whichever layout compiled the graph."""
+    import numpy as np
+    from PIL import Image
+
+    from fastfit_engine.pipeline import FastFitPipeline
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        placeholders = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
+        graphs.append([v for v in placeholders if isinstance(v, torch.SymInt)])
+        return gm.forward
+
+    rng = np.random.default_rng(3)
+    person = Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8))
+    mask = Image.fromarray(np.full((64, 48), 255, np.uint8))
+    full = Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8))
+    half = Image.fromarray(rng.integers(0, 256, (32, 24, 3), dtype=np.uint8))
+    layouts = [[("upper", full)], [("upper", full), ("shoe", half)], [("upper", full), ("lower", full), ("bag", half)]]
+    eager = FastFitPipeline.from_pretrained(models_dir / "FastFit-MR-1024", device="cpu", dtype=torch.float32)
+    expected = [np.asarray(eager(person, mask, refs, num_inference_steps=2, seed=5)) for refs in layouts]
+    for order in ([0, 1, 2], [2, 0, 1]):
+        torch._dynamo.reset()
+        graphs.clear()
+        pipe = FastFitPipeline.from_pretrained(models_dir / "FastFit-MR-1024", device="cpu", dtype=torch.float32)
+        pipe.compile_unet(backend=backend)
+        for i in order:
+            out = np.asarray(pipe(person, mask, layouts[i], num_inference_steps=2, seed=5))
+            np.testing.assert_array_equal(out, expected[i])
+        assert len(graphs) == 1, f"{len(graphs)} graphs for {len(layouts)} layouts"
+        assert graphs[0], "no symbolic size in the graph"  # the buffers' token count
