@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 GARMENT_CACHE_MB = 1024.0  # about 7 person-size garments at 768x1024 in bf16 (139 MB each)
-PERSON_CACHE_MB = 256.0  # about 50 persons at 768x1024 (4.7 MB each)
+PERSON_CACHE_MB = 256.0  # about 48 persons at 768x1024 (5.5 MB each: pose drawing, three maps, mask)
 PERSON_CACHE_ITEMS = 64
 
 

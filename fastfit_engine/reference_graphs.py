@@ -8,9 +8,12 @@ over: the pass stores K/V at offsets that depend on the request and stops after 
 layer. A graph can, by storing into staging buffers of its own, captured once per reference size,
 which are then copied into the request's slot, the very copy a garment-cache hit makes.
 
+Measured on one H200 (2026-12-01, upper + lower, shipped defaults otherwise): a request with a
+cached person 1.07 s with eager passes, 1.02-1.03 s with graphs (its garment work 0.09-0.10 s).
+
 Exactness: a replay runs the kernels the eager pass ran at capture, on the same shapes and
 inputs, so its K/V are the eager pass's bit for bit (``bench_request`` checks a whole image
-against the eager pass on the GPU: ``reference_graphs_equal_eager``).
+against the eager pass on the GPU, ``reference_graphs_equal_eager``: equal on that H200).
 
 Graphs are captured by :meth:`ReferenceGraphs.capture` (the engine's warm-up), never inside a
 request, and sizes without a graph run eagerly. Memory: the staging K/V of one reference per
