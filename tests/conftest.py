@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TEST_RESOLUTION, make_garment, make_person, single_thread as _single_thread
+from helpers import TEST_RESOLUTION, make_garment, make_person, single_thread as _single_thread, tiny_model_dir
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +22,12 @@ def models_dir(tmp_path_factory) -> Path:
     write_fastfit_model(root / "FastFit-MR-1024", tiny=True, seed=0)
     write_human_toolkit(root / "Human-Toolkit", tiny=True, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """One tiny synthetic FastFit-MR-1024 folder (seed 0) for the UNet and pipeline tests."""
+    return tiny_model_dir(tmp_path_factory.mktemp("ff"))
 
 
 @pytest.fixture(scope="session")

@@ -4,16 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import naive_reference_then_denoise, naive_unet, tiny_model_dir
+from helpers import naive_reference_then_denoise, naive_unet
 from fastfit_engine.attention import level_token_count
 from fastfit_engine.unet import FastFitUNet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("ffa"))
 
 
 def _inputs(batch, seed=0):

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ["upper_lower", "upper_lower_shoe_bag", "dress_shoe"]

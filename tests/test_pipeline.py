@@ -9,17 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import box_mask, independent_tryon, rand_image, tiny_model_dir
+from helpers import box_mask, independent_tryon, rand_image
 from fastfit_engine import FastFitPipeline
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 W, H = 48, 64
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("ff"))
 
 
 @pytest.fixture(scope="module")

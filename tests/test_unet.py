@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from helpers import tiny_model_dir
 from fastfit_engine.synthetic import UNET_CONFIG, VAE_CONFIG
 from fastfit_engine.unet import FastFitUNet
 
@@ -22,11 +21,6 @@ VAE_MANIFEST_SHA = "6286db08f9cfd63c3269bc33f220dd77e9ab46cd1173bb5f3f71ef61a92d
 def _layout_sha(state) -> str:
     items = sorted((k, list(v.shape)) for k, v in state.items())
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("ffu"))
 
 
 def test_full_size_unet_matches_published_layout():
