@@ -511,7 +511,7 @@ class FastFitEngine:
         peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None
         return TryOnResult(image=image, seed=params.seed, timings=timings, peak_vram_mb=peak, mask=mask)
 
-    def _prepare_garment(self, slot: str, image: Image.Image) -> tuple[int, Image.Image, tuple]:
+    def _prepare_garment(self, slot: str, image: Image.Image) -> tuple[str, Image.Image, tuple]:
         """One garment's label, resized reference and garment-cache key (a prep thread runs one per
         garment beside the person's preparation: LANCZOS resizes and SHA-256 release the GIL)."""
         label = GARMENT_LABELS[slot]
