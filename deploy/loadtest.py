@@ -21,6 +21,7 @@ import argparse
 import io
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -113,10 +114,34 @@ def run_load(url: str, clients: int, duration: float, body: bytes, ctype: str, t
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port_block(n: int) -> int:
+    """The first of ``n`` consecutive free loopback ports, below the kernel's ephemeral range.
+
+    A port the kernel hands out for binding to port 0 lies in the ephemeral range, which is also
+    where every outgoing connection takes its local port: the front's own connections to the
+    first instance once took the second instance's port before that one had bound it (a CI run,
+    2026-12-01). Ports below the range are never taken that way.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    low = max(low, 10000 + n + 1)
+    rng = random.SystemRandom()
+    for _ in range(200):
+        base = rng.randrange(10000, low - n)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                socks.append(socket.socket())
+                socks[-1].bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free loopback ports below {low}")
 
 
 def _children(pid: int) -> list[int]:
@@ -171,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         env.update({"FASTFIT_RESOLUTION": "128x192", "FASTFIT_WARMUP": "0", "HF_HUB_OFFLINE": "1"})
     launcher = None
     if args.start:
-        port = _free_port()
+        devices = args.devices or env.get("FASTFIT_DEVICES")
+        port = free_port_block(1 + (len(devices.split(",")) if devices else 8))  # the front, then the instances
         args.url = f"http://127.0.0.1:{port}"
-        env.update({"FASTFIT_LISTEN": f"127.0.0.1:{port}", "FASTFIT_BACKEND_PORT_BASE": str(_free_port()),
+        env.update({"FASTFIT_LISTEN": f"127.0.0.1:{port}", "FASTFIT_BACKEND_PORT_BASE": str(port + 1),
                     "FASTFIT_FRONT_ACCESS_LOG": "/dev/null", "GUNICORN_ACCESSLOG": "/dev/null"})
         if args.devices is not None:
             env["FASTFIT_DEVICES"] = args.devices

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,17 +35,6 @@ def require_nginx() -> None:
     pytest.skip("nginx is not installed (apt-get install nginx)")
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def get(url: str, timeout: float = 5.0) -> tuple[int | None, bytes, dict]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -63,18 +51,16 @@ class Stack:
     def __init__(self, tmp: Path, models_dir: Path, devices: str, extra_env: dict[str, str] | None = None):
         require_nginx()
         n = len(devices.split(","))
-        ports = free_ports(1)
-        base = free_ports(1)[0]
-        while any(p in ports for p in range(base, base + n)):
-            base = free_ports(1)[0]
-        self.front = f"http://127.0.0.1:{ports[0]}"
+        front = loadtest.free_port_block(1 + n)  # the front, then the instances
+        base = front + 1
+        self.front = f"http://127.0.0.1:{front}"
         self.instances = [f"http://127.0.0.1:{base + i}" for i in range(n)]
         self.access_log = tmp / "front-access.log"
         self.log_path = tmp / "launch.log"
         self.env = {
             **os.environ,
             "FASTFIT_DEVICES": devices,
-            "FASTFIT_LISTEN": f"127.0.0.1:{ports[0]}",
+            "FASTFIT_LISTEN": f"127.0.0.1:{front}",
             "FASTFIT_BACKEND_PORT_BASE": str(base),
             "FASTFIT_RUN_DIR": str(tmp / "run"),
             "FASTFIT_FRONT_ACCESS_LOG": str(self.access_log),

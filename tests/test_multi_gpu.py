@@ -137,3 +137,20 @@ def test_busy_instance_is_skipped_and_a_killed_worker_disturbs_nothing(models_di
         assert get(stack.instances[1] + "/health", timeout=2)[0] is None  # the rest was stopped
     finally:
         stack.stop()
+
+
+def test_port_blocks_lie_below_the_ephemeral_range():
+    """The launcher's ports are chosen where no outgoing connection takes its local port."""
+    import socket
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for n in (1, 3, 9):
+        base = loadtest.free_port_block(n)
+        assert 10000 <= base and base + n <= low
+        socks = [socket.socket() for _ in range(n)]
+        try:
+            for port, sock in zip(range(base, base + n), socks):
+                sock.bind(("127.0.0.1", port))  # all n are free
+        finally:
+            for sock in socks:
+                sock.close()
