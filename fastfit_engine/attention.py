@@ -180,6 +180,7 @@ class ReferenceAttnProcessor:
         self.offsets: list[int] = []
         self.ref_tokens = 0
         self.filled: set[tuple[int, int]] = set()  # (reference, cache row) slots written
+        self._pending: tuple[int, int] | None = None  # (rows, tokens) of buffers not allocated yet
 
     # -- weights -------------------------------------------------------------------------------
     def fuse(self, attn: nn.Module) -> None:
@@ -207,7 +208,7 @@ class ReferenceAttnProcessor:
 
     def state(self) -> tuple:
         """What :meth:`set_state` needs to make this layer's current request current again."""
-        return (self.k_buf, self.v_buf, self.offsets, self.ref_tokens, self.filled, getattr(self, "_pending", None))
+        return (self.k_buf, self.v_buf, self.offsets, self.ref_tokens, self.filled, self._pending)
 
     def set_state(self, state: tuple) -> None:
         self.k_buf, self.v_buf, self.offsets, self.ref_tokens, self.filled, self._pending = state

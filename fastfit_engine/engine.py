@@ -9,15 +9,18 @@ lock so one engine can be shared by threads.
 Off the critical path: as soon as the person is prepared, DWPose (CPU by default; onnxruntime
 releases the GIL) starts on one worker thread and DensePose, SCHP and the mask on another, which
 on CUDA has its own stream, while this thread does the garment half (VAE encodes and conditional
-reference passes). The garment half is mostly eager kernel launches, so the GPU has room for the
+reference passes); the garments' resizes and cache keys are made on small prep threads while the
+person is prepared. The garment half is mostly eager kernel launches, so the GPU has room for the
 parsers beside it: on one H200 (2026-12-01) garments + DensePose + SCHP took 0.19-0.20 s one
 after the other and 0.13-0.16 s side by side, and with DWPose running too 0.33-0.36 s against
 0.23-0.24 s, which is DWPose's own time (its detector alone is 0.17-0.18 s on 14 cores). On a
 CPU the parsers run on this thread after the garments (no gain there, and the two would compete
-for the same cores). Exact caches across requests (fastfit_engine/caches.py): a garment's conditional reference
-K/V (GPU) and a person's parser maps (CPU); neither changes a pixel, and neither touches the
-random draws (one generator per request: the initial noise, then one draw per step; the mask's
-own generator from the seed).
+for the same cores).
+
+Exact caches across requests (fastfit_engine/caches.py): a garment's conditional reference K/V
+(GPU) and a person's parser maps and mask (CPU); neither changes a pixel, and neither touches
+the random draws (one generator per request: the initial noise, then one draw per step; the
+mask's own generator from the seed).
 """
 from __future__ import annotations
 
