@@ -405,12 +405,18 @@ class FastFitEngine:
         pose_job = self._pose_worker.submit(self._timed_pose, person) if maps is None else None
         parsed = self._parse_and_mask(person, maps, seed)
         if maps is None:
-            pose, timings["pose"] = pose_job.result()
-            maps = parsed.maps(pose)
-            if key is not None:
-                self.person_cache.put(key, maps, maps.nbytes)
+            maps, timings["pose"] = self._new_person_maps(key, pose_job, parsed)
         timings.update(parsed.timings)
         return Preparation(person=person, pose=maps.pose, mask=parsed.mask, seed=seed, timings=timings)
+
+    def _new_person_maps(self, key: tuple | None, pose_job: Future, parsed: _Parsed) -> tuple[PersonMaps, float]:
+        """A parsed person's maps with DWPose's drawing once it is done (into the person cache
+        under ``key``), and DWPose's seconds on its thread."""
+        pose, pose_seconds = pose_job.result()
+        maps = parsed.maps(pose)
+        if key is not None:
+            self.person_cache.put(key, maps, maps.nbytes)
+        return maps, pose_seconds
 
     def _person_key(self, person: Image.Image) -> tuple[str, tuple[int, int]] | None:
         """The person cache's key for a prepared person photo; None while the cache is off."""
@@ -463,7 +469,10 @@ class FastFitEngine:
 
         if check is not None:
             check()
-        garment_jobs = [self._prep_pool.submit(self._prepare_garment, g, img) for g, img in garment_imgs.items()]
+        garment_cache = self.garment_cache if self._caches_on and self.garment_cache.enabled else None
+        garment_jobs = [
+            self._prep_pool.submit(self._prepare_garment, g, img, garment_cache is not None) for g, img in garment_imgs.items()
+        ]
         person = prepare_person(person_img, self.resolution)
         person_key = self._person_key(person)
         maps: PersonMaps | None = self.person_cache.get(person_key) if person_key is not None else None
@@ -474,7 +483,6 @@ class FastFitEngine:
             with torch.inference_mode():
                 prepped = [job.result() for job in garment_jobs]
                 references = [(label, image) for label, image, _ in prepped]
-                garment_cache = self.garment_cache if self._caches_on else None
                 keys = [key for _, _, key in prepped] if garment_cache is not None else None
                 with self.pipeline.prepare_references(
                     references, person.size, params.guidance_scale, garment_cache=garment_cache, keys=keys
@@ -485,10 +493,7 @@ class FastFitEngine:
                         t = time.perf_counter()  # its stages timed themselves; the wait is for DWPose
                     hit = maps is not None
                     if not hit:
-                        pose, timings["pose"] = pose_job.result()
-                        maps = parsed.maps(pose)
-                        if person_key is not None:
-                            self.person_cache.put(person_key, maps, maps.nbytes)
+                        maps, timings["pose"] = self._new_person_maps(person_key, pose_job, parsed)
                         announce("densepose")
                         announce("schp")
                     t = lap("pose_wait", t, quiet=hit)
@@ -514,12 +519,13 @@ class FastFitEngine:
         peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None
         return TryOnResult(image=image, seed=params.seed, timings=timings, peak_vram_mb=peak, mask=mask)
 
-    def _prepare_garment(self, slot: str, image: Image.Image) -> tuple[str, Image.Image, tuple]:
-        """One garment's label, resized reference and garment-cache key (a prep thread runs one per
-        garment beside the person's preparation: LANCZOS resizes and SHA-256 release the GIL)."""
+    def _prepare_garment(self, slot: str, image: Image.Image, keyed: bool) -> tuple[str, Image.Image, tuple | None]:
+        """One garment's label, resized reference and (if ``keyed``) garment-cache key; a prep
+        thread runs one per garment beside the person's preparation (LANCZOS resizes and SHA-256
+        release the GIL)."""
         label = GARMENT_LABELS[slot]
         reference = prepare_reference(image, self.reference_sizes[slot])
-        return label, reference, self.pipeline.reference_key(label, reference)
+        return label, reference, self.pipeline.reference_key(label, reference) if keyed else None
 
     def _start_parsing(self, person: Image.Image, maps: PersonMaps | None, seed: int) -> _ParseJob:
         """DensePose, SCHP (unless the person cache gave ``maps``) and the mask (unless the maps

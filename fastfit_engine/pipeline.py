@@ -20,7 +20,6 @@ encodings use the posterior mode.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -39,8 +38,6 @@ from fastfit_engine.group_norm import use_fast_group_norm
 from fastfit_engine.loading import load_scheduler, load_vae
 from fastfit_engine.reference_graphs import ReferenceGraphs
 from fastfit_engine.unet import GARMENT_LABELS, FastFitUNet
-
-log = logging.getLogger("fastfit.pipeline")
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDPMScheduler
@@ -382,13 +379,7 @@ class FastFitPipeline:
         channels = self.vae.config.latent_channels
         with torch.inference_mode():
             for width, height in reference_sizes:
-                try:
-                    self.reference_graphs.capture((height // 8, width // 8), channels, self.dtype, self.device)
-                except RuntimeError as exc:
-                    if not graphs or "captured between requests" in str(exc):
-                        raise
-                    # an optimisation only: a kernel that cannot be captured leaves the pass eager
-                    log.warning("reference pass of %dx%d references stays eager: %s", width, height, exc)
+                self.reference_graphs.capture((height // 8, width // 8), channels, self.dtype, self.device)
 
     def run_reference_passes(
         self,

@@ -28,11 +28,14 @@ the eager pass into the staging buffers, which is how the CPU tests check the st
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 __all__ = ["ReferenceGraphs"]
+
+log = logging.getLogger("fastfit.reference_graphs")
 
 
 @dataclass
@@ -67,7 +70,8 @@ class ReferenceGraphs:
         """Capture (or, without graphs, prepare) the pass for references of ``latent_hw`` (h, w).
 
         Not while a request holds the K/V cache: the capture runs on a side request of its own,
-        but a graph capture must not overlap other work of this thread.
+        but a graph capture must not overlap other work of this thread. A capture that fails is
+        logged and leaves that size eager.
         """
         key = self._key(latent_hw, dtype, device)
         if key in self._entries:
@@ -87,8 +91,12 @@ class ReferenceGraphs:
                 if self._pool is None:
                     self._pool = torch.cuda.graph_pool_handle()
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self._pool):
-                    self.unet.forward_reference(latent, label, [0], rows=[0])
+                try:
+                    with torch.cuda.graph(graph, pool=self._pool):
+                        self.unet.forward_reference(latent, label, [0], rows=[0])
+                except RuntimeError as exc:  # an optimisation only: this size's passes stay eager
+                    log.warning("reference pass of %dx%d latents stays eager: %s", *key[0], exc)
+                    return
             buffers = [(proc.k_buf, proc.v_buf) for proc in cache.processors]
             staging = [proc.slot(0, 0) for proc in cache.processors]
         self._entries[key] = _Entry(latent, label, buffers, staging, graph)
