@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from fastfit_engine.errors import TryOnError
-from fastfit_engine.output import encode_image, format_for_path
-from fastfit_engine.schema import (
+from fastfit_engine.request.output import encode_image, format_for_path
+from fastfit_engine.request.schema import (
     GARMENT_FIELDS,
     GARMENT_SLOTS,
     NUMBER_FIELDS,
@@ -137,7 +137,7 @@ class Progress:
 def engine_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> EngineSettings:
     """The service's settings from the environment, with the command line's overrides applied and the
     working size checked (a bad one is a usage error naming --resolution or FASTFIT_RESOLUTION)."""
-    from fastfit_engine.engine import parse_resolution
+    from fastfit_engine.runtime.engine import parse_resolution
     from fastfit_service.config import EngineSettings
 
     settings = EngineSettings.from_env(os.environ if environ is None else environ)
@@ -181,7 +181,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         garments, params = _validate(args)
         settings = engine_settings(args)
-        from fastfit_engine.images import load_image
+        from fastfit_engine.request.images import load_image
 
         # decoded here only to refuse a bad file before the models load; the engine decodes the
         # files itself, exactly as the service does (reduced decoding of large photos)
@@ -196,7 +196,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        from fastfit_engine.engine import FastFitEngine
+        from fastfit_engine.runtime.engine import FastFitEngine
 
         with logging_redirect_tqdm():  # log lines (the CPU estimate) above the bars, not through them
             print("loading models ...", file=sys.stderr, flush=True)

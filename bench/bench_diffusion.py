@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from bench._common import SCENARIOS, pick_scenarios, sync
-from fastfit_engine.pipeline import FastFitPipeline
-from fastfit_engine.schema import GARMENT_LABELS, GARMENT_SLOTS_BY_NAME
+from fastfit_engine.model.pipeline import FastFitPipeline
+from fastfit_engine.request.schema import GARMENT_LABELS, GARMENT_SLOTS_BY_NAME
 from fastfit_engine.synthetic import write_fastfit_model
 
 
@@ -241,7 +241,7 @@ def fa4_micro(device) -> dict:
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from fastfit_engine.flash_attention import fa4_unavailable_reason
+    from fastfit_engine.model.flash_attention import fa4_unavailable_reason
 
     reason = fa4_unavailable_reason(device.index or 0)
     if reason:
@@ -346,7 +346,7 @@ def main() -> int:
         torch.backends.cudnn.allow_tf32 = True
 
     if args.compile_cache is not None:
-        from fastfit_engine.compile_cache import use_compile_cache
+        from fastfit_engine.model.compile_cache import use_compile_cache
 
         use_compile_cache(args.compile_cache)
     tmp = None

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from fastfit_engine.engine import parse_resolution
-from fastfit_engine.images import prepare_person
-from fastfit_engine.output import OUTPUT_FORMATS, encode_image
+from fastfit_engine.runtime.engine import parse_resolution
+from fastfit_engine.request.images import prepare_person
+from fastfit_engine.request.output import OUTPUT_FORMATS, encode_image
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "person.jpg"
 

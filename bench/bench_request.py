@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 
 from bench._common import SCENARIOS, pick_scenarios
-from fastfit_engine.engine import STAGES, FastFitEngine
+from fastfit_engine.runtime.engine import STAGES, FastFitEngine
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -2,7 +2,7 @@
 
 Writes random files with the real sizes (UNet 3.44 GB fp32, VAE 0.33 GB, DensePose 0.26 GB, two
 SCHP 0.27 GB, DWPose 0.22 + 0.13 GB) into a scratch folder (or `--scale` of them), then hashes
-them with ``fastfit_engine.integrity.hash_files`` (one thread per file, largest first) after a
+them with ``fastfit_engine.weights.integrity.hash_files`` (one thread per file, largest first) after a
 first read has put them in the page cache, and one file with one thread for the per-core rate.
 
     python -m bench.bench_sha256 --dir /tmp/sha-bench              # the full 4.9 GB set
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fastfit_engine.integrity import hash_files, sha256_file
+from fastfit_engine.weights.integrity import hash_files, sha256_file
 
 SIZES_MB = {"unet": 3438, "vae": 335, "densepose": 256, "schp-lip": 267, "schp-atr": 267, "yolox": 217, "dwpose": 134}
 

@@ -5,9 +5,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "FastFitUNet": "fastfit_engine.unet",
-    "FastFitPipeline": "fastfit_engine.pipeline",
-    "FastFitEngine": "fastfit_engine.engine",
+    "FastFitUNet": "fastfit_engine.model.unet",
+    "FastFitPipeline": "fastfit_engine.model.pipeline",
+    "FastFitEngine": "fastfit_engine.runtime.engine",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastfit_engine.loading import WEIGHTS_SAFETENSORS
+from fastfit_engine.model.loading import WEIGHTS_SAFETENSORS
 
 __all__ = [
     "UNET_CONFIG",
@@ -147,7 +147,7 @@ def write_fastfit_model(
     """
     from diffusers import AutoencoderKL
 
-    from fastfit_engine.unet import FastFitUNet
+    from fastfit_engine.model.unet import FastFitUNet
 
     folder = Path(folder)
     dtype = dtype or (torch.float32 if tiny else torch.float16)
@@ -171,7 +171,7 @@ class SyntheticTargetError(Exception):
 
 def _own_files(root: Path) -> set[Path]:
     """Files under `root` that an earlier run of this writer wrote (listed by its markers)."""
-    from .integrity import MANIFEST_NAME, SYNTHETIC_MARKER, read_synthetic_marker
+    from .weights.integrity import MANIFEST_NAME, SYNTHETIC_MARKER, read_synthetic_marker
 
     own: set[Path] = set()
     for marker in root.rglob(SYNTHETIC_MARKER):
@@ -203,7 +203,7 @@ def write_models_root(
     """
     from parse_utils.synthetic import write_human_toolkit
 
-    from .integrity import compute_digests, write_manifest, write_synthetic_marker
+    from .weights.integrity import compute_digests, write_manifest, write_synthetic_marker
 
     root = Path(root)
     foreign = [] if force else foreign_files(root)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastfit_engine.errors import ClientGone, DeadlineExceeded, NonFiniteOutputError
-from fastfit_engine.startup import RetryPolicy, call_with_retry
+from fastfit_engine.weights.startup import RetryPolicy, call_with_retry
 
 from .metrics import Metrics
 from .responses import ServiceUnavailable

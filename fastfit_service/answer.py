@@ -11,7 +11,7 @@ import json
 from flask import Request, Response
 from PIL import Image
 
-from fastfit_engine.output import OUTPUT_FORMATS, encode_image
+from fastfit_engine.request.output import OUTPUT_FORMATS, encode_image
 
 from .responses import server_timing
 

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 
 from fastfit_engine.errors import ClientGone, DeadlineExceeded, NonFiniteOutputError, TryOnError
-from fastfit_engine.schema import PERSON_FIELD
+from fastfit_engine.request.schema import PERSON_FIELD
 
 from .admission import Service
 from .answer import answer
@@ -34,7 +34,7 @@ log = logging.getLogger("fastfit.server")
 
 def _default_factory(config: Mapping[str, Any]) -> Callable[[], Any]:
     def build() -> Any:
-        from fastfit_engine.engine import FastFitEngine
+        from fastfit_engine.runtime.engine import FastFitEngine
 
         engine = FastFitEngine(**engine_settings(config).engine_kwargs(), max_pixels=config["MAX_IMAGE_PIXELS"])
         warmup = config["WARMUP"]

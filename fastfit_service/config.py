@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fastfit_engine.images import DEFAULT_MAX_PIXELS
-from fastfit_engine.startup import RetryPolicy
+from fastfit_engine.request.images import DEFAULT_MAX_PIXELS
+from fastfit_engine.weights.startup import RetryPolicy
 
 
 def _env_str(environ: Mapping[str, str], name: str) -> str | None:

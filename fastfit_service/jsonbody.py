@@ -16,7 +16,7 @@ from typing import Any
 from flask import Request
 
 from fastfit_engine.errors import RequestError, TryOnError
-from fastfit_engine.schema import IMAGE_FIELDS, VALUE_FIELDS_BY_NAME
+from fastfit_engine.request.schema import IMAGE_FIELDS, VALUE_FIELDS_BY_NAME
 
 from .prompt import PromptRequest, check_prompt
 

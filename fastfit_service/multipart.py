@@ -1,6 +1,6 @@
 """Reading the multipart `POST /prompt` form into schema values: decoded images and parameters.
 
-Field names, the image rules and the number ranges all come from fastfit_engine.schema (whose
+Field names, the image rules and the number ranges all come from fastfit_engine.request.schema (whose
 RequestError / ImageError the app answers as 400s); this module adds what is particular to
 HTML forms (a field given twice, a file where a number belongs, a blank file input) and to
 the multipart encoding itself.
@@ -23,7 +23,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from fastfit_engine.errors import TryOnError
-from fastfit_engine.schema import IMAGE_FIELDS, VALUE_FIELDS_BY_NAME, RequestError, shorten
+from fastfit_engine.request.schema import IMAGE_FIELDS, VALUE_FIELDS_BY_NAME, RequestError, shorten
 
 from .prompt import PromptRequest, check_prompt
 

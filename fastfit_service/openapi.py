@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the service, built from the one request schema.
 
-Every field, range and default comes from `fastfit_engine.schema`, every error code and its
+Every field, range and default comes from `fastfit_engine.request.schema`, every error code and its
 status from the error catalogue, so `/openapi.json`, the CLI and the README cannot drift apart.
 The document is plain JSON (a dict); `/docs` renders it with Swagger UI.
 """
@@ -10,9 +10,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fastfit_engine.engine import STAGES
-from fastfit_engine.output import OUTPUT_FORMATS
-from fastfit_engine.schema import (
+from fastfit_engine.runtime.engine import STAGES
+from fastfit_engine.request.output import OUTPUT_FORMATS
+from fastfit_engine.request.schema import (
     GARMENT_DESCRIPTIONS,
     GARMENT_FIELDS,
     PERSON_FIELD,

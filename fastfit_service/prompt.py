@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fastfit_engine.schema import NUMBER_FIELDS_BY_NAME, TryOnParams, check_images, parse_numbers, parse_output_options
+from fastfit_engine.request.schema import NUMBER_FIELDS_BY_NAME, TryOnParams, check_images, parse_numbers, parse_output_options
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(models_dir):
-    from fastfit_engine.engine import FastFitEngine
+    from fastfit_engine.runtime.engine import FastFitEngine
 
     return FastFitEngine(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
 

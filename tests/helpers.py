@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fastfit_engine.synthetic import write_fastfit_model
-from fastfit_engine.unet import FastFitUNet
+from fastfit_engine.model.unet import FastFitUNet
 
 # Small but valid: multiples of 64, 3:4 like the product size.
 TEST_RESOLUTION = (192, 256)
@@ -142,7 +142,7 @@ def independent_tryon(model_dir: Path, person, mask, references, pose, steps, gu
     """The whole try-on written from the paper's description (arXiv 2508.20586), with the cache-free UNet above (fp32, CPU)."""
     from diffusers import AutoencoderKL, DDPMScheduler
 
-    from fastfit_engine.loading import load_vae
+    from fastfit_engine.model.loading import load_vae
 
     labels_map = {"upper": 0, "lower": 1, "overall": 2, "shoe": 3, "bag": 4}
     vae: AutoencoderKL = load_vae(model_dir / "vae", "cpu", torch.float32)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fastfit_engine import assets
-from fastfit_engine.assets import (
+from fastfit_engine.weights import assets
+from fastfit_engine.weights.assets import (
     DWPOSE,
     FASTFIT,
     HUMAN_TOOLKIT,

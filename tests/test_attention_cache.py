@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from helpers import naive_reference_then_denoise, naive_unet
-from fastfit_engine.attention import level_token_count
-from fastfit_engine.unet import FastFitUNet
+from fastfit_engine.model.attention import level_token_count
+from fastfit_engine.model.unet import FastFitUNet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -56,7 +56,7 @@ def test_bench_diffusion_quick(models_dir):
 
 
 def test_bench_request_quick(models_dir):
-    from fastfit_engine.engine import STAGES
+    from fastfit_engine.runtime.engine import STAGES
 
     report = run_bench("bench_request", "--models", str(models_dir), "--scenarios", ",".join(SCENARIOS))
     assert report["resolution"] == "64x128" and report["dwpose"] == "given" and report["warmup_s"] is None

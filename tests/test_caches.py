@@ -13,8 +13,8 @@ import torch
 
 from helpers import TEST_RESOLUTION, box_mask, make_garment, make_person, rand_image, tiny_model_dir
 from fastfit_engine import FastFitPipeline
-from fastfit_engine.caches import LRUCache, cache_setting, image_digest
-from fastfit_engine.engine import FastFitEngine
+from fastfit_engine.runtime.caches import LRUCache, cache_setting, image_digest
+from fastfit_engine.runtime.engine import FastFitEngine
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

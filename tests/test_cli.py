@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 import inference
-from fastfit_engine import cpu_estimate
+from fastfit_engine.runtime import cpu_estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -222,7 +222,7 @@ def test_cli_and_service_decode_large_jpegs_alike(engine, sample_files, tmp_path
 
     big = tmp_path / "big_person.jpg"
     make_person(900, 1200, seed=3).save(big, format="JPEG", quality=92)
-    monkeypatch.setattr("fastfit_engine.engine.FastFitEngine", lambda **kwargs: engine)
+    monkeypatch.setattr("fastfit_engine.runtime.engine.FastFitEngine", lambda **kwargs: engine)
     out = tmp_path / "cli.png"
     code, err = _run(["--person", big, "--upper", sample_files["upper"], "--steps", "1", "--seed", "5",
                       "--output", out], capsys)

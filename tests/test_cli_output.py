@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import fastfit_engine.engine as engine_module
+import fastfit_engine.runtime.engine as engine_module
 import inference
 from helpers import TEST_RESOLUTION
-from fastfit_engine.output import encode_image
+from fastfit_engine.request.output import encode_image
 
 
 @pytest.fixture()

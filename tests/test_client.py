@@ -20,7 +20,7 @@ from fastfit_client import (
     TransportError,
     parse_server_timing,
 )
-from fastfit_engine.engine import STAGES
+from fastfit_engine.runtime.engine import STAGES
 from server import create_app
 
 ROOT = Path(__file__).resolve().parents[1]

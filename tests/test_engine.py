@@ -6,12 +6,12 @@ import pytest
 from PIL import Image
 
 from helpers import TEST_RESOLUTION, make_garment, make_person, png_bytes
-from fastfit_engine import schema
-from fastfit_engine.assets import ModelsNotFoundError
-from fastfit_engine.engine import DEFAULT_RESOLUTION, STAGES, FastFitEngine, parse_resolution
-from fastfit_engine.images import ImageError, load_image, prepare_person, prepare_reference
-from fastfit_engine.schema import RequestError
-from fastfit_engine.unet import GARMENT_LABELS
+from fastfit_engine.request import schema
+from fastfit_engine.weights.assets import ModelsNotFoundError
+from fastfit_engine.runtime.engine import DEFAULT_RESOLUTION, STAGES, FastFitEngine, parse_resolution
+from fastfit_engine.request.images import ImageError, load_image, prepare_person, prepare_reference
+from fastfit_engine.request.schema import RequestError
+from fastfit_engine.model.unet import GARMENT_LABELS
 
 
 class RecordingPipeline:

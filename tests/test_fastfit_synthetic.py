@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from fastfit_engine.synthetic import SCHEDULER_CONFIG, UNET_CONFIG, write_fastfit_model
-from fastfit_engine.unet import FastFitUNet
+from fastfit_engine.model.unet import FastFitUNet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -54,7 +54,7 @@ def test_tiny_model_keeps_every_key_name(tmp_path):
 
 
 def test_tiny_vae_downsamples_by_8_and_loads(tmp_path):
-    from fastfit_engine.loading import load_vae
+    from fastfit_engine.model.loading import load_vae
 
     folder = write_fastfit_model(tmp_path / "m", tiny=True)
     vae = load_vae(folder / "vae", "cpu", torch.float32)

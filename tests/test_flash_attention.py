@@ -10,9 +10,9 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fastfit_engine import flash_attention as fa
-from fastfit_engine.compile_cache import compile_cache_dir, compile_enabled, use_compile_cache
-from fastfit_engine.flash_attention import FlashAttentionPolicy, attention_bshd, enable_fa4
+from fastfit_engine.model import flash_attention as fa
+from fastfit_engine.model.compile_cache import compile_cache_dir, compile_enabled, use_compile_cache
+from fastfit_engine.model.flash_attention import FlashAttentionPolicy, attention_bshd, enable_fa4
 
 
 def _reference(q, k, v):
@@ -150,7 +150,7 @@ def test_custom_op_stays_in_one_dynamo_graph():
 
 
 def test_pipeline_attention_backend_names(models_dir):
-    from fastfit_engine.pipeline import FastFitPipeline
+    from fastfit_engine.model.pipeline import FastFitPipeline
 
     pipe = FastFitPipeline.from_pretrained(models_dir / "FastFit-MR-1024", device="cpu", dtype=torch.float32)
     policy = pipe.unet.kv_cache.attention_policy
@@ -215,7 +215,7 @@ def test_use_compile_cache_unwritable_folder_is_a_clear_error(tmp_path):
 def test_engine_compiles_when_switched_on(models_dir, tmp_path, monkeypatch):
     from conftest import TEST_RESOLUTION
 
-    from fastfit_engine.engine import FastFitEngine
+    from fastfit_engine.runtime.engine import FastFitEngine
 
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED",
                  "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"):
@@ -237,7 +237,7 @@ def test_compiled_step_serves_guided_batches_only(models_dir):
     import numpy as np
     from PIL import Image
 
-    from fastfit_engine.pipeline import FastFitPipeline
+    from fastfit_engine.model.pipeline import FastFitPipeline
 
     graphs = []
 
@@ -264,7 +264,7 @@ def test_one_compiled_step_serves_every_garment_layout(models_dir):
     import numpy as np
     from PIL import Image
 
-    from fastfit_engine.pipeline import FastFitPipeline
+    from fastfit_engine.model.pipeline import FastFitPipeline
 
     graphs = []
 

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageFile
 from werkzeug.serving import make_server
 
-from fastfit_engine.images import load_image
+from fastfit_engine.request.images import load_image
 from helpers import make_garment, make_person, multipart_body, png_bytes
 from server import create_app
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from fastfit_engine.errors import TryOnError
-from fastfit_engine.images import (
+from fastfit_engine.request.images import (
     ImageError,
     ImageTooLargeError,
     ImageTooSmallError,

@@ -12,8 +12,8 @@ import pytest
 from PIL import EpsImagePlugin, Image
 
 from fastfit_engine.errors import ImageError, TryOnError, UnsupportedFormatError
-from fastfit_engine.images import ACCEPTED_FORMATS, load_image
-from fastfit_engine.schema import NUMBER_FIELDS_BY_NAME, RequestError, parse_numbers
+from fastfit_engine.request.images import ACCEPTED_FORMATS, load_image
+from fastfit_engine.request.schema import NUMBER_FIELDS_BY_NAME, RequestError, parse_numbers
 from helpers import png_bytes
 from server import create_app
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastfit_engine import assets
-from fastfit_engine.integrity import (
+from fastfit_engine.weights import assets
+from fastfit_engine.weights.integrity import (
     MANIFEST_NAME,
     SYNTHETIC_MARKER,
     WeightIntegrityError,
@@ -43,7 +43,7 @@ def tree(marked_root, tmp_path) -> Path:
 
 
 def _engine(root: Path):
-    from fastfit_engine.engine import FastFitEngine
+    from fastfit_engine.runtime.engine import FastFitEngine
 
     return FastFitEngine(root, device="cpu", resolution=TEST_RESOLUTION, download=False)
 

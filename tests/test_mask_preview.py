@@ -68,8 +68,8 @@ def test_masked_person_is_what_the_pipeline_conditions_on(engine, sample_files, 
 
 
 def test_preprocess_validates_the_seed_and_image(engine):
-    from fastfit_engine.images import ImageError
-    from fastfit_engine.schema import RequestError
+    from fastfit_engine.request.images import ImageError
+    from fastfit_engine.request.schema import RequestError
 
     with pytest.raises(RequestError, match="seed must be between"):
         engine.preprocess(b"whatever", seed=-1)

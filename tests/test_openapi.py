@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from fastfit_engine.engine import STAGES
-from fastfit_engine.schema import (
+from fastfit_engine.runtime.engine import STAGES
+from fastfit_engine.request.schema import (
     GARMENT_FIELDS,
     IMAGE_FIELDS,
     NUMBER_FIELDS,
@@ -111,7 +111,7 @@ def _codes_raised_in_source() -> set[str]:
     """Every error code literal the code base gives an error: `code="..."` arguments, `code = "..."`
     class attributes and the codes error_response() is called with."""
     found: set[str] = set()
-    for path in [ROOT / "server.py", *ROOT.glob("fastfit_engine/*.py"), *ROOT.glob("fastfit_service/**/*.py")]:
+    for path in [ROOT / "server.py", *ROOT.glob("fastfit_engine/**/*.py"), *ROOT.glob("fastfit_service/**/*.py")]:
         text = path.read_text()
         found.update(re.findall(r'\bcode="([a-z_]+)"', text))
         found.update(re.findall(r'^\s+code = "([a-z_]+)"', text, flags=re.M))

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from helpers import make_person
-from fastfit_engine.output import OUTPUT_FORMATS, encode_image, format_for_path
+from fastfit_engine.request.output import OUTPUT_FORMATS, encode_image, format_for_path
 
 
 def _with_metadata() -> Image.Image:

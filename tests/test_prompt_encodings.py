@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from helpers import TEST_RESOLUTION, NoDiffusion
-from fastfit_engine.engine import STAGES
-from fastfit_engine.output import encode_image
+from fastfit_engine.runtime.engine import STAGES
+from fastfit_engine.request.output import encode_image
 from server import create_app
 
 PARAMS = {"steps": "1", "seed": "9", "guidance_scale": "1"}

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastfit_engine import schema
+from fastfit_engine.request import schema
 from fastfit_engine.errors import TryOnError
-from fastfit_engine.schema import RequestError, TryOnParams, check_garments, parse_numbers
+from fastfit_engine.request.schema import RequestError, TryOnParams, check_garments, parse_numbers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ def test_params_are_frozen_and_match_the_number_fields():
 
 def test_defaults_come_from_the_schema_only():
     """The number fields hold the only defaults: not TryOnParams, not the engine, not the CLI."""
-    from fastfit_engine.engine import FastFitEngine
+    from fastfit_engine.runtime.engine import FastFitEngine
 
     assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(TryOnParams))
     assert parse_numbers({}) == TryOnParams(**{f.name: f.default for f in schema.NUMBER_FIELDS})
@@ -168,7 +168,7 @@ def test_the_person_is_required():
 
 # -- one garment-slot table ------------------------------------------------------------------------
 def test_everything_about_garments_derives_from_the_slot_table():
-    from fastfit_engine import unet
+    from fastfit_engine.model import unet
 
     slots = schema.GARMENT_SLOTS
     assert schema.GARMENT_FIELDS == tuple(s.name for s in slots)
@@ -191,6 +191,6 @@ def test_one_garment_set_per_size_layout():
     # every layout a request can have: 0-2 person-size x 0-2 half-size references, not none
     assert {(lay.count(1), lay.count(2)) for lay in layouts} == {(b, s) for b in range(3) for s in range(3)} - {(0, 0)}
     assert set().union(*sets) == set(schema.GARMENT_FIELDS)  # every slot is touched
-    from fastfit_engine.engine import FastFitEngine
+    from fastfit_engine.runtime.engine import FastFitEngine
 
     assert FastFitEngine.WARMUP_SETS == sets

@@ -288,7 +288,7 @@ def test_peak_vram_header_when_the_engine_reports_it(app, engine, sample_files, 
 
 def test_steps_are_checked_once_from_the_form_to_the_scheduler(app, engine, sample_files, monkeypatch):
     """The form's numbers are parsed by the schema once; the engine and pipeline take them as they are."""
-    from fastfit_engine import schema
+    from fastfit_engine.request import schema
 
     parsed, scheduled = [], []
     real_parse = schema.NumberField.parse

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from fastfit_engine import assets
-from fastfit_engine.assets import ModelsNotFoundError, ensure_models
-from fastfit_engine.integrity import WeightIntegrityError
-from fastfit_engine.startup import RetryPolicy, call_with_retry, is_retryable
+from fastfit_engine.weights import assets
+from fastfit_engine.weights.assets import ModelsNotFoundError, ensure_models
+from fastfit_engine.weights.integrity import WeightIntegrityError
+from fastfit_engine.weights.startup import RetryPolicy, call_with_retry, is_retryable
 
 ROOT = Path(__file__).resolve().parents[1]
 HANG_LIMIT = 90  # seconds; with 1 s timeouts the error comes within a few seconds (huggingface_hub retries a few times)
@@ -108,7 +108,7 @@ def test_every_hub_call_gets_a_timeout_even_inside_snapshot_download(silent_hub,
     huggingface_hub's shared client gives it one."""
     code = f"""
 import time
-from fastfit_engine.assets import install_hub_timeouts
+from fastfit_engine.weights.assets import install_hub_timeouts
 from huggingface_hub import snapshot_download
 install_hub_timeouts()
 t0 = time.perf_counter()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastfit_engine.synthetic import UNET_CONFIG, VAE_CONFIG
-from fastfit_engine.unet import FastFitUNet
+from fastfit_engine.model.unet import FastFitUNet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -143,7 +143,7 @@ def test_config_rejects_cross_attention():
 def test_fast_group_norm_matches_native(dtype, channels_last):
     from torch import nn
 
-    from fastfit_engine.group_norm import FastGroupNorm, use_fast_group_norm
+    from fastfit_engine.model.group_norm import FastGroupNorm, use_fast_group_norm
 
     g = torch.Generator().manual_seed(0)
     native = nn.GroupNorm(8, 32, eps=1e-6)

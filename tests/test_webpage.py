@@ -19,8 +19,8 @@ from PIL import Image
 
 from _live_server import serve
 from helpers import TEST_RESOLUTION
-from fastfit_engine.engine import STAGES
-from fastfit_engine.schema import NUMBER_FIELDS_BY_NAME
+from fastfit_engine.runtime.engine import STAGES
+from fastfit_engine.request.schema import NUMBER_FIELDS_BY_NAME
 from server import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from itertools import combinations
 from typing import Any
 
-from .errors import RequestError
+from ..errors import RequestError
 
 __all__ = [
     "ALL_FIELDS", "GARMENT_DESCRIPTIONS", "GARMENT_FIELDS", "GARMENT_LABELS", "GARMENT_SLOTS", "IMAGE_FIELDS",

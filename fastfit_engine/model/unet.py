@@ -29,12 +29,12 @@ from diffusers.models.unets.unet_2d_blocks import (
 )
 from torch import nn
 
-from fastfit_engine.attention import CacheMode, ReferenceAttnProcessor, ReferenceKVCache, ReferencePassComplete
-from fastfit_engine.loading import check_state_dict_keys, load_weight_file, read_json_config
+from fastfit_engine.model.attention import CacheMode, ReferenceAttnProcessor, ReferenceKVCache, ReferencePassComplete
+from fastfit_engine.model.loading import check_state_dict_keys, load_weight_file, read_json_config
 
 __all__ = ["FastFitUNet", "GARMENT_LABELS"]
 
-from fastfit_engine.schema import MODEL_LABEL_INDEX as GARMENT_LABELS  # noqa: E402 - label -> class index, from the slot table
+from fastfit_engine.request.schema import MODEL_LABEL_INDEX as GARMENT_LABELS  # noqa: E402 - label -> class index, from the slot table
 
 _DEFAULTS: dict[str, Any] = {
     "in_channels": 9,

@@ -10,7 +10,7 @@ Deliberate differences, none of which changes a result beyond float rounding: th
 VAE-encoded alone and every garment has its own conditional reference pass (batch 1), so what a
 garment contributes never depends on the other images of the request: that is what lets the
 garment half of a request run before the pose exists (:meth:`prepare_references`) and lets a
-garment cache across requests (fastfit_engine/caches.py) return exactly what a pass computes.
+garment cache across requests (fastfit_engine/runtime/caches.py) return exactly what a pass computes.
 
 Determinism contract (deliberately stricter than the reference, whose VAE sampling uses the global
 RNG): one torch.Generator on the pipeline device seeded with ``seed``; its first draw is the
@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fastfit_engine.caches import LRUCache, image_digest, snapshot_nbytes
+from fastfit_engine.runtime.caches import LRUCache, image_digest, snapshot_nbytes
 from fastfit_engine.errors import NonFiniteOutputError
-from fastfit_engine.group_norm import use_fast_group_norm
-from fastfit_engine.loading import load_scheduler, load_vae
-from fastfit_engine.reference_graphs import ReferenceGraphs
-from fastfit_engine.unet import GARMENT_LABELS, FastFitUNet
+from fastfit_engine.model.group_norm import use_fast_group_norm
+from fastfit_engine.model.loading import load_scheduler, load_vae
+from fastfit_engine.model.reference_graphs import ReferenceGraphs
+from fastfit_engine.model.unet import GARMENT_LABELS, FastFitUNet
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDPMScheduler
@@ -195,7 +195,7 @@ class FastFitPipeline:
         "cudnn"/"flash": SDPA with that priority."""
         from torch.nn.attention import SDPBackend
 
-        from fastfit_engine.flash_attention import enable_fa4
+        from fastfit_engine.model.flash_attention import enable_fa4
 
         cudnn = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
         orders = {
@@ -369,7 +369,7 @@ class FastFitPipeline:
 
     def capture_reference_graphs(self, reference_sizes: Sequence[tuple[int, int]], graphs: bool | None = None) -> None:
         """Capture the conditional reference pass as a CUDA graph for references of each (W, H)
-        in ``reference_sizes`` (see fastfit_engine/reference_graphs.py); later passes of those
+        in ``reference_sizes`` (see fastfit_engine/model/reference_graphs.py); later passes of those
         sizes replay it, others stay eager. Call it between requests (the engine's warm-up does).
         ``graphs=False`` (the default off CUDA) runs the same staging path without graphs."""
         if graphs is None:

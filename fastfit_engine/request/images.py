@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError, features
 
-from .errors import ImageError, ImageTooLargeError, ImageTooSmallError, UnsupportedFormatError
+from ..errors import ImageError, ImageTooLargeError, ImageTooSmallError, UnsupportedFormatError
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 

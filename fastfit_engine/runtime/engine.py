@@ -17,7 +17,7 @@ after the other and 0.13-0.16 s side by side, and with DWPose running too 0.33-0
 CPU the parsers run on this thread after the garments (no gain there, and the two would compete
 for the same cores).
 
-Exact caches across requests (fastfit_engine/caches.py): a garment's conditional reference K/V
+Exact caches across requests (fastfit_engine/runtime/caches.py): a garment's conditional reference K/V
 (GPU) and a person's parser maps and mask (CPU); neither changes a pixel, and neither touches
 the random draws (one generator per request: the initial noise, then one draw per step; the
 mask's own generator from the seed).
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .assets import ModelPaths, ensure_models
+from ..weights.assets import ModelPaths, ensure_models
 from .caches import (
     GARMENT_CACHE_MB,
     PERSON_CACHE_ITEMS,
@@ -49,10 +49,10 @@ from .caches import (
     cache_setting,
     image_digest,
 )
-from .compile_cache import compile_cache_dir, compile_enabled, use_compile_cache
+from ..model.compile_cache import compile_cache_dir, compile_enabled, use_compile_cache
 from .cpu_estimate import with_cpu_estimate
-from .errors import PixelBudgetExceeded
-from .images import (
+from ..errors import PixelBudgetExceeded
+from ..request.images import (
     DEFAULT_MAX_PIXELS,
     PERSON_ASPECT,
     ImageSource,
@@ -61,8 +61,8 @@ from .images import (
     prepare_person,
     prepare_reference,
 )
-from .output import encode_image, format_for_path
-from .schema import (
+from ..request.output import encode_image, format_for_path
+from ..request.schema import (
     GARMENT_LABELS,
     GARMENT_SLOTS,
     PERSON_FIELD,
@@ -198,15 +198,15 @@ class FastFitEngine:
         self.resolution = parse_resolution(resolution)
         self.max_pixels = max_pixels
         self.paths: ModelPaths = ensure_models(models_dir, download=download)
-        from .integrity import verify_models
-        from .startup import log_loading
+        from ..weights.integrity import verify_models
+        from ..weights.startup import log_loading
 
         self.synthetic_weights: bool = verify_models(self.paths.root).synthetic_weights  # a WARNING was logged
         log_loading(self.paths, self.device, self.dtype, dwpose_device, requested=device)
 
         from parse_utils import SCHP, DensePose, DWposeDetector
 
-        from .pipeline import FastFitPipeline
+        from ..model.pipeline import FastFitPipeline
 
         parser_device = str(self.device)
         self.pose_detector = DWposeDetector(self.paths.dwpose, device=dwpose_device)

@@ -25,7 +25,7 @@ import torch._dynamo
 import torch.nn.functional as F
 from torch import nn
 
-from fastfit_engine.flash_attention import FlashAttentionPolicy, attention_bshd
+from fastfit_engine.model.flash_attention import FlashAttentionPolicy, attention_bshd
 
 __all__ = [
     "CacheMode",
