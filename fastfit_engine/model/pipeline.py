@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fastfit_engine.runtime.caches import LRUCache, image_digest, snapshot_nbytes
+from fastfit_engine.model.garment_store import GarmentStore, image_digest, snapshot_nbytes
 from fastfit_engine.errors import NonFiniteOutputError
 from fastfit_engine.model.group_norm import use_fast_group_norm
 from fastfit_engine.model.loading import load_scheduler, load_vae
@@ -444,7 +444,7 @@ class FastFitPipeline:
         person_size: tuple[int, int],
         guidance_scale: float,
         *,
-        garment_cache: LRUCache | None = None,
+        garment_cache: GarmentStore | None = None,
         keys: Sequence[tuple] | None = None,
     ) -> Iterator[PreparedReferences]:
         """The garment half of a request, which needs neither the person image nor the pose.

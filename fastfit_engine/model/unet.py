@@ -32,9 +32,9 @@ from torch import nn
 from fastfit_engine.model.attention import CacheMode, ReferenceAttnProcessor, ReferenceKVCache, ReferencePassComplete
 from fastfit_engine.model.loading import check_state_dict_keys, load_weight_file, read_json_config
 
-__all__ = ["FastFitUNet", "GARMENT_LABELS"]
+from fastfit_engine.model.labels import GARMENT_LABELS
 
-from fastfit_engine.request.schema import MODEL_LABEL_INDEX as GARMENT_LABELS  # noqa: E402 - label -> class index, from the slot table
+__all__ = ["FastFitUNet", "GARMENT_LABELS"]
 
 _DEFAULTS: dict[str, Any] = {
     "in_channels": 9,

@@ -17,6 +17,7 @@ from itertools import combinations
 from typing import Any
 
 from ..errors import RequestError
+from ..model.labels import GARMENT_LABELS as MODEL_LABEL_INDEX  # model label -> class index
 
 __all__ = [
     "ALL_FIELDS", "GARMENT_DESCRIPTIONS", "GARMENT_FIELDS", "GARMENT_LABELS", "GARMENT_SLOTS", "IMAGE_FIELDS",
@@ -36,13 +37,17 @@ class GarmentSlot:
 
     name: str  # form field; CLI flag --name
     label: str  # the model's garment class (FastFit's class-label embedding)
-    class_index: int  # that class's row in the label embedding
     size_factor: int  # the reference is (W, H) // size_factor of the working size
     description: str
 
     @property
     def cli_flag(self) -> str:
         return f"--{self.name}"
+
+    @property
+    def class_index(self) -> int:
+        """That class's row in the model's label embedding."""
+        return MODEL_LABEL_INDEX[self.label]
 
     def reference_size(self, working_size: tuple[int, int]) -> tuple[int, int]:
         """(W, H) of this slot's reference image at a working (person) size."""
@@ -54,17 +59,16 @@ class GarmentSlot:
 # encoded at the person's size, shoes and bags at half of it (as the upstream FastFit app does);
 # a dress is the model's "overall" class.
 GARMENT_SLOTS = (
-    GarmentSlot("upper", "upper", 0, 1, "top (shirt, jacket, ...)"),
-    GarmentSlot("lower", "lower", 1, 1, "bottom (trousers, skirt, ...)"),
-    GarmentSlot("dress", "overall", 2, 1, "dress or jumpsuit; not with upper or lower"),
-    GarmentSlot("shoe", "shoe", 3, 2, "shoes"),
-    GarmentSlot("bag", "bag", 4, 2, "bag"),
+    GarmentSlot("upper", "upper", 1, "top (shirt, jacket, ...)"),
+    GarmentSlot("lower", "lower", 1, "bottom (trousers, skirt, ...)"),
+    GarmentSlot("dress", "overall", 1, "dress or jumpsuit; not with upper or lower"),
+    GarmentSlot("shoe", "shoe", 2, "shoes"),
+    GarmentSlot("bag", "bag", 2, "bag"),
 )
 GARMENT_SLOTS_BY_NAME = {s.name: s for s in GARMENT_SLOTS}
 GARMENT_FIELDS = tuple(s.name for s in GARMENT_SLOTS)
 GARMENT_LABELS = {s.name: s.label for s in GARMENT_SLOTS}  # slot -> model label
 GARMENT_DESCRIPTIONS = {s.name: s.description for s in GARMENT_SLOTS}
-MODEL_LABEL_INDEX = {s.label: s.class_index for s in GARMENT_SLOTS}  # model label -> class index
 
 IMAGE_FIELDS = (PERSON_FIELD,) + GARMENT_FIELDS
 

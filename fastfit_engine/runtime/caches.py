@@ -17,7 +17,6 @@ the very values a miss computes and a cached request's image is bit-identical to
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -28,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+from ..model.garment_store import image_digest, snapshot_nbytes
 
 __all__ = [
     "GARMENT_CACHE_MB",
@@ -58,19 +59,6 @@ def cache_setting(name: str, default: float, environ: Mapping[str, str] | None =
     if not value >= 0:
         raise ValueError(f"{name} must be a number >= 0, got {raw!r}")
     return value
-
-
-def image_digest(image: Image.Image) -> str:
-    """SHA-256 of an image's mode, size and pixel bytes (what the models see, not the file)."""
-    h = hashlib.sha256()
-    h.update(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
-    h.update(image.tobytes())
-    return h.hexdigest()
-
-
-def snapshot_nbytes(snapshot: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
-    """Bytes held by one reference's per-layer (K, V) copies."""
-    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in snapshot)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .catalogue import REPOS
+
 log = logging.getLogger("fastfit.integrity")
 
 MANIFEST_NAME = ".fastfit-sha256.json"
@@ -191,11 +193,9 @@ def verify_models(
 ) -> IntegrityReport:
     """Check every weight file under the models root against the manifests; raise on a mismatch.
 
-    `repos` are the ``assets.ModelRepo`` entries (default: all). `enabled` and `strict` default
+    `repos` are the ``catalogue.ModelRepo`` entries (default: all). `enabled` and `strict` default
     to FASTFIT_VERIFY_WEIGHTS (on) and FASTFIT_REQUIRE_DIGESTS (off).
     """
-    from .assets import REPOS
-
     root = Path(root)
     repos = tuple(REPOS if repos is None else repos)
     enabled = _env_flag(VERIFY_ENV, True) if enabled is None else enabled
