@@ -12,32 +12,28 @@ instead of holding a thread. In production put the buffering front in front of i
 """
 import os
 
+from fastfit_engine.settings import read
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
-
-
-bind = _env("GUNICORN_BIND", "127.0.0.1:" + _env("PORT", "8000"))  # loopback unless told: the front (nginx) faces clients
+bind = read("GUNICORN_BIND") or f"127.0.0.1:{read('PORT')}"  # loopback unless told: the front (nginx) faces clients
 workers = 1  # one model copy per GPU; scale out with more containers, not more workers
 worker_class = "fastfit_service.gunicorn_worker.DeadlineThreadWorker"
 # Threads are cheap (the app lets one request onto the GPU and QUEUE_SIZE wait); 8 leaves room for
 # /health and a few slow clients while they run into their read deadline.
-threads = int(_env("GUNICORN_THREADS", "8"))
+threads = read("GUNICORN_THREADS")
 preload_app = False  # the app (and with it the engine) is created in the worker
-timeout = int(_env("GUNICORN_TIMEOUT", "300"))  # a cold first request on a slow GPU can take minutes
-graceful_timeout = int(_env("GUNICORN_GRACEFUL_TIMEOUT", "60"))  # let the running try-on finish
-keepalive = int(_env("GUNICORN_KEEPALIVE", "5"))
+timeout = read("GUNICORN_TIMEOUT")  # a cold first request on a slow GPU can take minutes
+graceful_timeout = read("GUNICORN_GRACEFUL_TIMEOUT")  # let the running try-on finish
+keepalive = read("GUNICORN_KEEPALIVE")
 # No runtime control socket (gunicorn >= 25): changing the worker count or reloading would load a
 # second model copy on the GPU, and several instances on one host would share its default path.
 control_socket_disable = True
 max_requests = 0  # never recycle the worker: reloading the models costs far more than it saves
 limit_request_line = 8190
-accesslog = _env("GUNICORN_ACCESSLOG", "-")
+accesslog = read("GUNICORN_ACCESSLOG")
 # gunicorn's default access line, plus the response's X-Request-ID (fastfit_service/security.py)
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
 errorlog = "-"
-loglevel = _env("GUNICORN_LOGLEVEL", "info")
+loglevel = read("GUNICORN_LOGLEVEL")
 capture_output = True
 
 

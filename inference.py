@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from fastfit_engine.errors import TryOnError
+from fastfit_engine.errors import TryOnError, exit_code
 from fastfit_engine.request.output import encode_image, format_for_path
 from fastfit_engine.request.schema import (
     GARMENT_FIELDS,
@@ -41,13 +41,11 @@ from fastfit_engine.request.schema import (
 if TYPE_CHECKING:
     from fastfit_service.config import EngineSettings
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE = 0, 1  # 2: a refused input, see errors.exit_code
 
 
 class UsageError(TryOnError):
     """Bad command line (argparse's complaints, missing files, the output path): exit code 2."""
-
-    code = "usage"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -190,7 +188,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             load_image(p, name=g)
     except TryOnError as exc:
         print(f"error: {exc.describe(cli_flag(exc.field))}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_code(exc.status)
 
     progress = Progress(params.steps, args.progress)
     try:
@@ -212,9 +210,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         mask_path = out.with_name(out.stem + "_mask.png") if args.save_mask else None
         if mask_path is not None:
             mask_path.write_bytes(encode_image(result.mask, "png"))
-    except TryOnError as exc:  # an input the engine refuses (e.g. the request's pixel budget)
+    except TryOnError as exc:  # refused input (2, e.g. the pixel budget) or a failed try-on (1, e.g. NaN output)
         print(f"error: {exc.describe(cli_flag(exc.field))}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_code(exc.status)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

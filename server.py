@@ -9,13 +9,13 @@ lazily built `app` gunicorn asks for.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any
 
 from flask import Flask
 
 from fastfit_service.app import create_app
+from fastfit_engine.settings import read
 from fastfit_service.config import default_config
 
 __all__ = ["create_app", "default_config"]
@@ -38,4 +38,4 @@ def __getattr__(name: str) -> Any:
 
 if __name__ == "__main__":  # development only; use gunicorn in production
     logging.basicConfig(level=logging.INFO)
-    create_app().run(host="127.0.0.1", port=int(os.environ.get("PORT", "8000")), threaded=True)
+    create_app().run(host="127.0.0.1", port=read("PORT"), threaded=True)

@@ -39,7 +39,6 @@ OPEN_PREFIXES = ("/web/", "/docs/")  # the page's files and the Swagger UI's (st
 
 class Unauthorized(TryOnError):
     code = "unauthorized"
-    status = 401
 
 
 def load_keys(keys: Iterable[str], keys_file: str | None) -> tuple[str, ...]:

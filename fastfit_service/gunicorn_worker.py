@@ -35,7 +35,6 @@ the behaviour end to end.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from typing import Any
@@ -46,22 +45,20 @@ import gunicorn.workers.gthread as gthread
 from gunicorn.http.unreader import SocketUnreader
 from werkzeug.exceptions import RequestTimeout
 
+from fastfit_engine import settings
+from fastfit_engine.errors import transport_errors
+
 # How long a thread waits for the first bytes of a new connection before handing it back to the
 # poller (gunicorn's default is 5 s, long enough for four silent connections to block /health).
 FIRST_DATA_WAIT_S = 0.5
 
 
-def _env_seconds(name: str, default: float) -> float:
-    value = os.environ.get(name, "").strip()
-    return float(value) if value else default
-
-
 def header_timeout() -> float:
-    return _env_seconds("FASTFIT_CLIENT_HEADER_TIMEOUT", 10.0)
+    return settings.read("FASTFIT_CLIENT_HEADER_TIMEOUT")
 
 
 def body_timeout() -> float:
-    return _env_seconds("FASTFIT_CLIENT_BODY_TIMEOUT", 60.0)
+    return settings.read("FASTFIT_CLIENT_BODY_TIMEOUT")
 
 
 class ClientTooSlow(RequestTimeout):
@@ -139,15 +136,8 @@ class _CapturedSocket:
     send = sendall
 
 
-_ERROR_CODES = {
-    400: ("bad_request", "the request is not valid HTTP"),
-    403: ("forbidden", "the request is forbidden"),
-    408: ("request_timeout", "the request did not arrive in time"),
-    414: ("uri_too_long", "the request line is too long"),
-    417: ("expectation_failed", "the Expect header is not supported"),
-    431: ("header_fields_too_large", "the request headers are too large or too many"),
-    501: ("not_implemented", "the transfer coding is not supported"),
-}
+# the codes this worker answers before the app, from the error catalogue
+_ERROR_CODES = {status: (c.code, c.message) for status, c in transport_errors("gunicorn").items()}
 
 
 def json_error_bytes(status: int, reason: str, code: str, message: str) -> bytes:
@@ -205,7 +195,7 @@ class DeadlineThreadWorker(gthread.ThreadWorker):
                 status, reason = int(status_line.split(" ", 2)[1]), status_line.split(" ", 2)[2]
             except (IndexError, ValueError):
                 status, reason = 500, "Internal Server Error"
-            code, message = _ERROR_CODES.get(status, ("internal_error", "internal server error"))
+            code, message = _ERROR_CODES.get(status, _ERROR_CODES[500])
         try:
             gthread.util.write_nonblock(client, json_error_bytes(status, reason, code, message))
         except Exception:  # noqa: BLE001 - the client may be gone

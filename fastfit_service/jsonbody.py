@@ -25,7 +25,6 @@ class PayloadTooLarge(TryOnError):
     """The decoded images of a JSON body are over the upload limit."""
 
     code = "payload_too_large"
-    status = 413
 
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
 

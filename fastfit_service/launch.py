@@ -24,6 +24,7 @@ refused at once) and finishes what it has, gunicorn finishes its running request
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -36,6 +37,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastfit_engine.errors import transport_errors
+from fastfit_engine.settings import read
+
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "nginx" / "fastfit.conf.template"
 
@@ -44,19 +48,14 @@ class LaunchError(Exception):
     pass
 
 
-def _env(env: dict[str, str], name: str, default: str) -> str:
-    value = env.get(name, "").strip()
-    return value or default
-
-
-def _ms(env: dict[str, str], name: str, default: str) -> str:
+def _ms(env: dict[str, str], name: str) -> str:
     """Seconds from the environment (fractions allowed) as an nginx time in milliseconds."""
-    return f"{round(float(_env(env, name, default)) * 1000)}ms"
+    return f"{round(read(name, env) * 1000)}ms"
 
 
 def visible_gpus(env: dict[str, str]) -> list[str]:
     """GPU ids this process may use: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists."""
-    if "CUDA_VISIBLE_DEVICES" in env:
+    if "CUDA_VISIBLE_DEVICES" in env:  # CUDA's own variable: set but empty means no GPU
         return [d.strip() for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"]
     smi = shutil.which("nvidia-smi")
     if smi is None:
@@ -100,8 +99,8 @@ class Instance:
 
 
 def plan_instances(env: dict[str, str]) -> list[Instance]:
-    devices = parse_devices(env.get("FASTFIT_DEVICES"), visible_gpus(env))
-    base = int(_env(env, "FASTFIT_BACKEND_PORT_BASE", "8100"))
+    devices = parse_devices(read("FASTFIT_DEVICES", env), visible_gpus(env))
+    base = read("FASTFIT_BACKEND_PORT_BASE", env)
     return [Instance(i, d, base + i) for i, d in enumerate(devices)]
 
 
@@ -121,36 +120,51 @@ def instance_env(env: dict[str, str], inst: Instance) -> dict[str, str]:
 
 
 def front_listen(env: dict[str, str]) -> str:
-    return _env(env, "FASTFIT_LISTEN", "0.0.0.0:" + _env(env, "PORT", "8000"))
+    return read("FASTFIT_LISTEN", env) or f"0.0.0.0:{read('PORT', env)}"
+
+
+def nginx_error_locations(max_body_mb: str, retry_after: str) -> str:
+    """The front's own error answers, one location per status, from the error catalogue (the
+    API's JSON shape; Retry-After where the catalogue says so; an add_header in a location
+    replaces the inherited ones, so nosniff is repeated there)."""
+    lines = []
+    for status, c in sorted(transport_errors("nginx").items()):
+        body = json.dumps({"error": {"code": c.code, "message": c.message.format(max_body_mb=max_body_mb)}})
+        headers = (f"add_header Retry-After {retry_after} always; add_header X-Content-Type-Options nosniff always; "
+                   if c.retry_after else "")
+        lines.append(f"            location = /_fastfit_error/{status} {{ {headers}return {status} '{body}\\n'; }}\n")
+    return "".join(lines)
 
 
 def render_nginx_config(env: dict[str, str], instances: list[Instance], run_dir: str,
                         temp_dir: str | None = None) -> str:
-    queue = int(_env(env, "FASTFIT_QUEUE_SIZE", "2"))
-    per_ip = int(_env(env, "FASTFIT_FRONT_CONN_PER_IP", "64"))
+    queue = read("FASTFIT_QUEUE_SIZE", env)
+    per_ip = read("FASTFIT_FRONT_CONN_PER_IP", env)
     conn_limit = ""
     if per_ip > 0:
         conn_limit = ("    limit_conn_zone $binary_remote_addr zone=fastfit_per_ip:10m;\n"
                       f"    limit_conn fastfit_per_ip {per_ip};\n    limit_conn_status 429;\n")
-    max_upload = float(_env(env, "FASTFIT_MAX_UPLOAD_MB", "20"))
+    max_upload = read("FASTFIT_MAX_UPLOAD_MB", env)
+    max_body_mb = str(int(max_upload) + (1 if max_upload % 1 else 0))
     values = {
         "run_dir": run_dir,
         "temp_dir": temp_dir or run_dir,
         "user": nginx_user_line(),
-        "worker_connections": _env(env, "FASTFIT_FRONT_MAX_CONNECTIONS", "1024"),
-        "access_log": _env(env, "FASTFIT_FRONT_ACCESS_LOG", "/dev/stdout"),
-        "client_header_timeout": _ms(env, "FASTFIT_FRONT_HEADER_TIMEOUT", "10"),
-        "client_body_timeout": _ms(env, "FASTFIT_FRONT_BODY_TIMEOUT", "10"),
-        "send_timeout": _ms(env, "FASTFIT_FRONT_SEND_TIMEOUT", "30"),
+        "worker_connections": str(read("FASTFIT_FRONT_MAX_CONNECTIONS", env)),
+        "access_log": read("FASTFIT_FRONT_ACCESS_LOG", env),
+        "client_header_timeout": _ms(env, "FASTFIT_FRONT_HEADER_TIMEOUT"),
+        "client_body_timeout": _ms(env, "FASTFIT_FRONT_BODY_TIMEOUT"),
+        "send_timeout": _ms(env, "FASTFIT_FRONT_SEND_TIMEOUT"),
         # nginx refuses a body above this itself; the app's own limit (same number) stays exact
-        "max_body_mb": str(int(max_upload) + (1 if max_upload % 1 else 0)),
+        "max_body_mb": max_body_mb,
         "conn_limit": conn_limit,
         "prompt_servers": "\n".join(f"        server {i.address} max_conns={1 + queue};" for i in instances),
         "any_servers": "\n".join(f"        server {i.address};" for i in instances),
         "listen": front_listen(env),
-        "upstream_read_timeout": _ms(env, "FASTFIT_FRONT_UPSTREAM_TIMEOUT", "600"),
+        "upstream_read_timeout": _ms(env, "FASTFIT_FRONT_UPSTREAM_TIMEOUT"),
         "next_upstream_tries": str(len(instances)),
-        "retry_after": _env(env, "FASTFIT_RETRY_AFTER", "10"),
+        "retry_after": str(read("FASTFIT_RETRY_AFTER", env)),
+        "error_locations": nginx_error_locations(max_body_mb, str(read("FASTFIT_RETRY_AFTER", env))),
         "instance_locations": "".join(
             f"        location = /instances/{i.index}/{ep} {{ proxy_pass http://{i.address}/{ep}; }}\n"
             for i in instances for ep in ("health", "ready", "metrics")),
@@ -201,7 +215,7 @@ def prepare_temp_dirs(run_dir: str) -> str:
 
 
 def nginx_binary(env: dict[str, str]) -> str:
-    path = env.get("FASTFIT_NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
+    path = read("FASTFIT_NGINX", env) or shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(path).exists() and shutil.which(path) is None:
         raise LaunchError("nginx is not installed (apt-get install nginx), or set FASTFIT_NGINX")
     return path
@@ -228,7 +242,7 @@ def check(env: dict[str, str], timeout: float = 4.0) -> int:
 
 def run(env: dict[str, str]) -> int:
     instances = plan_instances(env)
-    run_dir = env.get("FASTFIT_RUN_DIR") or tempfile.mkdtemp(prefix="fastfit-front-")
+    run_dir = read("FASTFIT_RUN_DIR", env) or tempfile.mkdtemp(prefix="fastfit-front-")
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     conf = Path(run_dir) / "nginx.conf"
     temp_dir = prepare_temp_dirs(run_dir)
@@ -274,7 +288,7 @@ def _run_stack(env: dict[str, str], instances: list[Instance], run_dir: str, con
     for name, p in procs.items():
         if p.poll() is None:
             p.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
-    deadline = time.monotonic() + float(_env(env, "GUNICORN_GRACEFUL_TIMEOUT", "60")) + 10
+    deadline = time.monotonic() + read("GUNICORN_GRACEFUL_TIMEOUT", env) + 10
     for p in procs.values():
         try:
             p.wait(max(0.1, deadline - time.monotonic()))
@@ -293,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.print_nginx_config:
             instances = plan_instances(env)
-            print(render_nginx_config(env, instances, env.get("FASTFIT_RUN_DIR") or "/tmp/fastfit-front"), end="")
+            print(render_nginx_config(env, instances, read("FASTFIT_RUN_DIR", env) or "/tmp/fastfit-front"), end="")
             return 0
         if args.check:
             return check(env)

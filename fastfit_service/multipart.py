@@ -31,9 +31,7 @@ _CHUNK = 64 * 1024
 
 
 class FormTooLarge(TryOnError):
-    """Too many parts or an oversized text field: the body's size may be fine, its shape is not."""
-
-    status = 413
+    """Too many parts or an oversized text field (413): the body's size may be fine, its shape is not."""
 
 
 @dataclass(frozen=True)

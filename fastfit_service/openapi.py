@@ -7,9 +7,10 @@ The document is plain JSON (a dict); `/docs` renders it with Swagger UI.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
+from fastfit_engine.errors import ERROR_CODES, ErrorCode
 from fastfit_engine.runtime.engine import STAGES
 from fastfit_engine.request.output import OUTPUT_FORMATS
 from fastfit_engine.request.schema import (
@@ -25,53 +26,6 @@ from fastfit_engine.request.schema import (
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
 
-
-@dataclass(frozen=True)
-class ErrorCode:
-    code: str
-    status: int
-    when: str
-    retry_after: bool = False  # the answer carries Retry-After
-
-
-# Every code the service answers, in the order a request is checked.
-ERROR_CODES: tuple[ErrorCode, ...] = (
-    ErrorCode("unauthorized", 401, "API keys are configured and the request has no valid bearer key"),
-    ErrorCode("payload_too_large", 413, "the request body (or, for JSON, the decoded images) is over the upload limit"),
-    ErrorCode("malformed_request", 400, "neither JSON nor a well-formed multipart/form-data body"),
-    ErrorCode("invalid_json", 400, "a JSON body that does not parse, or is not an object"),
-    ErrorCode("too_many_parts", 413, "a multipart body with more parts than allowed"),
-    ErrorCode("field_too_large", 413, "a multipart text field over its size limit"),
-    ErrorCode("unknown_field", 400, "a field that is not in the schema"),
-    ErrorCode("duplicate_field", 400, "a field given more than once"),
-    ErrorCode("not_a_file", 400, "an image field sent as text (multipart) or not as a string (JSON)"),
-    ErrorCode("not_a_number_field", 400, "a number or option field sent as a file, list or object"),
-    ErrorCode("missing_person", 400, "no person image"),
-    ErrorCode("no_garment", 400, "no garment image"),
-    ErrorCode("dress_conflict", 400, "dress together with upper or lower"),
-    ErrorCode("invalid_number", 400, "a number field that is not a (finite) number"),
-    ErrorCode("out_of_range", 400, "a number field outside its range"),
-    ErrorCode("invalid_choice", 400, "an option that is not one of its words"),
-    ErrorCode("unsupported_format", 400, "an image in another format than JPEG, PNG, WebP, AVIF"),
-    ErrorCode("invalid_image", 400, "a file that is not a decodable image (or, in JSON, not base64)"),
-    ErrorCode("image_too_large", 400, "an image over the pixel limit (or a decompression bomb)"),
-    ErrorCode("image_too_small", 400, "an image under 16 pixels on a side"),
-    ErrorCode("pixel_budget_exceeded", 400, "the request's images decode to more pixels together than allowed"),
-    ErrorCode("invalid_request", 400, "any other invalid input"),
-    ErrorCode("not_found", 404, "no such route"),
-    ErrorCode("method_not_allowed", 405, "the route does not take this method"),
-    ErrorCode("processing_failed", 500, "the try-on failed; details go to the server log only"),
-    ErrorCode("non_finite_output", 500, "the model produced NaN or infinite values (corrupt weights or a numerical fault)"),
-    ErrorCode("client_closed_request", 499, "the client closed the connection; the work was stopped (logged, never read)"),
-    ErrorCode("deadline_exceeded", 504, "the request ran past its deadline (queue time included)"),
-    ErrorCode("internal_error", 500, "an unexpected failure; details go to the server log only"),
-    ErrorCode("loading", 503, "the models are still loading", retry_after=True),
-    ErrorCode("engine_failed", 503, "the models failed to load (see the server log)"),
-    ErrorCode("queue_full", 503, "too many requests are waiting for the GPU", retry_after=True),
-    ErrorCode("queue_timeout", 503, "the request waited too long for the GPU", retry_after=True),
-    ErrorCode("draining", 503, "the server is shutting down; retry on another instance", retry_after=True),
-    ErrorCode("engine_stuck", 503, "a GPU call has made no progress for too long; the process awaits a restart"),
-)
 
 _JSON = "application/json"
 
@@ -177,13 +131,22 @@ def _error_response(status: int, codes: list[ErrorCode], summary: str) -> dict[s
 
 
 _STATUS_SUMMARY = {
-    400: "The request breaks the schema.",
+    400: "The request breaks the schema (or is not valid HTTP).",
     401: "An API key is needed.",
+    403: "Forbidden.",
     404: "No such route.",
     405: "Wrong method.",
+    408: "The request did not arrive in time.",
     413: "The request body is too large.",
+    414: "The request line is too long.",
+    417: "Unsupported expectation.",
+    429: "Too many connections from one address.",
+    431: "The request headers are too large.",
+    499: "The client left (never read).",
     500: "The try-on failed.",
+    501: "Unsupported transfer coding.",
     503: "Not ready or busy; retry after Retry-After seconds where given.",
+    504: "Too slow: the request's deadline, or the front's upstream timeout.",
 }
 
 
@@ -210,7 +173,9 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
     limit = f" The whole body may be at most {float(upload_mb):g} MB." if upload_mb else ""
     prompt_errors = [c for c in errors if c.code not in ("not_found", "method_not_allowed")]
     timing = ", ".join(STAGES)
-    ready_errors = [c for c in errors if c.code in ("loading", "engine_failed", "non_finite_output", "draining", "engine_stuck")]
+    # /ready answers these as 503 (ServiceUnavailable), non_finite_output included
+    ready_errors = [replace(c, status=503) for c in errors
+                    if c.code in ("loading", "engine_failed", "non_finite_output", "draining", "engine_stuck")]
 
     return {
         "openapi": OPENAPI_VERSION,

@@ -19,9 +19,12 @@ log = logging.getLogger("fastfit.server")
 
 
 class ServiceUnavailable(TryOnError):
-    """The engine is not there yet (or failed to load) or the GPU queue is full: come back later."""
+    """The engine is not there yet (or failed to load) or the GPU queue is full: come back later.
 
-    status = 503
+    Always 503, whatever the code: `/ready` reports a warm-up that produced NaN with the code
+    `non_finite_output` (500 when a request produces it) as "not available"."""
+
+    status = 503  # type: ignore[assignment] - overrides the catalogue's status on purpose
 
     def __init__(self, message: str, *, code: str, retry_after: int | None = None):
         super().__init__(message, code=code)
@@ -32,7 +35,6 @@ class ProcessingFailed(TryOnError):
     """The try-on itself failed; the cause is in the log, never in the answer."""
 
     code = "processing_failed"
-    status = 500
 
 
 def error_response(status: int, code: str, message: str, retry_after: int | None = None) -> Response:

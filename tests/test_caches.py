@@ -13,7 +13,8 @@ import torch
 
 from helpers import TEST_RESOLUTION, box_mask, make_garment, make_person, rand_image, tiny_model_dir
 from fastfit_engine import FastFitPipeline
-from fastfit_engine.runtime.caches import LRUCache, cache_setting, image_digest
+from fastfit_engine import settings
+from fastfit_engine.runtime.caches import LRUCache, image_digest
 from fastfit_engine.runtime.engine import FastFitEngine
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -105,10 +106,11 @@ def test_caches_off_by_budget(models_dir, monkeypatch, sample_files):
     assert _counts(eng) == {"garment": (0, 0), "person": (0, 0)}
     monkeypatch.setenv("FASTFIT_PERSON_CACHE_MB", "lots")
     with pytest.raises(ValueError, match="FASTFIT_PERSON_CACHE_MB must be a number >= 0, got 'lots'"):
-        cache_setting("FASTFIT_PERSON_CACHE_MB", 1.0)
-    assert cache_setting("X", 5.0, {"X": " "}) == 5.0 and cache_setting("X", 5.0, {"X": "0"}) == 0.0
-    with pytest.raises(ValueError, match="X must be a number >= 0"):
-        cache_setting("X", 5.0, {"X": "-1"})
+        settings.read("FASTFIT_PERSON_CACHE_MB")
+    name = "FASTFIT_GARMENT_CACHE_MB"
+    assert settings.read(name, {name: " "}) == 1024.0 and settings.read(name, {name: "0"}) == 0.0
+    with pytest.raises(ValueError, match=f"{name} must be a number >= 0"):
+        settings.read(name, {name: "-1"})
 
 
 def test_pose_runs_beside_the_garment_and_parser_work(cached_engine, monkeypatch):

@@ -237,3 +237,25 @@ def test_cli_and_service_decode_large_jpegs_alike(engine, sample_files, tmp_path
     with Image.open(io.BytesIO(big.read_bytes())) as drafted:
         drafted.draft("RGB", (engine.resolution[0] * 2, engine.resolution[1] * 2))
         assert drafted.size[0] < 900
+
+
+@pytest.mark.parametrize("error,expected", [
+    ("NonFiniteOutputError", 1),  # a 500 in the catalogue: a processing failure
+    ("PixelBudgetExceeded", 2),  # a 400: the caller's input
+])
+def test_cli_exit_code_follows_the_catalogue_status(sample_files, tmp_path, capsys, monkeypatch, error, expected):
+    from fastfit_engine import errors
+
+    class Failing:
+        device = torch.device("cpu")
+
+        def __init__(self, **kwargs):
+            pass
+
+        def process(self, *args, **kwargs):
+            raise getattr(errors, error)("the model produced NaN")
+
+    monkeypatch.setattr("fastfit_engine.runtime.engine.FastFitEngine", Failing)
+    code, err = _run(["--person", sample_files["person"], "--upper", sample_files["upper"], "--output",
+                      tmp_path / "o.png"], capsys)
+    assert code == expected and err[-1] == "error: the model produced NaN"

@@ -196,7 +196,7 @@ def test_policy_from_env():
     assert RetryPolicy.from_env(env).delays() == [0.5, 1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="FASTFIT_LOAD_ATTEMPTS must be a whole number"):
         RetryPolicy.from_env({"FASTFIT_LOAD_ATTEMPTS": "2.5"})
-    with pytest.raises(ValueError, match="FASTFIT_LOAD_BACKOFF must be a number, got 'soon'"):
+    with pytest.raises(ValueError, match="FASTFIT_LOAD_BACKOFF must be a number >= 0, got 'soon'"):
         RetryPolicy.from_env({"FASTFIT_LOAD_BACKOFF": "soon"})
     with pytest.raises(ValueError, match="invalid retry policy"):
         RetryPolicy.from_env({"FASTFIT_LOAD_ATTEMPTS": "0"})

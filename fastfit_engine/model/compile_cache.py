@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from fastfit_engine import settings
+
 __all__ = ["COMPILE_ENV", "COMPILE_CACHE_ENV", "compile_enabled", "compile_cache_dir", "use_compile_cache"]
 
 log = logging.getLogger("fastfit.compile")
@@ -32,28 +34,18 @@ COMPILE_ENV = "FASTFIT_COMPILE"
 COMPILE_CACHE_ENV = "FASTFIT_COMPILE_CACHE"
 DEFAULT_CACHE_NAME = ".compile-cache"
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 def compile_enabled(device: torch.device | str, env: Mapping[str, str] | None = None) -> bool:
     """FASTFIT_COMPILE if set, else True on CUDA and False elsewhere; a bad value is an error."""
-    env = os.environ if env is None else env
-    value = env.get(COMPILE_ENV, "").strip().lower()
-    if not value:
-        return torch.device(device).type == "cuda"
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{COMPILE_ENV} must be 1 or 0 (true/false, on/off), got {env.get(COMPILE_ENV)!r}")
+    value = settings.read(COMPILE_ENV, env)
+    return torch.device(device).type == "cuda" if value is None else value
 
 
 def compile_cache_dir(models_root: str | os.PathLike, env: Mapping[str, str] | None = None) -> Path | None:
     """FASTFIT_COMPILE_CACHE if set ("off" gives None), else ``models_root/.compile-cache``."""
-    env = os.environ if env is None else env
-    value = env.get(COMPILE_CACHE_ENV, "").strip()
-    if value.lower() in _FALSE:
+    value = settings.read(COMPILE_CACHE_ENV, env)
+    if value is not None and settings.is_false_word(value):
         return None
     return Path(value).expanduser() if value else Path(models_root) / DEFAULT_CACHE_NAME
 

@@ -23,11 +23,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError, features
 
 from ..errors import ImageError, ImageTooLargeError, ImageTooSmallError, UnsupportedFormatError
+from ..settings import SETTINGS_BY_NAME
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
 # Refuse images above this many pixels before decoding them (about 6000 x 6000).
-DEFAULT_MAX_PIXELS = 36_000_000
+DEFAULT_MAX_PIXELS: int = SETTINGS_BY_NAME["FASTFIT_MAX_IMAGE_PIXELS"].default
 
 PERSON_ASPECT = 3 / 4
 

@@ -17,10 +17,9 @@ the very values a miss computes and a cached request's image is bit-identical to
 """
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,34 +30,12 @@ from PIL import Image
 from ..model.garment_store import image_digest, snapshot_nbytes
 
 __all__ = [
-    "GARMENT_CACHE_MB",
-    "PERSON_CACHE_ITEMS",
-    "PERSON_CACHE_MB",
     "LRUCache",
     "PersonMaps",
-    "cache_setting",
     "image_digest",
     "snapshot_nbytes",
 ]
 
-GARMENT_CACHE_MB = 1024.0  # about 7 person-size garments at 768x1024 in bf16 (139 MB each)
-PERSON_CACHE_MB = 256.0  # about 48 persons at 768x1024 (5.5 MB each: pose drawing, three maps, mask)
-PERSON_CACHE_ITEMS = 64
-
-
-def cache_setting(name: str, default: float, environ: Mapping[str, str] | None = None) -> float:
-    """A non-negative number from the environment variable ``name`` (empty or unset: ``default``)."""
-    env = os.environ if environ is None else environ
-    raw = env.get(name, "").strip()
-    if not raw:
-        return float(default)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number >= 0, got {raw!r}") from None
-    if not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)

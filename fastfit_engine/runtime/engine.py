@@ -39,16 +39,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import settings
 from ..weights.assets import ModelPaths, ensure_models
-from .caches import (
-    GARMENT_CACHE_MB,
-    PERSON_CACHE_ITEMS,
-    PERSON_CACHE_MB,
-    LRUCache,
-    PersonMaps,
-    cache_setting,
-    image_digest,
-)
+from .caches import LRUCache, PersonMaps, image_digest
 from ..model.compile_cache import compile_cache_dir, compile_enabled, use_compile_cache
 from .cpu_estimate import with_cpu_estimate
 from ..errors import PixelBudgetExceeded
@@ -229,11 +222,11 @@ class FastFitEngine:
         """Caches sized by the arguments, else FASTFIT_GARMENT_CACHE_MB, FASTFIT_PERSON_CACHE_MB and
         FASTFIT_PERSON_CACHE_ITEMS (0 disables); a single pose worker thread."""
         if garment_mb is None:
-            garment_mb = cache_setting("FASTFIT_GARMENT_CACHE_MB", GARMENT_CACHE_MB)
+            garment_mb = settings.read("FASTFIT_GARMENT_CACHE_MB")
         if person_mb is None:
-            person_mb = cache_setting("FASTFIT_PERSON_CACHE_MB", PERSON_CACHE_MB)
+            person_mb = settings.read("FASTFIT_PERSON_CACHE_MB")
         if person_items is None:
-            person_items = int(cache_setting("FASTFIT_PERSON_CACHE_ITEMS", PERSON_CACHE_ITEMS))
+            person_items = int(settings.read("FASTFIT_PERSON_CACHE_ITEMS"))
         self.garment_cache = LRUCache("garment", int(garment_mb * 2**20))
         self.person_cache = LRUCache("person", int(person_mb * 2**20), max_items=person_items)
         self._caches_on = True

@@ -32,12 +32,12 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+from .. import settings
 from .catalogue import DWPOSE, FASTFIT, HUMAN_TOOLKIT, REPOS, ModelRepo
 from .integrity import compute_digests, write_manifest
 
 log = logging.getLogger("fastfit.assets")
 
-DEFAULT_MODELS_DIR = "Models"
 MODELS_DIR_ENV = "FASTFIT_MODELS_DIR"
 
 
@@ -82,7 +82,7 @@ class ModelPaths:
 def resolve_models_dir(models_dir: str | os.PathLike | None = None) -> Path:
     """The option if given, else $FASTFIT_MODELS_DIR, else ./Models."""
     if models_dir is None or str(models_dir) == "":
-        models_dir = os.environ.get(MODELS_DIR_ENV) or DEFAULT_MODELS_DIR
+        models_dir = settings.read(MODELS_DIR_ENV)
     return Path(models_dir).expanduser()
 
 
@@ -97,8 +97,7 @@ def missing_files(repo: ModelRepo, folder: str | os.PathLike) -> list[str]:
 
 
 def hub_offline() -> bool:
-    value = os.environ.get("HF_HUB_OFFLINE", "")
-    return value.strip().upper() in ("1", "ON", "YES", "TRUE")
+    return settings.read("HF_HUB_OFFLINE")
 
 
 def _hub_timeouts() -> dict[str, float]:
@@ -186,7 +185,7 @@ def ensure_repo(
         raise ModelsNotFoundError(f"{folder} is missing {_describe(missing)}; {place}")
     if hub_offline():
         raise ModelsNotFoundError(f"{folder} is missing {_describe(missing)} and HF_HUB_OFFLINE is set; {place}")
-    revision = revision or os.environ.get(repo.revision_env) or None
+    revision = revision or settings.read(repo.revision_env)
     hub_digests: dict[str, dict] = {}
     try:
         if downloader is None:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .. import settings
 from .catalogue import REPOS
 
 log = logging.getLogger("fastfit.integrity")
@@ -58,13 +59,6 @@ class WeightIntegrityError(RuntimeError):
 
     code = "engine_failed"
     retryable = False  # reloading the same bytes gives the same answer
-
-
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    if not value:
-        return default
-    return value in ("1", "true", "yes", "on")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -198,8 +192,8 @@ def verify_models(
     """
     root = Path(root)
     repos = tuple(REPOS if repos is None else repos)
-    enabled = _env_flag(VERIFY_ENV, True) if enabled is None else enabled
-    strict = _env_flag(STRICT_ENV, False) if strict is None else strict
+    enabled = settings.read(VERIFY_ENV) if enabled is None else enabled
+    strict = settings.read(STRICT_ENV) if strict is None else strict
     report = IntegrityReport()
 
     expected: dict[Path, list[tuple[str, Path]]] = {}  # file -> [(sha256, manifest)]

@@ -19,11 +19,12 @@ Settings (env): ``FASTFIT_LOAD_ATTEMPTS`` (default 3 attempts in all), ``FASTFIT
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from .. import settings
 
 log = logging.getLogger("fastfit.startup")
 
@@ -49,24 +50,10 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RetryPolicy:
-        env = os.environ if env is None else env
-
-        def number(name: str, default: float) -> float:
-            value = env.get(name, "").strip()
-            if not value:
-                return default
-            try:
-                return float(value)
-            except ValueError:
-                raise ValueError(f"{name} must be a number, got {value!r}") from None
-
-        attempts = number(ATTEMPTS_ENV, cls.attempts)
-        if attempts != int(attempts):
-            raise ValueError(f"{ATTEMPTS_ENV} must be a whole number, got {attempts:g}")
         return cls(
-            attempts=int(attempts),
-            first_delay=number(BACKOFF_ENV, cls.first_delay),
-            max_delay=number(BACKOFF_MAX_ENV, cls.max_delay),
+            attempts=settings.read(ATTEMPTS_ENV, env),
+            first_delay=settings.read(BACKOFF_ENV, env),
+            max_delay=settings.read(BACKOFF_MAX_ENV, env),
         )
 
     def delays(self) -> list[float]:
