@@ -153,10 +153,10 @@ def engine_settings(args: argparse.Namespace, environ: Mapping[str, str] | None 
 
 
 def _validate(args: argparse.Namespace) -> tuple[dict[str, str], TryOnParams]:
-    """Apply the schema to the command line; returns (garment paths by slot, parameters). The
-    output format (from the file name) and quality are checked into `args` too."""
-    garments = {g: getattr(args, g) for g in GARMENT_FIELDS if getattr(args, g) is not None}
-    check_images([PERSON_FIELD, *garments])
+    """Apply the schema to the command line; returns (garment paths by slot in reference order,
+    parameters). The output format (from the file name) and quality are checked into `args` too."""
+    given = {g: getattr(args, g) for g in GARMENT_FIELDS if getattr(args, g) is not None}
+    garments = {g: given[g] for g in check_images([PERSON_FIELD, *given])}
     params = parse_numbers({name: getattr(args, name) for name in NUMBER_FIELDS_BY_NAME})
     args.quality = QUALITY.parse(args.quality) if args.quality is not None else int(QUALITY.default)
     for name, path in [(PERSON_FIELD, args.person)] + list(garments.items()):
@@ -179,18 +179,19 @@ def run(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         garments, params = _validate(args)
         settings = engine_settings(args)
-        from fastfit_engine.request.images import load_image
+        from fastfit_engine.request.images import DEFAULT_MAX_PIXELS
+        from fastfit_engine.request.tryon import decode_request
+        from fastfit_engine.runtime.engine import parse_resolution
 
-        # decoded here only to refuse a bad file before the models load; the engine decodes the
-        # files itself, exactly as the service does (reduced decoding of large photos)
-        load_image(args.person, name="person")
-        for g, p in garments.items():
-            load_image(p, name=g)
+        # decoded once, before the models load (a bad file is refused at once), exactly as the
+        # service decodes (reduced decoding of large photos); the engine takes the request as it is
+        request = decode_request(args.person, garments, params, working_size=parse_resolution(settings.resolution),
+                                 max_pixels=DEFAULT_MAX_PIXELS)
     except TryOnError as exc:
         print(f"error: {exc.describe(cli_flag(exc.field))}", file=sys.stderr)
         return exit_code(exc.status)
 
-    progress = Progress(params.steps, args.progress)
+    progress = Progress(request.params.steps, args.progress)
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -201,7 +202,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             engine = FastFitEngine(**settings.engine_kwargs())
             progress.start()
             try:
-                result = engine.process(args.person, garments, params, progress=progress, stage=progress.stage)
+                result = engine.run(request, progress=progress, stage=progress.stage)
             finally:
                 progress.close()
         out = Path(args.output)

@@ -67,9 +67,14 @@ def _reference_pass_ms(
     w, h = person.size
     sync(device)
     t0 = time.perf_counter()
-    with pipe.reference_cache([label for label, _ in labelled], latents, (h // 8, w // 8), do_cfg=True):
+    cache = pipe.unet.kv_cache
+    cache.begin(2, (h // 8, w // 8), [tuple(lat.shape[-2:]) for lat in latents])
+    try:
+        pipe.run_reference_passes([label for label, _ in labelled], latents, do_cfg=True)
         sync(device)
         return (time.perf_counter() - t0) * 1000.0
+    finally:
+        cache.clear()
 
 
 @torch.inference_mode()

@@ -100,6 +100,8 @@ class Service:
     metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
+        # The engine's GPU lock once it is loaded (runtime/concurrency.py: one lock, owned by the
+        # engine, taken here for a whole request); a stand-in until then, which nobody waits on.
         self.gpu_lock = threading.Lock()
         # One running plus QUEUE_SIZE waiting; a request that cannot get a slot is refused at once.
         self.slots = threading.BoundedSemaphore(1 + max(0, int(self.config["QUEUE_SIZE"])))
@@ -118,6 +120,7 @@ class Service:
             self.metrics.queue_depth.set(self.waiting)
 
     def set_engine(self, engine: Any) -> None:
+        self.gpu_lock = getattr(engine, "gpu_lock", self.gpu_lock)
         self.engine = engine
         self.metrics.watch_engine(engine)
         self.metrics.ready.set(1)
@@ -243,11 +246,6 @@ class Service:
             self.stuck()  # clears the stuck state once the call came back
             self.metrics.in_flight.set(0)
             self.gpu_lock.release()
-
-    def run(self, fn: Callable[[], Any], control: RequestControl | None = None) -> Any:
-        """Run fn holding the GPU lock, waiting in the bounded queue if needed."""
-        with self.admit():
-            return self.run_on_gpu(fn, control)
 
 
 def drain_on_signal(app: Any, signum: int = signal.SIGTERM) -> None:

@@ -1,11 +1,12 @@
 """The Flask app factory of the try-on service: `POST /prompt` (multipart or JSON) returns the image.
 
-Routes: `/prompt`, `/health` (liveness: the process answers and the GPU is not stuck), `/ready`
-(the engine is loaded and the process not draining), `/metrics`,
+Routes (`routes.py`, a blueprint): `/prompt`, `/health` (liveness: the process answers and the
+GPU is not stuck), `/ready` (the engine is loaded and the process not draining), `/metrics`; and
 `/openapi.json`, `/docs/` (API docs) and `/` (the try-on page). One engine per process;
-`admission.Service` admits a request before its images are decoded and lets one request at a
-time onto the GPU, under a deadline and a check that its client is still there; `auth` asks for
-an API key when keys are configured; `security` adds the request id and common headers.
+`core.handle` runs a request without Flask: `admission.Service` admits it before its images are
+decoded and lets one request at a time onto the GPU, under a deadline and a check that its
+client is still there; `auth` asks for an API key when keys are configured; `security` adds the
+request id and common headers.
 """
 from __future__ import annotations
 
@@ -13,19 +14,14 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
-
-from fastfit_engine.errors import ClientGone, DeadlineExceeded, NonFiniteOutputError, TryOnError
-from fastfit_engine.request.schema import PERSON_FIELD
+from flask import Flask
 
 from .admission import Service
-from .answer import answer
 from .auth import register_auth
 from .config import default_config, engine_settings
 from .docs import register_docs
-from .jsonbody import json_body_limit, read_prompt_json
-from .multipart import FormLimits, read_prompt_form
-from .responses import ProcessingFailed, register_error_handlers
+from .responses import register_error_handlers
+from .routes import bp
 from .security import register_security
 from .web import register_page
 
@@ -65,79 +61,7 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
     register_error_handlers(app)
     register_security(app, cfg)  # request id, nosniff, CORS
     register_auth(app, cfg)  # API keys, when configured
-    form_limits = FormLimits.from_config(cfg)
-
-    @app.get("/health")
-    def health() -> Response:
-        svc.raise_if_stuck()  # liveness: a hung GPU call makes the supervisor restart the process
-        return jsonify({"status": "ok"})
-
-    @app.get("/ready")
-    def ready() -> Response:
-        svc.raise_if_draining()
-        svc.raise_if_stuck()
-        svc.require_engine()
-        return jsonify({"status": "ready"})
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        svc.stuck()  # refresh the gauge
-        return svc.metrics.exposition()
-
-    @app.post("/prompt")
-    def prompt() -> Response:
-        if request.is_json:
-            upload_limit = app.config["MAX_CONTENT_LENGTH"]
-            request.max_content_length = json_body_limit(upload_limit)  # base64 is 4/3 of the bytes
-            req = read_prompt_json(request, upload_limit)
-        else:
-            req = read_prompt_form(request, form_limits)  # undecoded: refusals below cost no decoding
-        eng = svc.require_engine()
-        uploads = dict(req.uploads)
-        person_data = uploads.pop(PERSON_FIELD)
-        preview = req.options["preview"]
-        control = svc.control(request.environ)
-        try:
-            with svc.admit():
-                control.check()
-                if preview != "none":  # the stages before diffusion only
-                    with svc.decode_lock:
-                        person = eng.load_person(person_data)
-                    result = svc.run_on_gpu(lambda: eng.preprocess(person, seed=req.params.seed), control)
-                else:
-                    with svc.decode_lock:
-                        person, garments = eng.load_inputs(person_data, uploads, max_total_pixels=cfg["MAX_REQUEST_PIXELS"])
-                    result = svc.run_on_gpu(
-                        lambda: eng.process(person, garments, req.params, progress=control.step, check=control.check),
-                        control,
-                    )
-        except ClientGone:
-            svc.metrics.cancelled.inc()
-            log.info("request cancelled: the client closed the connection")
-            raise
-        except DeadlineExceeded:
-            svc.metrics.expired.inc()
-            log.warning("request expired after %.0f s", cfg["REQUEST_TIMEOUT"])
-            raise
-        except NonFiniteOutputError:
-            svc.metrics.non_finite.inc()
-            log.error("the model produced a non-finite output (corrupt weights or a numerical fault)")
-            raise
-        except TryOnError:
-            raise
-        except Exception:
-            log.exception("processing failed")
-            raise ProcessingFailed("the try-on could not be processed") from None
-        if preview == "mask":
-            resp = answer(request, result.mask, req.options, result.seed, result.timings, None)
-        elif preview == "masked_person":
-            resp = answer(request, result.masked_person, req.options, result.seed, result.timings, None)
-        else:
-            resp = answer(request, result.image, req.options, result.seed, result.timings, result.peak_vram_mb)
-        if getattr(eng, "synthetic_weights", False):  # random weights from fastfit_engine.synthetic
-            resp.headers["X-FastFit-Synthetic-Weights"] = "true"
-        return resp
-
+    app.register_blueprint(bp)  # /prompt, /health, /ready, /metrics (routes.py; the core is core.py)
     register_docs(app, cfg)  # /openapi.json and /docs
     register_page(app)  # the try-on page at /
     return app

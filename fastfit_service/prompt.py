@@ -10,20 +10,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fastfit_engine.request.schema import NUMBER_FIELDS_BY_NAME, TryOnParams, check_images, parse_numbers, parse_output_options
+from fastfit_engine.request.schema import (
+    NUMBER_FIELDS_BY_NAME,
+    PERSON_FIELD,
+    TryOnParams,
+    check_images,
+    parse_numbers,
+    parse_output_options,
+)
 
 
 @dataclass(frozen=True)
 class PromptRequest:
-    uploads: dict[str, bytes]  # person and garments, still encoded: decoded only once admitted
-    params: TryOnParams  # steps, seed, guidance_scale
+    person: bytes  # still encoded: decoded only once admitted (into a TryOnRequest)
+    garments: dict[str, bytes]  # by slot, in reference order
+    params: TryOnParams  # steps, seed (None: drawn when decoded), guidance_scale
     options: dict[str, Any]  # output_format, quality, preview, response_format
 
 
 def check_prompt(uploads: Mapping[str, bytes], values: Mapping[str, Any]) -> PromptRequest:
     """Schema checks after the body's own: person, garment rules, numbers, options. The images are
-    decoded later, once the request has a place in the queue (the engine's `load_inputs`)."""
-    check_images(uploads)
+    decoded later, once the request has a place in the queue (`core.handle`)."""
+    order = check_images(uploads)
     params = parse_numbers({k: values.get(k) for k in NUMBER_FIELDS_BY_NAME})
     options = parse_output_options(values)
-    return PromptRequest(uploads=dict(uploads), params=params, options=options)
+    return PromptRequest(uploads[PERSON_FIELD], {g: uploads[g] for g in order}, params, options)

@@ -225,7 +225,7 @@ def test_cli_and_service_decode_large_jpegs_alike(engine, sample_files, tmp_path
     monkeypatch.setattr("fastfit_engine.runtime.engine.FastFitEngine", lambda **kwargs: engine)
     out = tmp_path / "cli.png"
     code, err = _run(["--person", big, "--upper", sample_files["upper"], "--steps", "1", "--seed", "5",
-                      "--output", out], capsys)
+                      "--resolution", "x".join(map(str, engine.resolution)), "--output", out], capsys)
     assert code == 0, err
     service = engine.process(big.read_bytes(), {"upper": sample_files["upper"].read_bytes()}, steps=1, seed=5)
     with Image.open(out) as cli_img:
@@ -252,7 +252,7 @@ def test_cli_exit_code_follows_the_catalogue_status(sample_files, tmp_path, caps
         def __init__(self, **kwargs):
             pass
 
-        def process(self, *args, **kwargs):
+        def run(self, *args, **kwargs):
             raise getattr(errors, error)("the model produced NaN")
 
     monkeypatch.setattr("fastfit_engine.runtime.engine.FastFitEngine", Failing)

@@ -15,8 +15,10 @@ from fastfit_engine.request.output import encode_image
 
 @pytest.fixture()
 def shared_engine(engine, monkeypatch):
-    """The CLI builds a FastFitEngine; hand it the session's (same models, small size)."""
+    """The CLI builds a FastFitEngine; hand it the session's (same models, small size: the CLI
+    decodes its request for that working size)."""
     monkeypatch.setattr(engine_module, "FastFitEngine", lambda *a, **k: engine)
+    monkeypatch.setenv("FASTFIT_RESOLUTION", "x".join(map(str, engine.resolution)))
     return engine
 
 

@@ -15,7 +15,8 @@ from fastfit_engine.model.unet import GARMENT_LABELS
 
 
 class RecordingPipeline:
-    """Passes every call to the real pipeline and keeps its arguments (other attributes: the pipeline's)."""
+    """Passes the engine's diffusion calls (`generate`) to the real pipeline and keeps their
+    arguments (other attributes: the pipeline's)."""
 
     def __init__(self, pipe):
         self.pipe, self.calls = pipe, []
@@ -23,9 +24,9 @@ class RecordingPipeline:
     def __getattr__(self, name):
         return getattr(self.pipe, name)
 
-    def __call__(self, *args, **kwargs):
+    def generate(self, *args, **kwargs):
         self.calls.append((args, kwargs))
-        return self.pipe(*args, **kwargs)
+        return self.pipe.generate(*args, **kwargs)
 
 
 def test_process_result_and_saved_file(engine, sample_files, tmp_path):
@@ -76,7 +77,7 @@ def test_references_order_sizes_and_preprocessing(engine, sample_files, monkeypa
     w, h = TEST_RESOLUTION
     assert np.array_equal(np.asarray(p), np.asarray(prepare_person(person, (w, h))))
     assert mask.mode == "L" and mask.size == (w, h) and set(np.unique(np.asarray(mask))) <= {0, 255}
-    assert [label for label, _ in refs] == ["upper", "lower", "shoe", "bag"]
+    assert [label for label, _ in refs] == [0, 1, 3, 4]  # class indices: upper, lower, shoe, bag
     assert [im.size for _, im in refs] == [(w, h), (w, h), (w // 2, h // 2), (w // 2, h // 2)]
     # transparent garment background became white before the LANCZOS resize
     expected_upper = prepare_reference(load_image(rgba), (w, h))
@@ -92,7 +93,7 @@ def test_dress_is_the_overall_reference(engine, sample_files, monkeypatch):
     engine.process(sample_files["person"], {"shoe": sample_files["shoe"], "dress": sample_files["dress"]},
                    steps=1, seed=0, guidance_scale=1.0)
     (args, _), = spy.calls
-    assert [(label, im.size) for label, im in args[2]] == [("overall", TEST_RESOLUTION), ("shoe", (96, 128))]
+    assert [(label, im.size) for label, im in args[2]] == [(2, TEST_RESOLUTION), (3, (96, 128))]  # overall, shoe
 
 
 @pytest.mark.parametrize(

@@ -153,7 +153,8 @@ def test_large_uploads_are_decoded_only_as_large_as_the_model_needs(engine):
         ImageFile.ImageFile.load = lambda self: (loads.append(self.size), real_load(self))[1]
         png = io.BytesIO()
         big.save(png, format="PNG", compress_level=1)
-        person, garments = engine.load_inputs(jpeg.getvalue(), {"upper": png.getvalue()})
+        tryon = engine.request(jpeg.getvalue(), {"upper": png.getvalue()})
+        person, garments = tryon.person, {g.slot: g.image for g in tryon.garments}
     finally:
         ImageFile.ImageFile.load = real_load
     w, h = engine.resolution  # 192x256: 2x cover is 384x512 after the 3:4 crop
@@ -163,7 +164,7 @@ def test_large_uploads_are_decoded_only_as_large_as_the_model_needs(engine):
     assert garments["upper"].size == (500, 625)  # ... and box-reduced by 4 at once (2x cover: 384x512)
     # A small image is left as it is (bit for bit): the test photos and phone-size inputs never change.
     small = make_person()
-    assert np.array_equal(np.asarray(engine.load_inputs(png_bytes(small), {"upper": png_bytes(small)})[0]), np.asarray(small))
+    assert np.array_equal(np.asarray(engine.request(png_bytes(small), {"upper": png_bytes(small)}).person), np.asarray(small))
     # EXIF rotation: the scale is chosen for the upright (landscape) image, whose 3:4 crop is
     # 1500x2000: 1/4 would leave 375x500 < 384x512, so 1/2, then turned upright.
     exif = Image.Exif()

@@ -60,8 +60,8 @@ def test_without_guidance_matches_independent_loop(pipe, model_dir, inputs):
 
 def test_guidance_on_and_off_differ(pipe, inputs):
     person, mask, pose, refs = inputs
-    a = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=pose, num_inference_steps=2, guidance_scale=2.5))
-    b = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=pose, num_inference_steps=2, guidance_scale=1.0))
+    a = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=pose, num_inference_steps=2, guidance_scale=2.5, seed=0))
+    b = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=pose, num_inference_steps=2, guidance_scale=1.0, seed=0))
     assert not np.array_equal(a, b)
 
 
@@ -95,7 +95,7 @@ def test_public_steps_compose_to_the_call(pipe, inputs):
         assert len(timesteps) == 2 and timesteps_device.tolist() == timesteps
         latents = pipe.prepare_latents(latent_hw, generator, scheduler)
         model_input = pipe.prepare_model_input(masked_latent, prepared.latent_mask, rows=2)
-        with pipe.reference_cache([0, 3], ref_latents, latent_hw, do_cfg=True):
+        with pipe.prepare_references(labelled, person.size, 2.5):
             assert cache.nbytes() > 0
             for i, t in enumerate(timesteps):
                 latents = pipe.denoise_step(model_input, latents, t, timesteps_device[i], scheduler, 2.5, generator)
@@ -119,10 +119,10 @@ def test_absent_items_and_labels(pipe, inputs):
 
 def test_pose_changes_result(pipe, inputs):
     person, mask, pose, refs = inputs
-    a = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=pose, num_inference_steps=1))
-    b = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=None, num_inference_steps=1))
+    a = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=pose, num_inference_steps=1, seed=0))
+    b = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=None, num_inference_steps=1, seed=0))
     # a pose of another size is resized to the person
-    c = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=pose.resize((W * 2, H * 2)), num_inference_steps=1))
+    c = np.asarray(pipe(person, mask, [("upper", refs["upper"])], pose=pose.resize((W * 2, H * 2)), num_inference_steps=1, seed=0))
     assert not np.array_equal(a, b)
     assert c.shape == a.shape
 
@@ -147,8 +147,8 @@ def test_gpu_options_keep_numerics(model_dir, pipe, inputs):
     person, mask, pose, refs = inputs
     refs_list = [("upper", refs["upper"]), ("lower", refs["lower"])]
     fast = FastFitPipeline.from_pretrained(model_dir, device="cpu", dtype=torch.float32, fast_group_norm=True, channels_last=True)
-    a = np.asarray(pipe(person, mask, refs_list, pose=pose, num_inference_steps=2)).astype(int)
-    b = np.asarray(fast(person, mask, refs_list, pose=pose, num_inference_steps=2)).astype(int)
+    a = np.asarray(pipe(person, mask, refs_list, pose=pose, num_inference_steps=2, seed=0)).astype(int)
+    b = np.asarray(fast(person, mask, refs_list, pose=pose, num_inference_steps=2, seed=0)).astype(int)
     assert np.abs(a - b).max() <= 1
     conv = lambda p: p.unet.conv_in.weight
     assert conv(pipe).is_contiguous() and not conv(pipe).is_contiguous(memory_format=torch.channels_last)  # CPU default

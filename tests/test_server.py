@@ -274,14 +274,14 @@ def test_default_app_uses_models_dir_env(monkeypatch, models_dir, caplog):
 
 def test_peak_vram_header_when_the_engine_reports_it(app, engine, sample_files, monkeypatch):
     """On CUDA the engine reports peak VRAM; the service passes it on (rounded MB)."""
-    real = engine.process
+    real = engine.run
 
     def on_cuda(*args, **kwargs):
         result = real(*args, **kwargs)
         result.peak_vram_mb = 4915.4  # what a CUDA run would report
         return result
 
-    monkeypatch.setattr(engine, "process", on_cuda)
+    monkeypatch.setattr(engine, "run", on_cuda)
     r = _post(app.test_client(), _files(sample_files, "person", "shoe", steps="1", seed="3", guidance_scale="1"))
     assert r.status_code == 200 and r.headers["X-Peak-VRAM-MB"] == "4915"
 

@@ -1,7 +1,7 @@
 """torch.compile by default on CUDA, with compiler caches that outlive the process.
 
 Compiling the denoising UNet and the VAE costs minutes on a cold start (one step graph for every
-garment layout; 134 s of warm-up in all on an H200, 2026-12-01, against 35 s from a filled cache).
+garment layout; bench/README.md has the start-up times from an empty and a filled cache).
 Inductor (FX graph and autotune caches, Triton kernels), AOTAutograd and FlashAttention-4's CuTe
 JIT all keep on-disk caches; pointing them at one folder on a persistent volume (by default
 ``<models folder>/.compile-cache``, next to the weights) makes the second start load compiled

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fastfit_engine.model.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, draw_seed, guidance_runs
 from fastfit_engine.model.garment_store import GarmentStore, image_digest, snapshot_nbytes
 from fastfit_engine.errors import NonFiniteOutputError
 from fastfit_engine.model.group_norm import use_fast_group_norm
@@ -108,7 +109,7 @@ class FastFitPipeline:
 
     ``__call__`` is built from public steps, as diffusers pipelines are: :meth:`check_inputs`,
     :meth:`prepare_person_inputs`, :meth:`encode_images`, :meth:`prepare_timesteps`,
-    :meth:`prepare_latents`, :meth:`prepare_model_input`, :meth:`reference_cache` (which runs
+    :meth:`prepare_latents`, :meth:`prepare_model_input`, :meth:`prepare_references` (which runs
     :meth:`run_reference_passes`), :meth:`denoise_step`, :meth:`decode_latents`, :meth:`postprocess`.
     Call them under ``torch.inference_mode()``, as ``__call__`` does. The garment half needs
     neither the person nor the pose: :meth:`prepare_references` runs it (with an optional garment
@@ -349,7 +350,7 @@ class FastFitPipeline:
         """A per-request copy of the scheduler set to ``num_inference_steps``, its timesteps on the
         host and on the device (the step needs no host sync)."""
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
-        scheduler.set_timesteps(int(num_inference_steps))
+        scheduler.set_timesteps(num_inference_steps)
         timesteps = [int(t) for t in scheduler.timesteps]
         return scheduler, timesteps, self.to_device(torch.tensor(timesteps, dtype=torch.int64))
 
@@ -415,23 +416,6 @@ class FastFitPipeline:
             label_t = torch.full((1,), label, dtype=torch.int64, device=self.device)
             self.unet.forward_reference(ref_latents[i], label_t, [i], rows=[cond_row])
 
-    @contextlib.contextmanager
-    def reference_cache(
-        self,
-        labels: Sequence[int],
-        ref_latents: Sequence[torch.Tensor],
-        latent_size: tuple[int, int],
-        do_cfg: bool,
-    ) -> Iterator[None]:
-        """Size the UNet's reference K/V cache for this request and fill it; freed on exit, whatever happens."""
-        cache = self.unet.kv_cache
-        try:
-            cache.begin(2 if do_cfg else 1, latent_size, [tuple(lat.shape[-2:]) for lat in ref_latents])
-            self.run_reference_passes(labels, ref_latents, do_cfg)
-            yield
-        finally:
-            cache.clear()
-
     def reference_key(self, label: str | int, image: Image.Image) -> tuple:
         """Garment-cache key of a prepared reference: what its conditional K/V depend on besides
         the weights (content hash, class index of the label, size, weight dtype and device)."""
@@ -458,7 +442,7 @@ class FastFitPipeline:
         """
         refs = self.check_references(references)
         labels = [label for label, _ in refs]
-        do_cfg = guidance_scale > 1.0
+        do_cfg = guidance_runs(guidance_scale)
         width, height = person_size
         latent_size = (height // 8, width // 8)
         use_cache = garment_cache is not None and garment_cache.enabled
@@ -504,7 +488,7 @@ class FastFitPipeline:
         guidance_scale: float,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        """One DDPM step inside :meth:`reference_cache`: UNet on the (guided) rows, then the scheduler."""
+        """One DDPM step inside :meth:`prepare_references`: UNet on the (guided) rows, then the scheduler."""
         model_input[:, 0:4] = scheduler.scale_model_input(latents, timestep)
         noise_pred = self._denoise(model_input, timestep_device)
         if model_input.shape[0] == 2:
@@ -537,23 +521,30 @@ class FastFitPipeline:
         mask: Image.Image,
         references: Sequence[tuple[str | int, Image.Image]],
         pose: Image.Image | None = None,
-        num_inference_steps: int = 30,
-        guidance_scale: float = 2.5,
-        seed: int = 0,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE,
+        seed: int | None = None,
         *,
         callback: Callable[[int, int], None] | None = None,
     ) -> Image.Image:
         """Return the try-on result as a PIL RGB image of the person's size.
 
+        The defaults are the request schema's (`model/defaults.py`): 30 steps, guidance 2.5 and
+        a fresh random seed when none is given (pass one to reproduce an image). The pipeline is
+        single-threaded: one call at a time per pipeline (its reference K/V cache, memo and
+        CUDA-graph buffers are shared; see fastfit_engine/runtime/concurrency.py).
+
         ``references`` are (label, image) pairs, or the live result of :meth:`prepare_references`
         (made for this person size and guidance), whose garment work is then not repeated.
         """
         refs = self.check_inputs(person, mask, references, pose, num_inference_steps)
+        seed = draw_seed() if seed is None else seed
         if not isinstance(references, PreparedReferences):
             with self.prepare_references(refs, person.size, guidance_scale) as prepared:
-                return self._generate(person, mask, pose, prepared, int(num_inference_steps), guidance_scale, seed, callback)
-        self._check_prepared(references, person.size, guidance_scale)
-        return self._generate(person, mask, pose, references, int(num_inference_steps), guidance_scale, seed, callback)
+                return self.generate(person, mask, prepared, pose=pose, num_inference_steps=num_inference_steps,
+                                     guidance_scale=guidance_scale, seed=seed, callback=callback)
+        return self.generate(person, mask, references, pose=pose, num_inference_steps=num_inference_steps,
+                             guidance_scale=guidance_scale, seed=seed, callback=callback)
 
     def _check_prepared(self, prepared: PreparedReferences, person_size: tuple[int, int], guidance_scale: float) -> None:
         if prepared.request is None or prepared.request is not self.unet.kv_cache.request:
@@ -561,21 +552,26 @@ class FastFitPipeline:
         width, height = person_size
         if prepared.latent_size != (height // 8, width // 8):
             raise ValueError(f"prepared references were made for another person size, not {width}x{height}")
-        if prepared.do_cfg != (guidance_scale > 1.0):
+        if prepared.do_cfg != guidance_runs(guidance_scale):
             raise ValueError(f"prepared references were made for guidance {'> 1' if prepared.do_cfg else '<= 1'}, got {guidance_scale}")
 
-    def _generate(
+    @torch.inference_mode()
+    def generate(
         self,
         person: Image.Image,
         mask: Image.Image,
-        pose: Image.Image | None,
         prepared: PreparedReferences,
+        *,
+        pose: Image.Image | None,
         num_inference_steps: int,
         guidance_scale: float,
         seed: int,
-        callback: Callable[[int, int], None] | None,
+        callback: Callable[[int, int], None] | None = None,
     ) -> Image.Image:
-        """The person half and the denoising loop, inside a live :meth:`prepare_references` block."""
+        """The person half and the denoising loop, inside a live :meth:`prepare_references` block,
+        for inputs already checked (by ``__call__``, or a `TryOnRequest` the engine runs): nothing
+        is validated or defaulted again here."""
+        self._check_prepared(prepared, person.size, guidance_scale)
         person_inputs = self.prepare_person_inputs(person, mask, pose)
         (masked_latent,) = self.encode_images([person_inputs.masked])
         latent_size = tuple(person_inputs.latent_mask.shape[-2:])

@@ -1,24 +1,17 @@
 """CUDA graphs of a garment's conditional reference pass, one per reference size.
 
-Why: a reference pass is an eager UNet forward of about 1000 small kernels. On one H200
-(2026-12-01) it took 29-37 ms of host time for about 15 ms of GPU work when run alone; a
-captured graph launches the same kernels in one call and leaves the host free. The compiled
+Why: a reference pass is an eager UNet forward of about 1000 small kernels, host-bound when run
+alone; a captured graph launches the same kernels in one call and leaves the host free. The compiled
 denoising step cannot take the pass over: the pass stores K/V at offsets that depend on the
 request and stops after the last caching layer. A graph can, by storing into staging buffers of
 its own, captured once per reference size, which are then copied into the request's slot, the
 very copy a garment-cache hit makes.
 
-Measured on one H200 (2026-12-01, upper + lower, shipped defaults otherwise): a request with a
-cached person took 1.07 s with eager passes and 1.02-1.03 s with graphs, a cold one 1.22 s and
-1.16-1.21 s. The garment work itself took about 0.10 s either way (with the host syncs gone
-from it, its launches already overlap the encodes); what changed is the diffusion after a pass:
-0.94-0.95 s after eager passes, 0.90 s after replays or garment-cache hits. The cause is not
-pinned down; a replay keeps the pass's intermediate tensors in the graphs' own pool instead of
-the allocator's shared one.
+A request is a few percent faster with graphs (bench/README.md, "Reference-pass CUDA graphs").
 
 Exactness: a replay runs the kernels the eager pass ran at capture, on the same shapes and
 inputs, so its K/V are the eager pass's bit for bit (``bench_request`` checks a whole image
-against the eager pass on the GPU, ``reference_graphs_equal_eager``: equal on that H200).
+against the eager pass on the GPU, ``reference_graphs_equal_eager``).
 
 Graphs are captured by :meth:`ReferenceGraphs.capture` (the engine's warm-up), never inside a
 request, and sizes without a graph run eagerly. Memory: the staging K/V of one reference per

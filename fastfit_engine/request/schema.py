@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from itertools import combinations
 from typing import Any
 
 from ..errors import RequestError
+from ..model.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, SEED_MAX, draw_seed
 from ..model.labels import GARMENT_LABELS as MODEL_LABEL_INDEX  # model label -> class index
 
 __all__ = [
@@ -72,7 +72,6 @@ GARMENT_DESCRIPTIONS = {s.name: s.description for s in GARMENT_SLOTS}
 
 IMAGE_FIELDS = (PERSON_FIELD,) + GARMENT_FIELDS
 
-SEED_MAX = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -143,9 +142,9 @@ def _fmt(x: float) -> str:
 
 
 NUMBER_FIELDS = (
-    NumberField("steps", "--steps", int, 1, 100, 30, "denoising steps; more is slower"),
+    NumberField("steps", "--steps", int, 1, 100, DEFAULT_STEPS, "denoising steps; more is slower"),
     NumberField("seed", "--seed", int, 0, SEED_MAX, None, "random seed; the same seed and inputs give the same image"),
-    NumberField("guidance_scale", "--guidance", float, 1.0, 10.0, 2.5, "classifier-free guidance strength"),
+    NumberField("guidance_scale", "--guidance", float, 1.0, 10.0, DEFAULT_GUIDANCE, "classifier-free guidance strength"),
 )
 NUMBER_FIELDS_BY_NAME = {f.name: f for f in NUMBER_FIELDS}
 
@@ -217,7 +216,7 @@ class TryOnParams:
         """These parameters with a concrete seed: the given one, or a fresh random one."""
         if self.seed is not None:
             return self
-        return replace(self, seed=secrets.randbelow(SEED_MAX + 1))
+        return replace(self, seed=draw_seed())
 
 
 def parse_numbers(values: Mapping[str, Any]) -> TryOnParams:

@@ -3,11 +3,11 @@
 Shops send the same garment for many shoppers and the same shopper with many garments. What a
 garment contributes to a request (its VAE latent and the keys/values its reference pass stores in
 the UNet's 16 self-attention layers) depends only on the prepared garment image, its slot label,
-its size and the weights; what a person contributes before the mask (DWPose drawing, DensePose,
-SCHP LIP and ATR maps) depends only on the prepared person image. Both are kept here, keyed by a
-hash of the prepared image's bytes plus everything else the values depend on, so a hit returns
-the very values a miss computes and a cached request's image is bit-identical to an uncached one
-(the cloth-agnostic mask draws from the seed and is always recomputed from the cached maps).
+its size and the weights; what a person contributes (DWPose drawing, DensePose,
+SCHP LIP and ATR maps, and the cloth-agnostic mask made from them) depends only on the prepared
+person image. Both are kept here, keyed by a hash of the prepared image's bytes plus everything
+else the values depend on, so a hit returns the very values a miss computes and a cached
+request's image is bit-identical to an uncached one.
 
 - :class:`LRUCache`: least-recently-used entries bounded by a byte budget (and optionally a
   count), with hit/miss/eviction counters that the service exports to Prometheus.
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..model.garment_store import image_digest, snapshot_nbytes
@@ -40,34 +39,28 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PersonMaps:
-    """The person's parser outputs at the working size; the arrays are read-only (shared by hits).
-
-    ``mask`` is the cloth-agnostic mask when building it made no random draws (the default
-    variant makes none), so it is the same for every seed and a hit need not rebuild it; None
-    when it drew from the seed, and then each request rebuilds it from the maps.
-    """
+    """The person's parser outputs at the working size and the cloth-agnostic mask built from
+    them (the same for every seed); the arrays are read-only (shared by hits)."""
 
     pose: Image.Image  # DWPose drawing (RGB)
     densepose: np.ndarray  # uint8 part labels
     lip: np.ndarray  # SCHP LIP labels
     atr: np.ndarray  # SCHP ATR labels
-    mask: Image.Image | None = None  # L, 255 = repaint; only a seed-independent one
+    mask: Image.Image  # L, 255 = repaint
 
     @classmethod
-    def frozen(
-        cls, pose: Image.Image, densepose: Any, lip: Any, atr: Any, mask: Image.Image | None = None
-    ) -> PersonMaps:
+    def frozen(cls, pose: Image.Image, densepose: Any, lip: Any, atr: Any, mask: Image.Image) -> PersonMaps:
         arrays = []
         for value in (densepose, lip, atr):
             array = np.array(value, copy=True)
             array.setflags(write=False)
             arrays.append(array)
-        return cls(pose.copy(), *arrays, mask=None if mask is None else mask.copy())
+        return cls(pose.copy(), *arrays, mask=mask.copy())
 
     @property
     def nbytes(self) -> int:
         w, h = self.pose.size
-        mask = 0 if self.mask is None else self.mask.size[0] * self.mask.size[1]
+        mask = self.mask.size[0] * self.mask.size[1]
         return w * h * len(self.pose.getbands()) + self.densepose.nbytes + self.lip.nbytes + self.atr.nbytes + mask
 
 

@@ -1,21 +1,17 @@
-"""FastFitEngine: one object that owns every model and turns (person, garments) into a try-on image.
+"""FastFitEngine: one object that owns every model and turns a `TryOnRequest` into a try-on image.
 
 It reproduces the upstream FastFit app's flow (3:4 crop, LANCZOS resizes, DWPose, DensePose,
 SCHP LIP and ATR, the multi-reference mask, references in a fixed order) and adds what a service
-needs: input rules and parameters from the request schema (a `TryOnParams` is taken as it is,
-never checked again), a seed that is always reported, per-stage timings and peak VRAM, and a
-lock so one engine can be shared by threads.
+needs: a request checked and decoded once at the front door (`request/tryon.py`, taken as it is
+here), a seed that is always reported, per-stage timings and peak VRAM, and the GPU lock so one
+engine can be shared by threads.
 
-Off the critical path: as soon as the person is prepared, DWPose (CPU by default; onnxruntime
-releases the GIL) starts on one worker thread and DensePose, SCHP and the mask on another, which
-on CUDA has its own stream, while this thread does the garment half (VAE encodes and conditional
-reference passes); the garments' resizes and cache keys are made on small prep threads while the
-person is prepared. The garment half is mostly eager kernel launches, so the GPU has room for the
-parsers beside it: on one H200 (2026-12-01) garments + DensePose + SCHP took 0.19-0.20 s one
-after the other and 0.13-0.16 s side by side, and with DWPose running too 0.33-0.36 s against
-0.23-0.24 s, which is DWPose's own time (its detector alone is 0.17-0.18 s on 14 cores). On a
-CPU the parsers run on this thread after the garments (no gain there, and the two would compete
-for the same cores).
+Off the critical path: as soon as the person is prepared, DWPose starts on the pose thread and
+DensePose, SCHP and the mask on the parser thread (its own CUDA stream), while this thread does
+the garment half (VAE encodes and conditional reference passes): the garment half is mostly
+eager kernel launches, so the GPU has room for the parsers beside it (bench/README.md has the
+measurements). On a CPU the parsers run on this thread after the garments (the two would compete
+for the same cores). Every thread, stream and lock: runtime/concurrency.py.
 
 Exact caches across requests (fastfit_engine/runtime/caches.py): a garment's conditional reference K/V
 (GPU) and a person's parser maps and mask (CPU); neither changes a pixel, and neither touches
@@ -29,8 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,23 +35,10 @@ import torch
 from PIL import Image
 
 from .. import settings
-from ..weights.assets import ModelPaths, ensure_models
-from .caches import LRUCache, PersonMaps, image_digest
 from ..model.compile_cache import compile_cache_dir, compile_enabled, use_compile_cache
-from .cpu_estimate import with_cpu_estimate
-from ..errors import PixelBudgetExceeded
-from ..request.images import (
-    DEFAULT_MAX_PIXELS,
-    PERSON_ASPECT,
-    ImageSource,
-    decode_image,
-    open_image,
-    prepare_person,
-    prepare_reference,
-)
+from ..request.images import DEFAULT_MAX_PIXELS, ImageSource, prepare_person, prepare_reference
 from ..request.output import encode_image, format_for_path
 from ..request.schema import (
-    GARMENT_LABELS,
     GARMENT_SLOTS,
     PERSON_FIELD,
     TryOnParams,
@@ -64,6 +46,11 @@ from ..request.schema import (
     garment_set_per_size_layout,
     parse_numbers,
 )
+from ..request.tryon import GarmentInput, TryOnRequest, decode_request
+from ..weights.assets import ModelPaths, ensure_models
+from .caches import LRUCache, PersonMaps, image_digest
+from .concurrency import WorkerJob, holding
+from .cpu_estimate import with_cpu_estimate
 
 DEFAULT_RESOLUTION = (768, 1024)
 # Seconds per stage. "garments": VAE encodes and reference passes (or garment-cache restores), on
@@ -89,9 +76,6 @@ class TryOnResult:
     output_path: Path | None = None
     mask: Image.Image | None = field(default=None, repr=False)
 
-    def to_png_bytes(self) -> bytes:
-        return encode_image(self.image, "png")
-
 
 @dataclass
 class Preparation:
@@ -100,7 +84,7 @@ class Preparation:
     person: Image.Image  # cropped to 3:4 and resized to the working size
     pose: Image.Image  # DWPose skeleton drawing
     mask: Image.Image  # L; 255 where the model repaints
-    seed: int  # for the mask's random draws (none in the default variant)
+    seed: int  # reported with the preview (the mask itself draws nothing from it)
     timings: dict[str, float]  # seconds: pose, densepose, schp, mask, total
 
     masked_person: Image.Image | None = None  # RGB; what diffusion is conditioned on (preprocess() only)
@@ -114,37 +98,11 @@ class _Parsed:
     lip: np.ndarray
     atr: np.ndarray
     mask: Image.Image
-    seeded: bool  # the mask drew from the seed's generator (so it is not cached with the maps)
     timings: dict[str, float]
 
     def maps(self, pose: Image.Image) -> PersonMaps:
-        """The person-cache entry: the maps, and the mask where it is the same for every seed."""
-        return PersonMaps.frozen(pose, self.densepose, self.lip, self.atr, mask=None if self.seeded else self.mask)
-
-
-class _ParseJob:
-    """A call that runs on a worker thread once started, else on the first ``result()``."""
-
-    def __init__(self, fn: Callable[..., _Parsed], *args: Any) -> None:
-        self._call = (fn, args)
-        self._future: Future | None = None
-        self.ran_here = False  # result() ran the call on the calling thread
-
-    def start(self, worker: ThreadPoolExecutor) -> None:
-        fn, args = self._call
-        self._future = worker.submit(fn, *args)
-
-    def result(self) -> _Parsed:
-        if self._future is None:
-            fn, args = self._call
-            self.ran_here = True
-            return fn(*args)
-        return self._future.result()
-
-    def settle(self) -> None:
-        """Wait until a started call has finished, whatever its outcome (nothing to wait for otherwise)."""
-        if self._future is not None:
-            futures_wait([self._future])
+        """The person-cache entry: the maps and the mask."""
+        return PersonMaps.frozen(pose, self.densepose, self.lip, self.atr, self.mask)
 
 
 def parse_resolution(value: str | tuple[int, int] | list[int] | None) -> tuple[int, int]:
@@ -214,7 +172,7 @@ class FastFitEngine:
             self.paths.fastfit, device=self.device, dtype=self.dtype,
             compile_unet=self.compiled, compile_vae=self.compiled,
         )
-        self._lock = threading.Lock()
+        self.gpu_lock = threading.Lock()  # the one lock around model work (see runtime/concurrency.py)
         self._init_caches(garment_cache_mb, person_cache_mb, person_cache_items)
 
     # ------------------------------------------------------------------ caches
@@ -262,50 +220,43 @@ class FastFitEngine:
         """Reference size per garment slot (the schema's size factor of the working size)."""
         return {s.name: s.reference_size(self.resolution) for s in GARMENT_SLOTS}
 
-    def load_inputs(
+    def request(
         self,
         person: ImageSource | None,
         garments: Mapping[str, ImageSource | None],
+        params: TryOnParams | None = None,
         *,
         max_total_pixels: int | None = None,
-    ) -> tuple[Image.Image, dict[str, Image.Image]]:
-        """Apply the schema's image rules and decode every image (person transparency over white too).
+        **numbers: Any,
+    ) -> TryOnRequest:
+        """The Python front door: a `TryOnRequest` from raw inputs, checked by the schema once.
 
-        Each image is decoded only as large as its model input needs (`images.open_image`), and
-        with `max_total_pixels` the sizes to decode are summed from the headers and refused over
-        that budget before any pixel is decoded; images are decoded one after the other, each
-        reduced before the next (peak memory: one full-size decode)."""
+        The numbers come either as `params` (from `schema.parse_numbers`, used as they are) or as
+        keywords (`steps=`, `seed=`, `guidance_scale=`), which the schema parses here; absent ones
+        get the schema's defaults and an absent seed is drawn. `garments` maps upper/lower/dress/
+        shoe/bag to a path, bytes or PIL image; the images are decoded as the service decodes
+        them (`request/tryon.py`)."""
+        if params is None:
+            params = parse_numbers(numbers)
+        elif numbers:
+            raise TypeError(f"takes params or keywords, not both (got {', '.join(sorted(numbers))})")
         given = [k for k, v in garments.items() if v is not None]
         order = check_images(given + ([PERSON_FIELD] if person is not None else []))
-        sizes = self.reference_sizes
-        plans = {PERSON_FIELD: (person, self.resolution, PERSON_ASPECT)}
-        plans.update({g: (garments[g], sizes[g], None) for g in order})
-        return self._decode_plans(plans, max_total_pixels)
+        return self.decode(person, {g: garments[g] for g in order}, params, max_total_pixels=max_total_pixels)
 
-    def load_person(self, person: ImageSource) -> Image.Image:
-        """Decode the person photo alone, exactly as `load_inputs` does (a mask preview's input)."""
-        if person is None:
-            check_images([])  # the schema's "person is required"
-        plans = {PERSON_FIELD: (person, self.resolution, PERSON_ASPECT)}
-        return self._decode_plans(plans, None)[0]
-
-    def _decode_plans(
-        self, plans: dict[str, tuple[ImageSource, tuple[int, int], float | None]], max_total_pixels: int | None
-    ) -> tuple[Image.Image, dict[str, Image.Image]]:
-        opened = {
-            name: open_image(src, name=name, max_pixels=self.max_pixels, cover=cover, crop_aspect=aspect)
-            for name, (src, cover, aspect) in plans.items()
-        }
-        total = sum(im.size[0] * im.size[1] for im in opened.values())
-        if max_total_pixels is not None and total > max_total_pixels:
-            raise PixelBudgetExceeded(
-                f"the images decode to {total} pixels together, the limit is {max_total_pixels} per request"
-            )
-        decoded = {}
-        for name, (_, cover, aspect) in plans.items():  # pop: each full-size image is freed once reduced
-            decoded[name] = decode_image(opened.pop(name), name=name, cover=cover, crop_aspect=aspect)
-        person_img = decoded.pop(PERSON_FIELD)
-        return person_img, decoded
+    def decode(
+        self,
+        person: ImageSource,
+        garments: Mapping[str, ImageSource],
+        params: TryOnParams,
+        *,
+        max_total_pixels: int | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> TryOnRequest:
+        """Decode a request whose fields a front door has checked (garments in reference order)
+        at this engine's working size and pixel limit."""
+        return decode_request(person, garments, params, working_size=self.resolution, max_pixels=self.max_pixels,
+                              max_total_pixels=max_total_pixels, options=options)
 
     # One garment set per layout of reference sizes a request can have (0-2 person-size items
     # x 0-2 half-size ones); together they touch all five slots.
@@ -325,7 +276,7 @@ class FastFitEngine:
         garment = Image.new("RGB", (w, h), (200, 200, 200))
         t0 = time.perf_counter()
         if self.compiled and self.device.type == "cuda":  # the fast path: reference passes as graphs
-            with self._lock:
+            with self.gpu_lock:
                 self.pipeline.capture_reference_graphs(sorted(set(self.reference_sizes.values())))
         with self.caches_bypassed():  # every layout runs every stage; no grey garment is cached
             for slots in self.WARMUP_SETS if sets is None else sets:
@@ -343,43 +294,59 @@ class FastFitEngine:
         progress: ProgressCallback | None = None,
         stage: StageCallback | None = None,
         check: Callable[[], None] | None = None,
-        **overrides: Any,
+        **numbers: Any,
     ) -> TryOnResult:
-        """Run one try-on. `garments` maps upper/lower/dress/shoe/bag to a path, bytes or PIL image.
+        """Run one try-on from raw inputs: `run(request(person, garments, params, **numbers))`."""
+        return self.run(self.request(person, garments, params, **numbers), output_path=output_path,
+                        progress=progress, stage=stage, check=check)
 
-        The numbers come either as `params` (from `schema.parse_numbers`, used as they are) or as
-        keywords (`steps=`, `seed=`, `guidance_scale=`), which the schema parses here; absent ones
-        get the schema's defaults. A seed of None draws a fresh one (reported in the result).
+    def run(
+        self,
+        request: TryOnRequest,
+        *,
+        output_path: str | os.PathLike | None = None,
+        progress: ProgressCallback | None = None,
+        stage: StageCallback | None = None,
+        check: Callable[[], None] | None = None,
+        lock_held: bool = False,
+    ) -> TryOnResult:
+        """Run one try-on of a `TryOnRequest`, taken as it is (its fields were checked at the front door).
+
         `progress(step, total)` is called after each denoising step, `stage(name)` after each timed
         stage but "pose" and "total" (a person-cache hit skips "densepose", "schp", "pose_wait"),
         and `check()` before each stage; `progress` and `check` may raise (a passed deadline, a
-        client gone) to stop the request there: the engine lock and the reference K/V cache are
-        released on the way out.
+        client gone) to stop the request there: the GPU lock and the reference K/V cache are
+        released on the way out, after the request's own pose and parser work has ended.
+        `lock_held`: the caller holds `gpu_lock` already (the service's admission does).
         """
-        if params is None:
-            params = parse_numbers(overrides)
-        elif overrides:
-            raise TypeError(f"process() takes params or keywords, not both (got {', '.join(sorted(overrides))})")
-        params = params.with_seed()
-        person_img, garment_imgs = self.load_inputs(person, garments)
-
-        with self._lock:
-            result = self._run(person_img, garment_imgs, params, progress, stage, check)
+        if request.working_size != self.resolution:
+            raise ValueError(f"the request was decoded for {request.working_size}, this engine works at {self.resolution}")
+        with holding(self.gpu_lock, lock_held):
+            result = self._run(request, progress, stage, check)
         if output_path is not None:  # the extension picks the format (.png, .jpg, .webp)
             out = Path(output_path)
             out.write_bytes(encode_image(result.image, format_for_path(out)))
             result.output_path = out
         return result
 
+    def preview(self, request: TryOnRequest, *, lock_held: bool = False) -> Preparation:
+        """The stages before diffusion of a decoded request (its garments play no part);
+        `lock_held` as for `run`."""
+        return self._preview(request.person, request.params.seed, lock_held)
+
     def preprocess(self, person: ImageSource, seed: int | None = None) -> Preparation:
         """The stages before diffusion alone (pose, DensePose, SCHP parsing, the cloth-agnostic
         mask) for one person photo: what a mask preview shows, without the diffusion model. The
-        mask is the one a try-on of the same photo uses (`seed` feeds the mask's random draws,
-        as in a try-on; the default mask variant makes none)."""
-        seed = parse_numbers({"seed": seed}).with_seed().seed
-        person_img = self.load_person(person)
+        mask is the one a try-on of the same photo uses; `seed` is only reported (the preview
+        answers carry it like a try-on's)."""
+        params = parse_numbers({"seed": seed})
+        if person is None:
+            check_images([])  # the schema's "person is required"
+        return self.preview(self.decode(person, {}, params))
+
+    def _preview(self, person_img: Image.Image, seed: int, lock_held: bool) -> Preparation:
         t_start = time.perf_counter()
-        with self._lock, torch.inference_mode():
+        with holding(self.gpu_lock, lock_held), torch.inference_mode():
             prep = self._preprocess(person_img, seed)
             # The pipeline's own composite (person outside the mask, pose skeleton inside), in 8 bits.
             masked = self.pipeline.prepare_person_inputs(prep.person, prep.mask, prep.pose).masked
@@ -390,19 +357,23 @@ class FastFitEngine:
 
     def _preprocess(self, person_img: Image.Image, seed: int) -> Preparation:
         """The person's maps (person cache, or DWPose on its thread beside DensePose and SCHP on
-        this one) and the mask a try-on with this seed uses."""
+        this one) and the mask a try-on uses."""
         person = prepare_person(person_img, self.resolution)
         key = self._person_key(person)
         maps = self.person_cache.get(key) if key is not None else None
         timings = dict.fromkeys(PREVIEW_STAGES, 0.0)  # zeros for what the person cache saves
-        pose_job = self._pose_worker.submit(self._timed_pose, person) if maps is None else None
-        parsed = self._parse_and_mask(person, maps, seed)
-        if maps is None:
-            maps, timings["pose"] = self._new_person_maps(key, pose_job, parsed)
+        pose_job = self._start_pose(person, maps)
+        try:
+            parsed = self._parse_and_mask(person, maps)
+            if maps is None:
+                maps, timings["pose"] = self._new_person_maps(key, pose_job, parsed)
+        finally:
+            if pose_job is not None:
+                pose_job.settle()  # DWPose never outlives its request (runtime/concurrency.py)
         timings.update(parsed.timings)
         return Preparation(person=person, pose=maps.pose, mask=parsed.mask, seed=seed, timings=timings)
 
-    def _new_person_maps(self, key: tuple | None, pose_job: Future, parsed: _Parsed) -> tuple[PersonMaps, float]:
+    def _new_person_maps(self, key: tuple | None, pose_job: WorkerJob, parsed: _Parsed) -> tuple[PersonMaps, float]:
         """A parsed person's maps with DWPose's drawing once it is done (into the person cache
         under ``key``), and DWPose's seconds on its thread."""
         pose, pose_seconds = pose_job.result()
@@ -418,23 +389,17 @@ class FastFitEngine:
         return (image_digest(person), person.size)
 
     @staticmethod
-    def _cloth_mask(densepose: np.ndarray, lip: np.ndarray, atr: np.ndarray, seed: int) -> tuple[Image.Image, bool]:
-        """The cloth-agnostic mask from the parser maps (the pose plays no part), and whether
-        building it drew from the seed's generator (the default variant does not)."""
+    def _cloth_mask(densepose: np.ndarray, lip: np.ndarray, atr: np.ndarray) -> Image.Image:
+        """The cloth-agnostic mask from the parser maps (the pose plays no part). The upstream
+        app's variant: no square cloth mask, so the horizontal widening makes no random draws
+        and the mask is the same for every seed (and is cached with the maps)."""
         from parse_utils import multi_ref_cloth_agnostic_mask
 
-        rng = np.random.default_rng(seed)
-        untouched = rng.bit_generator.state
-        mask = multi_ref_cloth_agnostic_mask(
-            densepose, lip, atr, square_cloth_mask=False, horizon_expand=True, rng=rng,
-        )
-        return mask, rng.bit_generator.state != untouched
+        return multi_ref_cloth_agnostic_mask(densepose, lip, atr, square_cloth_mask=False, horizon_expand=True)
 
     def _run(
         self,
-        person_img: Image.Image,
-        garment_imgs: dict[str, Image.Image],
-        params: TryOnParams,
+        request: TryOnRequest,
         progress: ProgressCallback | None,
         stage: StageCallback | None = None,
         check: Callable[[], None] | None = None,
@@ -463,14 +428,13 @@ class FastFitEngine:
         if check is not None:
             check()
         garment_cache = self.garment_cache if self._caches_on and self.garment_cache.enabled else None
-        garment_jobs = [
-            self._prep_pool.submit(self._prepare_garment, g, img, garment_cache is not None) for g, img in garment_imgs.items()
-        ]
-        person = prepare_person(person_img, self.resolution)
+        params = request.params
+        garment_jobs = [self._prep_pool.submit(self._prepare_garment, g, garment_cache is not None) for g in request.garments]
+        person = prepare_person(request.person, self.resolution)
         person_key = self._person_key(person)
         maps: PersonMaps | None = self.person_cache.get(person_key) if person_key is not None else None
-        pose_job = self._pose_worker.submit(self._timed_pose, person) if maps is None else None
-        parse_job = self._start_parsing(person, maps, params.seed)
+        pose_job = self._start_pose(person, maps)
+        parse_job = self._start_parsing(person, maps)
         t = time.perf_counter()
         try:
             with torch.inference_mode():
@@ -493,7 +457,7 @@ class FastFitEngine:
                     timings.update(parsed.timings)
                     announce("mask")
                     mask = parsed.mask
-                    image = self.pipeline(
+                    image = self.pipeline.generate(
                         person,
                         mask,
                         prepared,
@@ -505,34 +469,40 @@ class FastFitEngine:
                     )
                     lap("diffusion", t)
         finally:
+            # nothing this request started outlives it: an early stop (deadline, client gone)
+            # waits here for DWPose and the parsers, so the next request's start at once
             if pose_job is not None:
-                pose_job.cancel()  # only if it never started; a running one finishes on its own
-            parse_job.settle()  # the parsers' GPU work ends before the engine lock is released
+                pose_job.settle()
+            parse_job.settle()
         timings["total"] = time.perf_counter() - t_start
         peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None
         return TryOnResult(image=image, seed=params.seed, timings=timings, peak_vram_mb=peak, mask=mask)
 
-    def _prepare_garment(self, slot: str, image: Image.Image, keyed: bool) -> tuple[str, Image.Image, tuple | None]:
-        """One garment's label, resized reference and (if ``keyed``) garment-cache key; a prep
-        thread runs one per garment beside the person's preparation (LANCZOS resizes and SHA-256
-        release the GIL)."""
-        label = GARMENT_LABELS[slot]
-        reference = prepare_reference(image, self.reference_sizes[slot])
-        return label, reference, self.pipeline.reference_key(label, reference) if keyed else None
+    def _prepare_garment(self, garment: GarmentInput, keyed: bool) -> tuple[int, Image.Image, tuple | None]:
+        """One garment's class index, resized reference and (if ``keyed``) garment-cache key; a
+        prep thread runs one per garment beside the person's preparation (LANCZOS resizes and
+        SHA-256 release the GIL)."""
+        reference = prepare_reference(garment.image, self.reference_sizes[garment.slot])
+        key = self.pipeline.reference_key(garment.class_index, reference) if keyed else None
+        return garment.class_index, reference, key
 
-    def _start_parsing(self, person: Image.Image, maps: PersonMaps | None, seed: int) -> _ParseJob:
+    def _start_pose(self, person: Image.Image, maps: PersonMaps | None) -> WorkerJob | None:
+        """DWPose on the pose thread, unless the person cache gave the maps."""
+        return None if maps is not None else WorkerJob(self._timed_pose, person).start(self._pose_worker)
+
+    def _start_parsing(self, person: Image.Image, maps: PersonMaps | None) -> WorkerJob:
         """DensePose, SCHP (unless the person cache gave ``maps``) and the mask (unless the maps
         hold it): with ``parse_beside`` at once on the parser thread and its own CUDA stream,
         beside the garment work; otherwise on this thread when asked for."""
-        job = _ParseJob(self._parse_and_mask, person, maps, seed)
-        if self.parse_beside and (maps is None or maps.mask is None):
+        job = WorkerJob(self._parse_and_mask, person, maps)
+        if self.parse_beside and maps is None:
             job.start(self._parse_worker)
         return job
 
-    def _parse_and_mask(self, person: Image.Image, maps: PersonMaps | None, seed: int) -> _Parsed:
+    def _parse_and_mask(self, person: Image.Image, maps: PersonMaps | None) -> _Parsed:
         """The parser maps and the mask, each stage timed on its own (on the parser stream)."""
-        if maps is not None and maps.mask is not None:
-            return _Parsed(maps.densepose, maps.lip, maps.atr, maps.mask, False, {})
+        if maps is not None:
+            return _Parsed(maps.densepose, maps.lip, maps.atr, maps.mask, {})
         cuda = self.device.type == "cuda"
         timings: dict[str, float] = {}
         with contextlib.ExitStack() as stack:
@@ -552,17 +522,14 @@ class FastFitEngine:
                 timings[name] = now - t
                 t = now
 
-            if maps is None:
-                densepose = np.asarray(self.densepose(person))
-                lap("densepose")
-                lip = np.asarray(self.schp_lip(person))
-                atr = np.asarray(self.schp_atr(person))
-                lap("schp")
-            else:
-                densepose, lip, atr = maps.densepose, maps.lip, maps.atr
-            mask, seeded = self._cloth_mask(densepose, lip, atr, seed)
+            densepose = np.asarray(self.densepose(person))
+            lap("densepose")
+            lip = np.asarray(self.schp_lip(person))
+            atr = np.asarray(self.schp_atr(person))
+            lap("schp")
+            mask = self._cloth_mask(densepose, lip, atr)
             lap("mask")
-        return _Parsed(densepose, lip, atr, mask, seeded, timings)
+        return _Parsed(densepose, lip, atr, mask, timings)
 
     def _timed_pose(self, person: Image.Image) -> tuple[Image.Image, float]:
         """DWPose on the worker thread: the drawing and the seconds it took there."""

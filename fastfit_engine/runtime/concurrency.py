@@ -1,0 +1,68 @@
+"""The concurrency model of one engine, in one place: its threads, its stream and its one lock.
+
+- **The GPU lock** (`FastFitEngine.gpu_lock`, a plain lock): the only lock around model work.
+  The engine takes it around each `run` / `preview` / warm-up; the service's admission takes
+  the same lock for a whole request (waiting in its bounded queue) and then calls the engine with
+  `lock_held=True`. Whoever holds it owns everything below.
+- **The request thread** (the CLI's main thread, or the gunicorn thread holding the lock): the
+  garments' VAE encodes and reference passes, the denoising loop, the VAE decode, on the default
+  CUDA stream. The pipeline is single-threaded by construction (one set of reference K/V
+  buffers, an unguarded unconditional-reference memo, CUDA-graph staging buffers valid until
+  the next run): only this thread calls it.
+- **`fastfit-prep` threads** (one per garment slot): a garment's resize and cache key; they touch
+  that garment's image only.
+- **`fastfit-pose` thread** (one): DWPose, CPU by default.
+- **`fastfit-parse` thread** (one, used on CUDA): DensePose, SCHP and the mask on the engine's
+  parser stream, beside the request thread's garment work.
+- **Caches** (`LRUCache`) have a small lock of their own, for `/metrics` reading their counters.
+
+A request that stops early (a passed deadline, a client gone: an exception from its `check` or
+`progress` callback) waits for the pose and parser work it started before the GPU lock is
+released (`settle`), so nothing it left behind delays or shares the GPU with the next request.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def holding(lock: threading.Lock, held: bool) -> Iterator[None]:
+    """Hold ``lock`` for the block, unless the caller says it holds it already (``held``)."""
+    if held:
+        yield
+        return
+    with lock:
+        yield
+
+
+class WorkerJob(Generic[T]):
+    """A call that runs on a worker thread once started, else on the first ``result()``."""
+
+    def __init__(self, fn: Callable[..., T], *args: Any) -> None:
+        self._call = (fn, args)
+        self._future: Future | None = None
+        self.ran_here = False  # result() ran the call on the calling thread
+
+    def start(self, worker: ThreadPoolExecutor) -> WorkerJob[T]:
+        fn, args = self._call
+        self._future = worker.submit(fn, *args)
+        return self
+
+    def result(self) -> T:
+        if self._future is None:
+            fn, args = self._call
+            self.ran_here = True
+            return fn(*args)
+        return self._future.result()
+
+    def settle(self) -> None:
+        """Drop the call if it has not started; else wait until it has finished, whatever its outcome."""
+        if self._future is not None and not self._future.cancel():
+            futures_wait([self._future])
