@@ -236,6 +236,12 @@ def test_one_listed_origin_still_varies_by_origin(engine):
         assert resp.headers.getlist("Vary") == ["Origin"], resp.headers
     assert answers[0].headers["Access-Control-Allow-Origin"] == SHOP and "Access-Control-Allow-Origin" not in answers[1].headers
     assert "Vary" not in _app(engine).test_client().get("/health", headers={"Origin": SHOP}).headers  # no CORS: no Vary
+    # any origin: a literal `*`, the same for every caller, never the caller's Origin echoed back
+    star = _app(engine, FASTFIT_CORS_ORIGINS="*").test_client()
+    for origin in (SHOP, "https://" + "x" * 200 + ".example"):
+        for resp in (star.get("/health", headers={"Origin": origin}),
+                     star.options("/prompt", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})):
+            assert resp.headers["Access-Control-Allow-Origin"] == "*" and "Vary" not in resp.headers, resp.headers
 
 
 def test_no_cors_without_origins_and_bad_origins_refused(engine):
