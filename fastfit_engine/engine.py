@@ -245,6 +245,11 @@ class FastFitEngine:
         self.parse_beside = self.device.type == "cuda"
         self._parse_stream: torch.cuda.Stream | None = None
 
+    @property
+    def compile_fallbacks(self) -> int:
+        """Compilations that failed and turned the pipeline eager (0 or 1; see compile_fallback.py)."""
+        return self.pipeline.compile_fallback.failures
+
     def cache_stats(self) -> dict[str, dict[str, int]]:
         """Hits, misses, evictions, entries and bytes per cache ("garment", "person")."""
         return {c.name: c.stats() for c in (self.garment_cache, self.person_cache)}

@@ -92,6 +92,9 @@ def test_dockerfile_is_one_cuda_stack_pinned_with_writable_volumes():
     assert "cuda" not in base  # torch's wheels bring CUDA; no second stack
     assert "-c constraints.txt" in text and "requirements-gpu.txt" in text
     assert re.search(r"apt-get install[^\n]*nginx", text)
+    # torch.compile's toolchain: Triton's driver stub (C, with libc headers) and Inductor's C++
+    packages = re.search(r"apt-get install ([^\n]*)", text).group(1).split()
+    assert {"gcc", "g++", "libc6-dev"} <= set(packages)
     assert "COPY examples/ examples/" in text and "COPY fastfit_service/" in text
     assert "chown app:app /app/Models /app/cache" in text and "USER 1000:1000" in text
     assert "FASTFIT_COMPILE_CACHE=/app/cache" in text
