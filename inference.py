@@ -230,6 +230,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     print(f"seed: {result.seed}")
     print(f"peak VRAM: {vram}")
     print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    # random weights from fastfit_engine.synthetic: the image is noise (the WARNING on stderr says more)
+    print(f"synthetic weights: {'yes' if engine.synthetic_weights else 'no'}")
     return EXIT_OK
 
 

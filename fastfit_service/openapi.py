@@ -22,6 +22,8 @@ from fastfit_engine.schema import (
     NumberField,
 )
 
+from .answer import SYNTHETIC_WEIGHTS_HEADER
+
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
 
@@ -139,7 +141,9 @@ def _error_schema(codes: Iterable[ErrorCode]) -> dict[str, Any]:
 def _result_json_schema() -> dict[str, Any]:
     return {
         "type": "object",
-        "required": ["image", "content_type", "width", "height", "seed", "preview", "timings_ms", "peak_vram_mb"],
+        "required": [
+            "image", "content_type", "width", "height", "seed", "preview", "timings_ms", "peak_vram_mb", "synthetic_weights",
+        ],
         "properties": {
             "image": {"type": "string", "contentEncoding": "base64", "description": "the encoded image"},
             "content_type": {"type": "string", "enum": [f.content_type for f in OUTPUT_FORMATS.values()]},
@@ -150,6 +154,8 @@ def _result_json_schema() -> dict[str, Any]:
             "timings_ms": {"type": "object", "additionalProperties": {"type": "number"},
                            "description": "milliseconds per stage: " + ", ".join(STAGES)},
             "peak_vram_mb": {"type": ["integer", "null"], "description": "null without CUDA"},
+            "synthetic_weights": {"type": "boolean",
+                                  "description": "true when the service runs random test weights (the image is noise)"},
         },
     }
 
@@ -250,7 +256,7 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                                 "X-Peak-VRAM-MB": {"description": "peak GPU memory of the request (CUDA only)",
                                                    "schema": {"type": "integer", "minimum": 0}},
                                 "Cache-Control": {"schema": {"type": "string", "const": "no-store"}},
-                                "X-FastFit-Synthetic-Weights": {
+                                SYNTHETIC_WEIGHTS_HEADER: {
                                     "description": "`true` when the service runs the random test weights",
                                     "schema": {"type": "string", "const": "true"}},
                             },
