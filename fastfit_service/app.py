@@ -37,10 +37,7 @@ def _default_factory(config: Mapping[str, Any]) -> Callable[[], Any]:
         from fastfit_engine.engine import FastFitEngine
 
         engine = FastFitEngine(**engine_settings(config).engine_kwargs(), max_pixels=config["MAX_IMAGE_PIXELS"])
-        warmup = config["WARMUP"]
-        if warmup is None:
-            warmup = engine.device.type == "cuda"
-        if warmup:
+        if config["WARMUP"] is not False:  # on by default (on a CPU: one layout, see FastFitEngine.warmup)
             log.info("warm-up request took %.1f s", engine.warmup())
         return engine
 
