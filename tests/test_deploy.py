@@ -57,6 +57,27 @@ def test_kubernetes_probes_gpu_and_autoscaler_are_the_documented_ones():
     assert selector == docs["Deployment"]["spec"]["selector"]["matchLabels"] == docs["Service"]["spec"]["selector"]
 
 
+def test_kubernetes_pod_is_restricted_pinned_on_gpu_nodes_with_a_persistent_compile_cache():
+    """The "restricted" Pod Security Standard's requirements, GPU scheduling, a pinned image tag
+    and a compile cache that outlives the pod."""
+    docs = _k8s_docs()
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    name, _, tag = container["image"].rpartition(":")
+    assert name and tag and tag != "latest", container["image"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["cache"] == "/app/cache"  # the image's FASTFIT_COMPILE_CACHE
+    assert volumes["cache"]["persistentVolumeClaim"]["claimName"] in claims
+
+
 def _check_jsonschema() -> str:
     exe = shutil.which("check-jsonschema") or str(Path(sys.executable).parent / "check-jsonschema")
     assert Path(exe).exists(), "check-jsonschema is not installed (requirements-dev.txt)"
