@@ -29,11 +29,12 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app
 # requirements-gpu.txt (FlashAttention-4 for Hopper and newer) is installed when the build
-# context has it; build with --build-arg GPU_EXTRA=0 to leave it out.
+# context has it, exactly as listed (--no-deps: it names its whole closure, see its header);
+# build with --build-arg GPU_EXTRA=0 to leave it out.
 ARG GPU_EXTRA=1
 COPY requirements*.txt constraints.txt ./
 RUN pip install -r requirements.txt -c constraints.txt \
-    && if [ "$GPU_EXTRA" = "1" ] && [ -f requirements-gpu.txt ]; then pip install -r requirements-gpu.txt -c constraints.txt; fi
+    && if [ "$GPU_EXTRA" = "1" ] && [ -f requirements-gpu.txt ]; then pip install --no-deps -r requirements-gpu.txt -c constraints.txt; fi
 
 COPY fastfit_engine/ fastfit_engine/
 COPY parse_utils/ parse_utils/

@@ -230,8 +230,9 @@ def _describe(missing: Sequence[str], limit: int = 3) -> str:
 def synthetic_hint(root: Path) -> str:
     """The way on without the Hub, for the end of a missing-models message (one line): random
     weights in the published formats (fastfit_engine/synthetic.py), enough to try the plumbing."""
-    return (f"; or, to try the plumbing without downloading, write random weights (the images are noise): "
-            f"python -m fastfit_engine.synthetic {shlex.quote(str(root))} --tiny (README: Synthetic models)")
+    return (f"; or, to try the plumbing without downloading, write random weights (the images are noise; "
+            f"needs requirements-dev.txt): python -m fastfit_engine.synthetic {shlex.quote(str(root))} --tiny "
+            f"(README: Synthetic models)")
 
 
 def ensure_repo(

@@ -139,6 +139,41 @@ def test_ci_runs_exactly_the_readme_test_command_with_the_constraints():
     assert all("==" in p for p in pins) and {"torch", "gunicorn", "flask", "diffusers"} <= names
 
 
+def _requirements(name: str) -> list[str]:
+    lines = (ROOT / name).read_text().splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
+
+def test_gpu_extra_is_its_whole_closure_pinned_and_installed_without_dependencies():
+    """nvidia-cutlass-dsl requires the CUDA 12 DSL libraries unconditionally: the image installs
+    the extra with --no-deps, so the file must name everything the extra needs, pinned."""
+    gpu = _requirements("requirements-gpu.txt")
+    constraints = {p.split("==")[0].lower().replace("_", "-") for p in _requirements("constraints.txt")}
+    names = set()
+    for req in gpu:
+        name = req.split("==")[0].lower().replace("_", "-")
+        names.add(name)
+        assert "==" in req or name in constraints, f"{req}: neither pinned here nor in constraints.txt"
+    # what flash-attn-4, quack-kernels and the DSL libraries require (their wheels' metadata)
+    assert {"einops", "nvidia-cutlass-dsl-libs-base", "nvidia-cutlass-dsl-libs-core", "nvidia-cutlass-dsl-libs-cu13",
+            "apache-tvm-ffi", "torch-c-dlpack-ext", "quack-kernels", "cuda-bindings", "protobuf"} <= names
+    assert not any("cu12" in n for n in names)
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "pip install --no-deps -r requirements-gpu.txt -c constraints.txt" in docker
+    assert "pip install --no-deps -r requirements-gpu.txt -c constraints.txt" in " ".join((ROOT / "README.md").read_text().split())
+
+
+def test_onnx_is_a_development_dependency_and_cpu_users_have_a_route():
+    run = {r.split(">")[0].split("=")[0].split("<")[0].lower() for r in _requirements("requirements.txt")}
+    dev = {r.split(">")[0].split("=")[0].split("<")[0].lower() for r in _requirements("requirements-dev.txt")}
+    assert "onnx" not in run and "onnxruntime" in run  # running needs the runtime only
+    assert "onnx" in dev  # the synthetic writer's DWPose graphs
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "PyTorch's CPU-only wheel index" in readme
+    quick = readme.split("**1. Install and run**", 1)[1].split("**2. Install and test**", 1)[0]
+    assert "pip install -r requirements.txt -c constraints.txt" in quick
+
+
 def test_licence_is_apache_2():
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text

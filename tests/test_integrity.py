@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,15 @@ def test_synthetic_writer_refuses_a_folder_with_other_files(tmp_path, capsys):
     assert "--force" in err and err.count("\n") == 1
     assert real.read_bytes() == b"real weights"
     assert not (tmp_path / "Models" / "Human-Toolkit").exists()
+
+
+def test_synthetic_writer_without_onnx_says_what_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # an install from requirements.txt alone
+    assert synthetic_main([str(tmp_path / "Models"), "--tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: writing synthetic models needs the onnx package (requirements-dev.txt): "
+                   "pip install -r requirements-dev.txt -c constraints.txt"]
+    assert not (tmp_path / "Models").exists()  # nothing half-written
 
 
 def test_synthetic_writer_marks_what_it_writes(marked_root):

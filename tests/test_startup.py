@@ -272,7 +272,7 @@ def test_first_run_without_the_hub_names_the_synthetic_route(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ModelsNotFoundError: could not download zhengchong/FastFit-MR-1024 (")
     hint = "python -m fastfit_engine.synthetic Models --tiny"
-    assert last.endswith(f"write random weights (the images are noise): {hint} (README: Synthetic models)"), last
+    assert last.endswith(f"(the images are noise; needs requirements-dev.txt): {hint} (README: Synthetic models)"), last
     assert "Traceback" not in proc.stderr
     # the route it names is the README's and works in that very folder (the failed download left it empty)
     assert hint in (ROOT / "README.md").read_text()
