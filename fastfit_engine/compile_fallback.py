@@ -26,6 +26,9 @@ log = logging.getLogger("fastfit.compile")
 
 # What a failed compilation raises: dynamo wraps the backend's errors (Inductor's, a missing C
 # compiler's) in BackendCompilerFailed, a TorchDynamoException; C++ build errors may escape bare.
+# Seen on an H200 (torch 2.11, 2026-12-04) with no C compiler on PATH: the first compiled call
+# raised InductorError (a BackendCompilerFailed) around Triton's RuntimeError "Failed to find C
+# compiler. Please specify via CC environment variable ...".
 COMPILE_ERRORS: tuple[type[BaseException], ...] = (
     torch._dynamo.exc.TorchDynamoException,
     torch._inductor.exc.CppCompileError,
