@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f.cli_flag, dest=f.name, default=None, metavar="N",
                        help=f"{f.help} ({f.minimum}..{f.maximum}, default {f.default_text})")
     p.add_argument("--resolution", default=None, metavar="WxH",
-                   help="working size, multiples of 64 (default: $FASTFIT_RESOLUTION or 768x1024, the size "
-                        "the models were trained at); 384x512 or 192x256 for a quick try on a CPU")
+                   help="working size, multiples of 64 (default: $FASTFIT_RESOLUTION, else 768x1024, the size "
+                        "the models were trained at, on a GPU and 192x256 on a CPU)")
     p.add_argument(QUALITY.cli_flag, dest=QUALITY.name, default=None, metavar="N",
                    help=f"{QUALITY.help} ({QUALITY.minimum}..{QUALITY.maximum}, default {QUALITY.default_text})")
     p.add_argument("--save-mask", action="store_true",
@@ -146,6 +146,8 @@ def engine_settings(args: argparse.Namespace, environ: Mapping[str, str] | None 
     source = "FASTFIT_RESOLUTION"
     if args.resolution is not None:
         settings, source = dataclasses.replace(settings, resolution=args.resolution), "--resolution"
+    if settings.resolution is None:  # the engine's default for its device (smaller on a CPU)
+        return settings
     try:
         w, h = parse_resolution(settings.resolution)
     except ValueError:
@@ -230,6 +232,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     print(f"seed: {result.seed}")
     print(f"peak VRAM: {vram}")
     print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    # random weights from fastfit_engine.synthetic: the image is noise (the WARNING on stderr says more)
+    print(f"synthetic weights: {'yes' if engine.synthetic_weights else 'no'}")
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ mask's own generator from the seed).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -73,6 +74,10 @@ from .schema import (
 )
 
 DEFAULT_RESOLUTION = (768, 1024)
+# The working size when none is asked for and there is no GPU: a request at 768x1024 takes tens of
+# minutes on a CPU (cpu_estimate.py), one at 192x256 with the quick start's 30 steps seconds on
+# the tiny synthetic models (2 CPU cores, 2026-12-04) and well under a minute with the real ones.
+CPU_RESOLUTION = (192, 256)
 # Seconds per stage. "garments": VAE encodes and reference passes (or garment-cache restores), on
 # the request thread. "pose" is DWPose on its worker thread; "densepose", "schp" and "mask" run on
 # the parser thread (on CUDA) beside "garments"; "pose_wait" is what is left of them on the
@@ -80,6 +85,8 @@ DEFAULT_RESOLUTION = (768, 1024)
 # A person-cache hit reports 0 for the parser stages.
 PREVIEW_STAGES = ("pose", "densepose", "schp", "mask")  # a mask preview's timings (then "total")
 STAGES = ("pose", "garments", "densepose", "schp", "pose_wait", "mask", "diffusion", "total")
+
+log = logging.getLogger("fastfit.engine")
 
 ProgressCallback = Callable[[int, int], None]
 StageCallback = Callable[[str], None]
@@ -183,7 +190,7 @@ class FastFitEngine:
         dtype: torch.dtype | None = None,
         dwpose_device: str = "cpu",
         *,
-        resolution: str | tuple[int, int] | None = DEFAULT_RESOLUTION,
+        resolution: str | tuple[int, int] | None = None,
         download: bool = True,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         compile: bool | None = None,
@@ -195,7 +202,7 @@ class FastFitEngine:
         if dtype is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.dtype = dtype
-        self.resolution = parse_resolution(resolution)
+        self.resolution = self._working_size(resolution)
         self.max_pixels = max_pixels
         self.paths: ModelPaths = ensure_models(models_dir, download=download)
         from .integrity import verify_models
@@ -224,6 +231,19 @@ class FastFitEngine:
         self._lock = threading.Lock()
         self._init_caches(garment_cache_mb, person_cache_mb, person_cache_items)
 
+    def _working_size(self, resolution: str | tuple[int, int] | None) -> tuple[int, int]:
+        """The size asked for; else 768x1024 on CUDA and, said once at start, CPU_RESOLUTION elsewhere."""
+        if resolution is not None and resolution != "":
+            return parse_resolution(resolution)
+        if self.device.type == "cuda":
+            return DEFAULT_RESOLUTION
+        w, h = CPU_RESOLUTION
+        log.warning(
+            "no GPU: working size %dx%d so that a request takes seconds, not the tens of minutes of the "
+            "trained size on a CPU; FASTFIT_RESOLUTION (or --resolution) sets another, e.g. 768x1024", w, h,
+        )
+        return CPU_RESOLUTION
+
     # ------------------------------------------------------------------ caches
     def _init_caches(self, garment_mb: float | None, person_mb: float | None, person_items: int | None) -> None:
         """Caches sized by the arguments, else FASTFIT_GARMENT_CACHE_MB, FASTFIT_PERSON_CACHE_MB and
@@ -244,6 +264,11 @@ class FastFitEngine:
         # module docstring); a CPU has no idle units for them, so there they follow the garments
         self.parse_beside = self.device.type == "cuda"
         self._parse_stream: torch.cuda.Stream | None = None
+
+    @property
+    def compile_fallbacks(self) -> int:
+        """Compilations that failed and turned the pipeline eager (0 or 1; see compile_fallback.py)."""
+        return self.pipeline.compile_fallback.failures
 
     def cache_stats(self) -> dict[str, dict[str, int]]:
         """Hits, misses, evictions, entries and bytes per cache ("garment", "person")."""
@@ -326,7 +351,9 @@ class FastFitEngine:
         bf16, 768x1024, 2026-11-25), nor compilation, nor the first computation of a slot's
         unconditional reference K/V; returns the seconds taken. A compiled engine on CUDA first
         captures the reference pass of each garment size as a CUDA graph. The service runs it
-        before reporting ready on CUDA. ``sets`` limits it to some garment sets (benchmarks)."""
+        before reporting ready. ``sets`` limits it to some garment sets (benchmarks); by default
+        a CPU runs the first layout only: what a CPU's first request pays is one-time start-up
+        (allocators, thread pools, onnxruntime's first run), not a per-layout cost."""
         w, h = self.resolution
         person = Image.new("RGB", (w, h), (128, 128, 128))
         garment = Image.new("RGB", (w, h), (200, 200, 200))
@@ -335,7 +362,9 @@ class FastFitEngine:
             with self._lock:
                 self.pipeline.capture_reference_graphs(sorted(set(self.reference_sizes.values())))
         with self.caches_bypassed():  # every layout runs every stage; no grey garment is cached
-            for slots in self.WARMUP_SETS if sets is None else sets:
+            if sets is None:
+                sets = self.WARMUP_SETS if self.device.type == "cuda" else self.WARMUP_SETS[:1]
+            for slots in sets:
                 self.process(person, {slot: garment for slot in slots}, self._WARMUP_PARAMS)
         return time.perf_counter() - t0
 

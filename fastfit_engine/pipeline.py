@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fastfit_engine.caches import LRUCache, image_digest, snapshot_nbytes
+from fastfit_engine.compile_fallback import EagerFallback
 from fastfit_engine.errors import NonFiniteOutputError
 from fastfit_engine.group_norm import use_fast_group_norm
 from fastfit_engine.loading import load_scheduler, load_vae
@@ -126,6 +127,8 @@ class FastFitPipeline:
         self.dtype = dtype
         self.vae_scale = float(vae.config.scaling_factor)
         self._denoise = unet.forward_denoise
+        # compiled calls (compile_unet, compile_vae) turn eager together if compiling ever fails
+        self.compile_fallback = EagerFallback()
         # K/V of the zero reference latent (the unconditional row) depend only on the weights,
         # the label and the latent size, so they are computed once and reused across requests
         self.unconditional_memo_size = 10
@@ -227,10 +230,12 @@ class FastFitPipeline:
         return {"dynamic": False, **kwargs}
 
     def compile_vae(self, **kwargs: Any) -> None:
-        """torch.compile the VAE encoder and decoder (GPU option; one graph per image batch shape)."""
+        """torch.compile the VAE encoder and decoder (GPU option; one graph per image batch shape);
+        eager again if compiling fails (``compile_fallback``)."""
         options = self._compile_options(kwargs)
-        self.vae.encoder.compile(**options)
-        self.vae.decoder.compile(**options)
+        for name, module in (("VAE encoder", self.vae.encoder), ("VAE decoder", self.vae.decoder)):
+            eager = module.forward
+            module.forward = self.compile_fallback.guard(name, torch.compile(eager, **options), eager)
 
     def compile_unet(self, batch_sizes: tuple[int, ...] = (2,), **kwargs: Any) -> None:
         """torch.compile the denoising forward (GPU option; the reference pass stays eager).
@@ -246,17 +251,23 @@ class FastFitPipeline:
 
         Only steps of ``batch_sizes`` rows run compiled (default: 2, classifier-free guidance);
         others (guidance 1.0: one row) stay eager, so such a request never waits minutes for a
-        shape the warm-up did not compile.
+        shape the warm-up did not compile. A failed compilation turns the step eager
+        (``compile_fallback``).
         """
         self.unet.kv_cache.dynamic_tokens = True
         compiled = torch.compile(self.unet.forward, **self._compile_options(kwargs))
         forward_denoise = self.unet.forward_denoise
         batch_sizes = tuple(batch_sizes)
 
+        def compiled_step(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            return forward_denoise(sample, timestep, forward=compiled)
+
+        guarded = self.compile_fallback.guard("denoising step", compiled_step, forward_denoise)
+
         def denoise(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             if sample.shape[0] not in batch_sizes:
                 return forward_denoise(sample, timestep)
-            return forward_denoise(sample, timestep, forward=compiled)
+            return guarded(sample, timestep)
 
         self._denoise = denoise
 

@@ -37,10 +37,7 @@ def _default_factory(config: Mapping[str, Any]) -> Callable[[], Any]:
         from fastfit_engine.engine import FastFitEngine
 
         engine = FastFitEngine(**engine_settings(config).engine_kwargs(), max_pixels=config["MAX_IMAGE_PIXELS"])
-        warmup = config["WARMUP"]
-        if warmup is None:
-            warmup = engine.device.type == "cuda"
-        if warmup:
+        if config["WARMUP"] is not False:  # on by default (on a CPU: one layout, see FastFitEngine.warmup)
             log.info("warm-up request took %.1f s", engine.warmup())
         return engine
 
@@ -128,15 +125,12 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
         except Exception:
             log.exception("processing failed")
             raise ProcessingFailed("the try-on could not be processed") from None
+        synthetic = bool(getattr(eng, "synthetic_weights", False))  # random weights from fastfit_engine.synthetic
         if preview == "mask":
-            resp = answer(request, result.mask, req.options, result.seed, result.timings, None)
-        elif preview == "masked_person":
-            resp = answer(request, result.masked_person, req.options, result.seed, result.timings, None)
-        else:
-            resp = answer(request, result.image, req.options, result.seed, result.timings, result.peak_vram_mb)
-        if getattr(eng, "synthetic_weights", False):  # random weights from fastfit_engine.synthetic
-            resp.headers["X-FastFit-Synthetic-Weights"] = "true"
-        return resp
+            return answer(request, result.mask, req.options, result.seed, result.timings, None, synthetic)
+        if preview == "masked_person":
+            return answer(request, result.masked_person, req.options, result.seed, result.timings, None, synthetic)
+        return answer(request, result.image, req.options, result.seed, result.timings, result.peak_vram_mb, synthetic)
 
     register_docs(app, cfg)  # /openapi.json and /docs
     register_page(app)  # the try-on page at /

@@ -81,7 +81,7 @@ def default_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "QUEUE_SIZE": _env_int(env, "FASTFIT_QUEUE_SIZE", 2),
         "QUEUE_TIMEOUT": _env_float(env, "FASTFIT_QUEUE_TIMEOUT", 120.0),
         "RETRY_AFTER": _env_int(env, "FASTFIT_RETRY_AFTER", 10),
-        "WARMUP": _env_bool(env, "FASTFIT_WARMUP"),  # None: warm up on CUDA only
+        "WARMUP": _env_bool(env, "FASTFIT_WARMUP"),  # None: on (a CPU warms up one garment layout)
         # Decoded pixels of all a request's images together (after JPEG draft decoding), checked
         # from the headers before decoding: two full-size images at the per-image limit.
         "MAX_REQUEST_PIXELS": _env_int(env, "FASTFIT_MAX_REQUEST_PIXELS", 2 * DEFAULT_MAX_PIXELS),

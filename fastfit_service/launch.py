@@ -99,6 +99,45 @@ class Instance:
         return f"127.0.0.1:{self.port}"
 
 
+def no_gpu_warning(env: dict[str, str], instances: list[Instance]) -> str | None:
+    """The loud start-up line when `all` GPUs (the default) came to none and the stack falls back to
+    one CPU instance (minutes a request): usually a container started without its GPUs."""
+    spec = (env.get("FASTFIT_DEVICES") or "").strip()
+    if spec not in ("", "all") or [i.device for i in instances] != ["cpu"]:
+        return None
+    if "CUDA_VISIBLE_DEVICES" in env:
+        why = f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r} names none"
+    elif shutil.which("nvidia-smi") is None:
+        why = "nvidia-smi is not installed here (a container started without --gpus / the NVIDIA runtime?)"
+    else:
+        why = "nvidia-smi lists none"
+    return (f"WARNING: FASTFIT_DEVICES={spec or 'all'} found no GPU ({why}): running ONE instance on the CPU, "
+            "minutes a request; give the container its GPUs (docker run --gpus all, the NVIDIA Container "
+            "Toolkit) or set FASTFIT_DEVICES=cpu to mean it")
+
+
+DEFAULT_ACCESS_LOG = "/dev/stdout"
+
+
+def front_access_log(env: dict[str, str], run_dir: str) -> str:
+    """Where nginx writes its access log: FASTFIT_FRONT_ACCESS_LOG (must be writable), else stdout.
+    nginx opens stdout by its path, which fails where this process's stdout is a socket (systemd's
+    journal) or a file of another user: then a file in the run folder, said on stderr."""
+    wanted = (env.get("FASTFIT_FRONT_ACCESS_LOG") or "").strip()
+    target = wanted or DEFAULT_ACCESS_LOG
+    try:
+        with open(target, "a"):
+            pass
+    except OSError as exc:
+        if wanted:
+            raise LaunchError(f"FASTFIT_FRONT_ACCESS_LOG={wanted!r} cannot be written: {exc.strerror or exc}") from None
+        fallback = str(Path(run_dir) / "access.log")
+        print(f"fastfit.launch: nginx cannot write its access log to {target} ({exc.strerror or exc}); writing it "
+              f"to {fallback} instead (FASTFIT_FRONT_ACCESS_LOG chooses another file)", file=sys.stderr, flush=True)
+        return fallback
+    return target
+
+
 def plan_instances(env: dict[str, str]) -> list[Instance]:
     devices = parse_devices(env.get("FASTFIT_DEVICES"), visible_gpus(env))
     base = int(_env(env, "FASTFIT_BACKEND_PORT_BASE", "8100"))
@@ -138,7 +177,7 @@ def render_nginx_config(env: dict[str, str], instances: list[Instance], run_dir:
         "temp_dir": temp_dir or run_dir,
         "user": nginx_user_line(),
         "worker_connections": _env(env, "FASTFIT_FRONT_MAX_CONNECTIONS", "1024"),
-        "access_log": _env(env, "FASTFIT_FRONT_ACCESS_LOG", "/dev/stdout"),
+        "access_log": _env(env, "FASTFIT_FRONT_ACCESS_LOG", DEFAULT_ACCESS_LOG),
         "client_header_timeout": _ms(env, "FASTFIT_FRONT_HEADER_TIMEOUT", "10"),
         "client_body_timeout": _ms(env, "FASTFIT_FRONT_BODY_TIMEOUT", "10"),
         "send_timeout": _ms(env, "FASTFIT_FRONT_SEND_TIMEOUT", "30"),
@@ -228,8 +267,12 @@ def check(env: dict[str, str], timeout: float = 4.0) -> int:
 
 def run(env: dict[str, str]) -> int:
     instances = plan_instances(env)
+    warning = no_gpu_warning(env, instances)
+    if warning is not None:
+        print(f"fastfit.launch: {warning}", file=sys.stderr, flush=True)
     run_dir = env.get("FASTFIT_RUN_DIR") or tempfile.mkdtemp(prefix="fastfit-front-")
     Path(run_dir).mkdir(parents=True, exist_ok=True)
+    env = {**env, "FASTFIT_FRONT_ACCESS_LOG": front_access_log(env, run_dir)}
     conf = Path(run_dir) / "nginx.conf"
     temp_dir = prepare_temp_dirs(run_dir)
     try:
@@ -242,7 +285,11 @@ def run(env: dict[str, str]) -> int:
 
 def _run_stack(env: dict[str, str], instances: list[Instance], run_dir: str, conf: Path) -> int:
     nginx = nginx_binary(env)
-    subprocess.run([nginx, "-t", "-q", "-e", "stderr", "-p", run_dir, "-c", str(conf)], check=True)
+    test = subprocess.run([nginx, "-t", "-q", "-e", "stderr", "-p", run_dir, "-c", str(conf)],
+                          capture_output=True, text=True)
+    if test.returncode != 0:
+        lines = (test.stderr or test.stdout).strip().splitlines()
+        raise LaunchError(f"nginx refused to start: {lines[0] if lines else f'exit code {test.returncode}'}")
 
     gunicorn_cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "server:app"]
     procs: dict[str, subprocess.Popen] = {}

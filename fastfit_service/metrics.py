@@ -38,6 +38,22 @@ class CacheCollector:
         yield from families
 
 
+class CompileFallbackCollector:
+    """Exports ``engine.compile_fallbacks``: a compile failure that turned the engine eager
+    (fastfit_engine/compile_fallback.py); read at scrape time like the cache counters."""
+
+    def __init__(self) -> None:
+        self.engine: Any = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "fastfit_compile_fallbacks",
+            "torch.compile failures that switched the engine to the eager path (slower, same images).",
+        )
+        family.add_metric([], float(getattr(self.engine, "compile_fallbacks", 0)))
+        yield family
+
+
 class Metrics:
     """One registry per app, so several apps in a process (tests) never share counters."""
 
@@ -75,10 +91,13 @@ class Metrics:
         self.draining = Gauge("fastfit_draining", "1 once a graceful stop (SIGTERM) began.", registry=self.registry)
         self.caches = CacheCollector()
         self.registry.register(self.caches)
+        self.compile = CompileFallbackCollector()
+        self.registry.register(self.compile)
 
     def watch_engine(self, engine: Any) -> None:
-        """Export this engine's cache counters (an engine without ``cache_stats`` exports zeros)."""
+        """Export this engine's cache and compile-fallback counters (an engine without them exports zeros)."""
         self.caches.engine = engine
+        self.compile.engine = engine
 
     def exposition(self) -> Response:
         """The `/metrics` response body in the Prometheus text format."""

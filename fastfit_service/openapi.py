@@ -22,7 +22,10 @@ from fastfit_engine.schema import (
     NumberField,
 )
 
+from .answer import SYNTHETIC_WEIGHTS_HEADER
+
 OPENAPI_VERSION = "3.1.0"
+BEARER_SCHEME = "apiKey"  # the securitySchemes entry of the bearer API keys
 API_VERSION = "1.0.0"
 
 
@@ -140,7 +143,9 @@ def _error_schema(codes: Iterable[ErrorCode]) -> dict[str, Any]:
 def _result_json_schema() -> dict[str, Any]:
     return {
         "type": "object",
-        "required": ["image", "content_type", "width", "height", "seed", "preview", "timings_ms", "peak_vram_mb"],
+        "required": [
+            "image", "content_type", "width", "height", "seed", "preview", "timings_ms", "peak_vram_mb", "synthetic_weights",
+        ],
         "properties": {
             "image": {"type": "string", "contentEncoding": "base64", "description": "the encoded image"},
             "content_type": {"type": "string", "enum": [f.content_type for f in OUTPUT_FORMATS.values()]},
@@ -151,6 +156,8 @@ def _result_json_schema() -> dict[str, Any]:
             "timings_ms": {"type": "object", "additionalProperties": {"type": "number"},
                            "description": "milliseconds per stage: " + ", ".join(STAGES)},
             "peak_vram_mb": {"type": ["integer", "null"], "description": "null without CUDA"},
+            "synthetic_weights": {"type": "boolean",
+                                  "description": "true when the service runs random test weights (the image is noise)"},
         },
     }
 
@@ -212,6 +219,12 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
     prompt_errors = [c for c in errors if c.code not in ("not_found", "method_not_allowed")]
     timing = ", ".join(STAGES)
     ready_errors = [c for c in errors if c.code in ("loading", "engine_failed", "non_finite_output", "draining", "engine_stuck")]
+    # API keys (fastfit_service/auth.py): a bearer scheme, so /docs has an Authorize button.
+    # Configured keys make it required on the protected operations; without keys it is optional.
+    keyed = bool(config.get("API_KEYS") or config.get("API_KEYS_FILE"))
+    bearer: list[dict[str, list[str]]] = [{BEARER_SCHEME: []}] if keyed else [{}, {BEARER_SCHEME: []}]
+    metrics_public = bool(config.get("METRICS_PUBLIC"))
+    unauthorized = [_by_code(errors, "unauthorized")]
 
     return {
         "openapi": OPENAPI_VERSION,
@@ -229,6 +242,7 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                 "post": {
                     "operationId": "tryOn",
                     "summary": "Run one try-on",
+                    "security": bearer,
                     "description": "Send the person and one or more garments; get the result image." + limit,
                     "requestBody": {
                         "required": True,
@@ -251,7 +265,7 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                                 "X-Peak-VRAM-MB": {"description": "peak GPU memory of the request (CUDA only)",
                                                    "schema": {"type": "integer", "minimum": 0}},
                                 "Cache-Control": {"schema": {"type": "string", "const": "no-store"}},
-                                "X-FastFit-Synthetic-Weights": {
+                                SYNTHETIC_WEIGHTS_HEADER: {
                                     "description": "`true` when the service runs the random test weights",
                                     "schema": {"type": "string", "const": "true"}},
                             },
@@ -287,8 +301,13 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                 "get": {
                     "operationId": "metrics",
                     "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text exposition format",
-                                          "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                    "description": "Needs a key when keys are configured, unless `FASTFIT_METRICS_PUBLIC=1`.",
+                    **({} if metrics_public else {"security": bearer}),
+                    "responses": {
+                        "200": {"description": "text exposition format",
+                                "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **({} if metrics_public else _responses_for(unauthorized)),
+                    },
                 }
             },
             "/openapi.json": {
@@ -307,6 +326,16 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                 "Error": _error_schema(errors),
             },
             "headers": {"Retry-After": _RETRY_AFTER},
+            "securitySchemes": {
+                BEARER_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "An API key from FASTFIT_API_KEYS or FASTFIT_API_KEYS_FILE, sent as "
+                        "`Authorization: Bearer <key>`; without configured keys the service is open."
+                    ),
+                }
+            },
             # Any path can answer these two.
             "responses": {
                 name: _error_response(c.status, [c], _STATUS_SUMMARY[c.status])

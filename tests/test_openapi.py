@@ -175,3 +175,34 @@ def test_build_openapi_without_a_config_is_valid():
     doc = build_openapi()
     validate(doc)
     assert "MB" not in doc["paths"]["/prompt"]["post"]["description"]
+
+
+@pytest.mark.parametrize("metrics_public", [False, True])
+def test_bearer_security_matches_the_live_service(engine, metrics_public):
+    """Keys configured: a bearer scheme (the Authorize button of /docs) required on /prompt and on
+    /metrics (unless public), whose 401 is documented; probes and docs stay open, as live."""
+    app = create_app(engine, {"API_KEYS": ("k1",), "METRICS_PUBLIC": metrics_public})
+    client = app.test_client()
+    doc = client.get("/openapi.json").get_json()
+    validate(doc)
+    (name, scheme), = doc["components"]["securitySchemes"].items()
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    paths = doc["paths"]
+    assert paths["/prompt"]["post"]["security"] == [{name: []}]
+    assert "401" in paths["/prompt"]["post"]["responses"]
+    for path, method in (("/health", "get"), ("/ready", "get"), ("/openapi.json", "get")):
+        assert "security" not in paths[path][method], path
+    metrics = paths["/metrics"]["get"]
+    live = client.get("/metrics")
+    if metrics_public:
+        assert "security" not in metrics and "401" not in metrics["responses"] and live.status_code == 200
+    else:
+        assert metrics["security"] == [{name: []}] and live.status_code == 401
+        assert "`unauthorized`" in metrics["responses"]["401"]["description"]
+        assert client.get("/metrics", headers={"Authorization": "Bearer k1"}).status_code == 200
+
+
+def test_bearer_is_optional_without_keys(doc):
+    (name,) = doc["components"]["securitySchemes"]
+    assert doc["paths"]["/prompt"]["post"]["security"] == [{}, {name: []}]  # anonymous allowed
+    assert doc["paths"]["/metrics"]["get"]["security"] == [{}, {name: []}]
