@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 
 from fastfit_engine.errors import ClientGone, DeadlineExceeded, NonFiniteOutputError, TryOnError
-from fastfit_engine.schema import PERSON_FIELD
+from fastfit_engine.schema import MASK_FIELD, PERSON_FIELD
 
 from .admission import Service
 from .answer import answer
@@ -95,6 +95,7 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
         eng = svc.require_engine()
         uploads = dict(req.uploads)
         person_data = uploads.pop(PERSON_FIELD)
+        mask_data = uploads.pop(MASK_FIELD, None)
         preview = req.options["preview"]
         control = svc.control(request.environ)
         try:
@@ -103,12 +104,18 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
                 if preview != "none":  # the stages before diffusion only
                     with svc.decode_lock:
                         person = eng.load_person(person_data)
-                    result = svc.run_on_gpu(lambda: eng.preprocess(person, seed=req.params.seed), control)
+                        mask = eng.load_mask(mask_data) if mask_data is not None else None
+                    result = svc.run_on_gpu(
+                        lambda: eng.preprocess(person, seed=req.params.seed, mask=mask, mask_grow=req.params.mask_grow),
+                        control,
+                    )
                 else:
                     with svc.decode_lock:
                         person, garments = eng.load_inputs(person_data, uploads, max_total_pixels=cfg["MAX_REQUEST_PIXELS"])
+                        mask = eng.load_mask(mask_data) if mask_data is not None else None
                     result = svc.run_on_gpu(
-                        lambda: eng.process(person, garments, req.params, progress=control.step, check=control.check),
+                        lambda: eng.process(person, garments, req.params, mask=mask,
+                                            progress=control.step, check=control.check),
                         control,
                     )
         except ClientGone:

@@ -15,6 +15,8 @@ from fastfit_engine.output import OUTPUT_FORMATS
 from fastfit_engine.schema import (
     GARMENT_DESCRIPTIONS,
     GARMENT_FIELDS,
+    MASK_DESCRIPTION,
+    MASK_FIELD,
     PERSON_FIELD,
     SEED_MAX,
     VALUE_FIELDS_BY_NAME,
@@ -49,6 +51,7 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("missing_person", 400, "no person image"),
     ErrorCode("no_garment", 400, "no garment image"),
     ErrorCode("dress_conflict", 400, "dress together with upper or lower"),
+    ErrorCode("mask_conflict", 400, "mask_grow above 0 together with a mask of your own"),
     ErrorCode("invalid_number", 400, "a number field that is not a (finite) number"),
     ErrorCode("out_of_range", 400, "a number field outside its range"),
     ErrorCode("invalid_choice", 400, "an option that is not one of its words"),
@@ -105,6 +108,7 @@ def prompt_body_schema(json: bool = False) -> dict[str, Any]:
     props: dict[str, Any] = {PERSON_FIELD: _image_schema("photo of the person; centre-cropped to 3:4", json)}
     for g in GARMENT_FIELDS:
         props[g] = _image_schema(GARMENT_DESCRIPTIONS[g], json)
+    props[MASK_FIELD] = _image_schema(MASK_DESCRIPTION, json)
     for f in VALUE_FIELDS_BY_NAME.values():
         props[f.name] = _choice_schema(f) if isinstance(f, ChoiceField) else _number_schema(f)
     return {
