@@ -174,7 +174,7 @@ class ChoiceField:
         text = value.strip().lower() if isinstance(value, str) else value
         if text not in self.choices:
             raise RequestError.for_field(
-                self.name, f"must be one of {', '.join(self.choices)}, got {value!r}", code="invalid_choice"
+                self.name, f"must be one of {', '.join(self.choices)}, got {shorten(repr(value))}", code="invalid_choice"
             )
         return text
 

@@ -83,7 +83,7 @@ class Metrics:
 
     def exposition(self) -> Response:
         """The `/metrics` response body in the Prometheus text format."""
-        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)  # it has its charset
 
     def instrument(self, app: Flask) -> None:
         """Count and time every request of `app` by its URL rule."""

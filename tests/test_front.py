@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 
 import pytest
 
 from _front_helpers import Stack, get, slow_clients
+from helpers import multipart_body
 
 HEADER_TIMEOUT = 1.0  # bare gunicorn deadlines in this test (production: 10 s and 60 s)
 BODY_TIMEOUT = 1.0
@@ -159,3 +161,31 @@ def test_front_errors_are_json(stack):
     status, body, headers = get(stack.front + "/nope")
     assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
     assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Request-ID"]
+
+
+def test_front_answers_503_with_retry_after_when_every_instance_is_full(models_dir, sample_files, tmp_path):
+    """nginx finds no instance with a free slot (max_conns reached) and says 502 internally; the
+    README promises 503 `unavailable` with Retry-After, which is what the client retries."""
+    s = Stack(tmp_path, models_dir, "cpu", {"FASTFIT_QUEUE_SIZE": "0", "FASTFIT_RETRY_AFTER": "7"})
+    try:
+        s.wait("/ready", 200, 120)
+        body, ctype = multipart_body({"person": sample_files["person"], "bag": sample_files["bag"]},
+                                     {"steps": "20", "seed": "1", "guidance_scale": "1"})
+        running = {}
+        first = threading.Thread(target=lambda: running.setdefault("answer", slow_clients.timed_request(
+            s.front + "/prompt", body, {"Content-Type": ctype}, timeout=240)))
+        first.start()
+        for _ in range(200):
+            if b"fastfit_inflight 1.0" in get(f"{s.front}/instances/0/metrics")[1]:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the long request never started")
+        status, answer, headers, _ = slow_clients.timed_request(s.front + "/prompt", body, {"Content-Type": ctype})
+        assert "answer" not in running, "the long try-on ended before the instance was seen full"
+        assert status == 503 and json.loads(answer)["error"]["code"] == "unavailable", (status, answer)
+        assert headers["Retry-After"] == "7" and headers["X-Content-Type-Options"] == "nosniff"
+        first.join(240)
+        assert running["answer"][0] == 200, running["answer"][:2]
+    finally:
+        s.stop()
