@@ -268,6 +268,35 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                     },
                 }
             },
+            "/progress/{request_id}": {
+                "get": {
+                    "operationId": "progress",
+                    "summary": "What a running try-on is doing",
+                    "description": (
+                        "Send `POST /prompt` with your own random `X-Request-ID` and poll this path with it "
+                        "while you wait: the last stage the engine finished (the Server-Timing names), or "
+                        "the denoising step. 404 once the request has ended (or on another instance)."
+                    ),
+                    "parameters": [{"name": "request_id", "in": "path", "required": True,
+                                    "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "the request is being served", "content": {_JSON: {"schema": {
+                            "type": "object",
+                            "required": ["state", "stage", "step", "steps", "elapsed_s"],
+                            "properties": {
+                                "state": {"type": "string", "enum": ["waiting", "running"],
+                                          "description": "waiting: admitted, not yet on the GPU"},
+                                "stage": {"type": ["string", "null"], "enum": [*STAGES, None],
+                                          "description": "the last stage finished, or diffusion while it steps"},
+                                "step": {"type": "integer", "minimum": 0},
+                                "steps": {"type": "integer", "minimum": 0},
+                                "elapsed_s": {"type": "number", "minimum": 0},
+                            },
+                        }}}},
+                        "404": {"$ref": "#/components/responses/NotFound"},
+                    },
+                }
+            },
             "/health": {
                 "get": {
                     "operationId": "health",
