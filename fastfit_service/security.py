@@ -11,8 +11,8 @@
 - CORS: only origins listed in `FASTFIT_CORS_ORIGINS` get `Access-Control-Allow-Origin`
   (flask-cors answers the preflight `OPTIONS`); with none listed no CORS header is sent, so
   browsers keep pages of other origins from reading answers. `*` allows any origin; keys are
-  sent in the Authorization header, never cookies, so credentials mode is never enabled. With a
-  list, every answer says `Vary: Origin` (whether it allows the caller depends on the Origin),
+  sent in the Authorization header, never cookies, so credentials mode is never enabled. With
+  origins listed, every answer says `Vary: Origin` (its CORS headers depend on the Origin),
   so a shared cache never hands one origin's answer to another.
 - `loggable` is how a log line quotes what a client sent (a path, a method): escaped, so a
   newline or a terminal escape in a URL cannot forge or hide a line.
@@ -30,10 +30,15 @@ from flask import Flask, Response, g, has_request_context, request
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # 64: no answer echoes more of a client's text
-# Scripts, styles, fonts and fetches from this server only; images also from the page's own
-# object URLs (the uploads' previews, the result) and data: URLs (Swagger UI's icons).
-CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
-                           "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# Scripts, styles, fonts and fetches from this server only; images (and reads) also from the
+# page's own object URLs (the uploads' previews, the result and its download; a blob: URL is
+# readable by its own origin only) and data: URLs (Swagger UI's icons); one inline
+# style: the <style> element Swagger UI 5.34 (flask-swagger-ui 5.34.0) injects, by its SHA-256
+# (another version injects another: the browser test of /docs/ then fails, naming the new hash).
+SWAGGER_UI_STYLE_HASH = "'sha256-RL3ie0nH+Lzz2YNqQN83mnU0J1ot4QL7b99vMdIX99w='"
+CONTENT_SECURITY_POLICY = "; ".join((
+    "default-src 'self'", f"style-src 'self' {SWAGGER_UI_STYLE_HASH}", "img-src 'self' data: blob:",
+    "connect-src 'self' blob:", "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'"))
 LOG_ECHO_LIMIT = 200
 
 # What a browser page may send and read across origins.
@@ -91,7 +96,6 @@ def register_security(app: Flask, config: Mapping[str, Any]) -> None:
         g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
 
     origins = check_origins(config["CORS_ORIGINS"])
-    vary_origin = bool(origins) and "*" not in origins
 
     @app.after_request
     def _common_headers(resp: Response) -> Response:
@@ -99,7 +103,7 @@ def register_security(app: Flask, config: Mapping[str, Any]) -> None:
         resp.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         resp.headers["X-Frame-Options"] = "DENY"
         resp.headers[REQUEST_ID_HEADER] = current_request_id() if "request_id" in g else request_id_from(None)
-        if vary_origin:
+        if origins:
             resp.vary.add("Origin")
         return resp
 

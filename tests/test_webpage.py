@@ -12,6 +12,7 @@ import base64
 import io
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console: CSP violations land there
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1200,1400", "--disable-extensions", "--no-first-run"):
         options.add_argument(arg)
@@ -66,6 +68,11 @@ def _open_page(driver, url):
     driver.get(url + "/")
     _wait(driver, lambda d: d.execute_script("return document.body.dataset.state") == "idle")
     return driver
+
+
+def _csp_violations(driver) -> list[str]:
+    """Console messages since the last call that say the Content-Security-Policy blocked something."""
+    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
 
 
 def _by_id(driver, element_id):
@@ -141,6 +148,7 @@ def test_page_try_on_end_to_end(browser, live, sample_files, tmp_path, capsys):
     direct = app.test_client().post("/prompt", data={**files, "steps": "1", "seed": "7", "guidance_scale": "1"},
                                     content_type="multipart/form-data")
     assert direct.status_code == 200 and downloaded == direct.data
+    assert _csp_violations(d) == []  # the whole try-on ran under the strict policy
 
     shot = _screenshot_dir(tmp_path) / "tryon_page.png"
     assert d.save_screenshot(str(shot))
@@ -174,12 +182,14 @@ def test_docs_render_from_our_own_server(browser, live):
     assert any(r.endswith("/docs/swagger-ui-bundle.js") for r in resources)
     assert any(r.endswith("/openapi.json") for r in resources)
     assert all(r.startswith(url + "/") for r in resources), resources
+    assert _csp_violations(browser) == []  # it all runs under the strict policy (no inline script)
 
 
 def test_page_tells_what_it_is_doing_synthetic_weights_progress_and_the_mask(browser, live, sample_files, monkeypatch):
     app, url = live
     engine = app.extensions["fastfit"].engine
     monkeypatch.setattr(engine, "synthetic_weights", True)  # as for a tree the synthetic writer marked
+    _csp_violations(browser)  # forget earlier messages
     d = _open_page(browser, url)
     assert not _by_id(d, "synthetic").is_displayed()  # nothing said before the service has said it
     _by_id(d, "input-person").send_keys(str(sample_files["person"]))
@@ -218,3 +228,21 @@ def test_page_tells_what_it_is_doing_synthetic_weights_progress_and_the_mask(bro
                                     content_type="multipart/form-data")
     assert direct.status_code == 200 and shown == direct.data
     assert not _by_id(d, "error").is_displayed()
+    assert _csp_violations(d) == []
+
+
+def test_page_and_docs_run_under_the_strict_policy_and_refuse_framing(browser, live, sample_files):
+    _, url = live
+    _csp_violations(browser)  # forget earlier messages
+    d = _open_page(browser, url)  # the page's script ran: it built the form from /openapi.json
+    _by_id(d, "input-person").send_keys(str(sample_files["person"]))  # a preview from an object URL
+    _wait(d, lambda d: d.execute_script(
+        "const i = document.querySelector('img'); return i && i.complete && i.naturalWidth > 0"))
+    assert _csp_violations(d) == []
+    # another site framing the page or the docs: Chromium refuses (frame-ancestors 'none')
+    for path in ("/", "/docs/"):
+        d.get("data:text/html,<iframe id=f src='%s%s'></iframe>" % (url, path))
+        time.sleep(1.0)
+        d.switch_to.frame(_by_id(d, "f"))
+        assert d.execute_script("return document.getElementById('tryon') || document.getElementById('swagger-ui')") is None
+        d.switch_to.default_content()
