@@ -30,7 +30,8 @@ class Tracker:
         self._board._update(self._id, state="running", stage=name)
 
     def step(self, step: int, total: int) -> None:
-        self._board._update(self._id, state="running", stage="diffusion", step=step, steps=total)
+        """`step` is the engine's 0-based index of the step just finished; the board counts steps done."""
+        self._board._update(self._id, state="running", stage="diffusion", step=step + 1, steps=total)
 
 
 class ProgressBoard:
