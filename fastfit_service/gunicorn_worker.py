@@ -23,7 +23,10 @@ whole request before gunicorn sees it. This worker makes the bare service degrad
 - a body whose chunked transfer coding is malformed (a chunk size that is not hex, chunk data
   longer than its size, a cut body) is a 400 `bad_request` from the app, not an unhandled
   gunicorn exception (500), and its connection is closed (where the next request starts is unknown);
-- responses carry no `Server: gunicorn` header.
+- responses carry no `Server: gunicorn` header;
+- the access log escapes control characters in what a client sent (a User-Agent or Referer may
+  hold bytes such as 0x85, a line break to some log readers, or 0x9b, a terminal escape), as
+  the service's own log lines do (security.loggable); gunicorn itself escapes only quotes.
 
 Measured on 2 CPU cores (2026-12-01, gunicorn 27.0.1, 4 threads, `deploy/slow_clients.py`):
 with four connections trickling a header line every 5 s, `/health` gave no answer within 20 s
@@ -39,10 +42,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from typing import Any
 
+import gunicorn.glogging as glogging
 import gunicorn.http.message as gunicorn_message
 import gunicorn.http.parser as gunicorn_parser
 import gunicorn.http.wsgi as gunicorn_wsgi
@@ -141,6 +146,25 @@ class StrictChunkedReader(ChunkedReader):
         except (ParseException, NoMoreData):
             self.req.must_close = True
             raise MalformedChunkedBody() from None
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class EscapingAtoms(glogging.SafeAtoms):
+    """gunicorn's access log values with control characters written as `\\xNN` / `\\uNNNN`."""
+
+    def __init__(self, atoms: dict[str, Any]) -> None:
+        super().__init__(atoms)
+        for key, value in self.items():
+            if isinstance(value, str):
+                self[key] = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
+
+
+class EscapingLogger(glogging.Logger):
+    """gunicorn's logger whose access lines escape control characters (gunicorn.conf.py selects it)."""
+
+    atoms_wrapper_class = EscapingAtoms
 
 
 class _NoServerHeaderResponse(gunicorn_wsgi.Response):

@@ -11,9 +11,10 @@
 - CORS: only origins listed in `FASTFIT_CORS_ORIGINS` get `Access-Control-Allow-Origin`
   (flask-cors answers the preflight `OPTIONS`); with none listed no CORS header is sent, so
   browsers keep pages of other origins from reading answers. `*` allows any origin; keys are
-  sent in the Authorization header, never cookies, so credentials mode is never enabled. With
-  origins listed, every answer says `Vary: Origin` (its CORS headers depend on the Origin),
-  so a shared cache never hands one origin's answer to another.
+  sent in the Authorization header, never cookies, so credentials mode is never enabled, and `*`
+  is answered as `Access-Control-Allow-Origin: *`. With origins listed, every answer says
+  `Vary: Origin` (its CORS headers depend on the Origin), so a shared cache never hands one
+  origin's answer to another.
 - `loggable` is how a log line quotes what a client sent (a path, a method): escaped, so a
   newline or a terminal escape in a URL cannot forge or hide a line.
 """
@@ -96,6 +97,7 @@ def register_security(app: Flask, config: Mapping[str, Any]) -> None:
         g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
 
     origins = check_origins(config["CORS_ORIGINS"])
+    any_origin = "*" in origins
 
     @app.after_request
     def _common_headers(resp: Response) -> Response:
@@ -103,13 +105,14 @@ def register_security(app: Flask, config: Mapping[str, Any]) -> None:
         resp.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         resp.headers["X-Frame-Options"] = "DENY"
         resp.headers[REQUEST_ID_HEADER] = current_request_id() if "request_id" in g else request_id_from(None)
-        if origins:
+        if origins and not any_origin:
             resp.vary.add("Origin")
         return resp
 
     if origins:
         from flask_cors import CORS
 
-        CORS(app, origins="*" if "*" in origins else origins, methods=["GET", "POST", "OPTIONS"],
+        # `*` answers a literal `*` (never the caller's Origin echoed back: no client text in answers)
+        CORS(app, origins="*" if any_origin else origins, methods=["GET", "POST", "OPTIONS"],
              allow_headers=list(CORS_ALLOW_HEADERS), expose_headers=list(CORS_EXPOSE_HEADERS),
-             max_age=CORS_MAX_AGE_S, supports_credentials=False, vary_header=True)
+             max_age=CORS_MAX_AGE_S, supports_credentials=False, vary_header=True, send_wildcard=any_origin)

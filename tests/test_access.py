@@ -236,6 +236,12 @@ def test_one_listed_origin_still_varies_by_origin(engine):
         assert resp.headers.getlist("Vary") == ["Origin"], resp.headers
     assert answers[0].headers["Access-Control-Allow-Origin"] == SHOP and "Access-Control-Allow-Origin" not in answers[1].headers
     assert "Vary" not in _app(engine).test_client().get("/health", headers={"Origin": SHOP}).headers  # no CORS: no Vary
+    # any origin: a literal `*`, the same for every caller, never the caller's Origin echoed back
+    star = _app(engine, FASTFIT_CORS_ORIGINS="*").test_client()
+    for origin in (SHOP, "https://" + "x" * 200 + ".example"):
+        for resp in (star.get("/health", headers={"Origin": origin}),
+                     star.options("/prompt", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})):
+            assert resp.headers["Access-Control-Allow-Origin"] == "*" and "Vary" not in resp.headers, resp.headers
 
 
 def test_no_cors_without_origins_and_bad_origins_refused(engine):
@@ -277,8 +283,15 @@ def test_gunicorn_enforces_keys_and_logs_request_ids(models_dir, tmp_path):
         status, body, headers = _request(base + "/metrics", {**_bearer(KEYS[1]), "X-Request-ID": "probe-200"})
         assert status == 200 and b"fastfit_http_requests_total" in body and headers["X-Request-ID"] == "probe-200"
         assert _get(base + "/health")[0] == 200
+        # the forged line, and control bytes in a header: nothing a client sends starts a line
+        status, _, _ = _request(base + "/x%0a%5b2026-01-01%2000%3a00%3a00%20%2b0000%5d%20%5bCRITICAL%5d%20FORGED",
+                                {"X-Request-ID": "forge", "User-Agent": "ua\x85[2026-01-01] [CRITICAL] UA\x9b[2J"})
+        assert status == 401
     finally:
         _, output = stop_process(proc, log)
+    assert not re.search(r"^\[2026-01-01", output, re.M) and "\x85" not in output and "\x9b" not in output, output
+    assert r"[forge] fastfit.server: refused GET /x\n[2026-01-01 00:00:00 +0000] [CRITICAL] FORGED: missing API key" in output
+    assert r'"ua\x85[2026-01-01] [CRITICAL] UA\x9b[2J" forge' in output, output
     assert re.search(r"\[probe-401\] fastfit\.server: refused GET /metrics: missing API key", output), output
     assert re.search(r'"GET /metrics HTTP/1\.1" 401 .* probe-401$', output, re.M), output
     assert re.search(r'"GET /metrics HTTP/1\.1" 200 .* probe-200$', output, re.M), output
