@@ -31,9 +31,8 @@ PERSON_FIELD = "person"
 # The caller's own cloth-agnostic mask (white = repaint): centre-cropped to 3:4 and resized with
 # the person, it replaces the automatic one.
 MASK_FIELD = "mask"
-MASK_DESCRIPTION = ("your own cloth-agnostic mask, white = repaint (e.g. an edited `preview=mask` answer); "
-                    "centre-cropped to 3:4 and resized like the person; replaces the automatic mask, "
-                    "so DensePose and SCHP are skipped (DWPose still runs: the pose feeds the model)")
+MASK_DESCRIPTION = ("your own cloth-agnostic mask, white = repaint (an edited mask preview, say); cropped and "
+                    "resized like the person; replaces the automatic mask, so DensePose and SCHP are skipped")
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,7 @@ NUMBER_FIELDS = (
     NumberField("guidance_scale", "--guidance", float, 1.0, 10.0, 2.5, "classifier-free guidance strength"),
     NumberField("mask_grow", "--mask-grow", int, 0, 128, 0,
                 "grow the automatic mask by this many pixels at the working size (for flared skirts, long "
-                "coats); never into the face; not with `mask`"),
+                "coats); never into the face; not with mask"),
 )
 NUMBER_FIELDS_BY_NAME = {f.name: f for f in NUMBER_FIELDS}
 
