@@ -28,12 +28,15 @@ from fastfit_engine.output import encode_image, format_for_path
 from fastfit_engine.schema import (
     GARMENT_FIELDS,
     GARMENT_SLOTS,
+    MASK_DESCRIPTION,
+    MASK_FIELD,
     NUMBER_FIELDS,
     NUMBER_FIELDS_BY_NAME,
     PERSON_FIELD,
     QUALITY,
     TryOnParams,
     check_images,
+    check_mask,
     cli_flag,
     parse_numbers,
 )
@@ -64,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: output.png)")
     for s in GARMENT_SLOTS:
         p.add_argument(s.cli_flag, dest=s.name, default=None, metavar="IMAGE", help=s.description)
+    p.add_argument(cli_flag(MASK_FIELD), dest=MASK_FIELD, default=None, metavar="IMAGE", help=MASK_DESCRIPTION)
     for f in NUMBER_FIELDS:
         p.add_argument(f.cli_flag, dest=f.name, default=None, metavar="N",
                        help=f"{f.help} ({f.minimum}..{f.maximum}, default {f.default_text})")
@@ -162,8 +166,10 @@ def _validate(args: argparse.Namespace) -> tuple[dict[str, str], TryOnParams]:
     garments = {g: getattr(args, g) for g in GARMENT_FIELDS if getattr(args, g) is not None}
     check_images([PERSON_FIELD, *garments])
     params = parse_numbers({name: getattr(args, name) for name in NUMBER_FIELDS_BY_NAME})
+    check_mask(args.mask is not None, params)
     args.quality = QUALITY.parse(args.quality) if args.quality is not None else int(QUALITY.default)
-    for name, path in [(PERSON_FIELD, args.person)] + list(garments.items()):
+    images = [(PERSON_FIELD, args.person)] + list(garments.items()) + ([(MASK_FIELD, args.mask)] if args.mask else [])
+    for name, path in images:
         if not Path(path).is_file():
             raise UsageError(f"{cli_flag(name)}: file not found: {path}")
     if Path(args.output).is_dir():
@@ -190,6 +196,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         load_image(args.person, name="person")
         for g, p in garments.items():
             load_image(p, name=g)
+        if args.mask is not None:
+            load_image(args.mask, name=MASK_FIELD)
     except TryOnError as exc:
         print(f"error: {exc.describe(cli_flag(exc.field))}", file=sys.stderr)
         return EXIT_USAGE
@@ -205,7 +213,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             engine = FastFitEngine(**settings.engine_kwargs())
             progress.start()
             try:
-                result = engine.process(args.person, garments, params, progress=progress, stage=progress.stage)
+                result = engine.process(args.person, garments, params, progress=progress, stage=progress.stage,
+                                        mask=args.mask)
             finally:
                 progress.close()
         out = Path(args.output)

@@ -21,6 +21,11 @@ Exact caches across requests (fastfit_engine/caches.py): a garment's conditional
 (GPU) and a person's parser maps and mask (CPU); neither changes a pixel, and neither touches
 the random draws (one generator per request: the initial noise, then one draw per step; the
 mask's own generator from the seed).
+
+Mask control (not in the reference): a caller's own mask replaces the automatic one, and then
+DensePose and SCHP, which only feed the mask, are skipped (DWPose still runs: its drawing
+conditions the model); `mask_grow` dilates the automatic mask after the person cache, which
+keeps the mask ungrown, so a cached entry serves every grow setting with the mask a miss makes.
 """
 from __future__ import annotations
 
@@ -45,9 +50,11 @@ from .caches import (
     GARMENT_CACHE_MB,
     PERSON_CACHE_ITEMS,
     PERSON_CACHE_MB,
+    PERSON_CACHE_TTL,
     LRUCache,
     PersonMaps,
     cache_setting,
+    expire_in_background,
     image_digest,
 )
 from .compile_cache import compile_cache_dir, compile_enabled, use_compile_cache
@@ -66,9 +73,11 @@ from .output import encode_image, format_for_path
 from .schema import (
     GARMENT_LABELS,
     GARMENT_SLOTS,
+    MASK_FIELD,
     PERSON_FIELD,
     TryOnParams,
     check_images,
+    check_mask,
     garment_set_per_size_layout,
     parse_numbers,
 )
@@ -130,6 +139,12 @@ class _Parsed:
     mask: Image.Image
     seeded: bool  # the mask drew from the seed's generator (so it is not cached with the maps)
     timings: dict[str, float]
+
+    def grown(self, pixels: int) -> Image.Image:
+        """The mask grown by `pixels` (the caller's `mask_grow`), never into the face."""
+        from parse_utils import grow_mask
+
+        return grow_mask(self.mask, pixels, self.lip)
 
     def maps(self, pose: Image.Image) -> PersonMaps:
         """The person-cache entry: the maps, and the mask where it is the same for every seed."""
@@ -197,6 +212,7 @@ class FastFitEngine:
         garment_cache_mb: float | None = None,
         person_cache_mb: float | None = None,
         person_cache_items: int | None = None,
+        person_cache_ttl: float | None = None,
     ):
         self.device = torch.device(device) if device is not None else _default_device()
         if dtype is None:
@@ -229,7 +245,7 @@ class FastFitEngine:
             compile_unet=self.compiled, compile_vae=self.compiled,
         )
         self._lock = threading.Lock()
-        self._init_caches(garment_cache_mb, person_cache_mb, person_cache_items)
+        self._init_caches(garment_cache_mb, person_cache_mb, person_cache_items, person_cache_ttl)
 
     def _working_size(self, resolution: str | tuple[int, int] | None) -> tuple[int, int]:
         """The size asked for; else 768x1024 on CUDA and, said once at start, CPU_RESOLUTION elsewhere."""
@@ -245,9 +261,12 @@ class FastFitEngine:
         return CPU_RESOLUTION
 
     # ------------------------------------------------------------------ caches
-    def _init_caches(self, garment_mb: float | None, person_mb: float | None, person_items: int | None) -> None:
+    def _init_caches(
+        self, garment_mb: float | None, person_mb: float | None, person_items: int | None, person_ttl: float | None
+    ) -> None:
         """Caches sized by the arguments, else FASTFIT_GARMENT_CACHE_MB, FASTFIT_PERSON_CACHE_MB and
-        FASTFIT_PERSON_CACHE_ITEMS (0 disables); a single pose worker thread."""
+        FASTFIT_PERSON_CACHE_ITEMS (0 disables); persons kept at most FASTFIT_PERSON_CACHE_TTL
+        seconds; a single pose worker thread."""
         if garment_mb is None:
             garment_mb = cache_setting("FASTFIT_GARMENT_CACHE_MB", GARMENT_CACHE_MB)
         if person_mb is None:
@@ -255,7 +274,10 @@ class FastFitEngine:
         if person_items is None:
             person_items = int(cache_setting("FASTFIT_PERSON_CACHE_ITEMS", PERSON_CACHE_ITEMS))
         self.garment_cache = LRUCache("garment", int(garment_mb * 2**20))
-        self.person_cache = LRUCache("person", int(person_mb * 2**20), max_items=person_items)
+        if person_ttl is None:
+            person_ttl = cache_setting("FASTFIT_PERSON_CACHE_TTL", PERSON_CACHE_TTL)
+        self.person_cache = LRUCache("person", int(person_mb * 2**20), max_items=person_items, ttl=person_ttl)
+        expire_in_background(self.person_cache, every=min(person_ttl, 30.0))
         self._caches_on = True
         self._pose_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastfit-pose")
         self._parse_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastfit-parse")
@@ -313,6 +335,18 @@ class FastFitEngine:
         plans = {PERSON_FIELD: (person, self.resolution, PERSON_ASPECT)}
         plans.update({g: (garments[g], sizes[g], None) for g in order})
         return self._decode_plans(plans, max_total_pixels)
+
+    def load_mask(self, mask: ImageSource) -> Image.Image:
+        """A caller's cloth-agnostic mask as the engine uses it: transparency counts as black (keep),
+        centre-cropped to 3:4 and resized to the working size like the person (a mask of another
+        shape is stretched, not refused), then 255 where it is at least half white, else 0. Loading
+        a loaded mask again returns the same pixels."""
+        opened = open_image(mask, name=MASK_FIELD, max_pixels=self.max_pixels, cover=self.resolution,
+                            crop_aspect=PERSON_ASPECT)
+        rgb = decode_image(opened, name=MASK_FIELD, background=(0, 0, 0), cover=self.resolution,
+                           crop_aspect=PERSON_ASPECT)
+        gray = np.asarray(prepare_person(rgb, self.resolution).convert("L"))
+        return Image.fromarray(np.where(gray >= 128, 255, 0).astype(np.uint8), "L")
 
     def load_person(self, person: ImageSource) -> Image.Image:
         """Decode the person photo alone, exactly as `load_inputs` does (a mask preview's input)."""
@@ -379,6 +413,7 @@ class FastFitEngine:
         progress: ProgressCallback | None = None,
         stage: StageCallback | None = None,
         check: Callable[[], None] | None = None,
+        mask: ImageSource | None = None,
         **overrides: Any,
     ) -> TryOnResult:
         """Run one try-on. `garments` maps upper/lower/dress/shoe/bag to a path, bytes or PIL image.
@@ -390,33 +425,42 @@ class FastFitEngine:
         stage but "pose" and "total" (a person-cache hit skips "densepose", "schp", "pose_wait"),
         and `check()` before each stage; `progress` and `check` may raise (a passed deadline, a
         client gone) to stop the request there: the engine lock and the reference K/V cache are
-        released on the way out.
+        released on the way out. `mask`: the caller's own cloth-agnostic mask (see `load_mask`)
+        instead of the automatic one.
         """
         if params is None:
             params = parse_numbers(overrides)
         elif overrides:
             raise TypeError(f"process() takes params or keywords, not both (got {', '.join(sorted(overrides))})")
         params = params.with_seed()
+        check_mask(mask is not None, params)
         person_img, garment_imgs = self.load_inputs(person, garments)
+        mask_img = self.load_mask(mask) if mask is not None else None
 
         with self._lock:
-            result = self._run(person_img, garment_imgs, params, progress, stage, check)
+            result = self._run(person_img, garment_imgs, params, progress, stage, check, mask_img)
         if output_path is not None:  # the extension picks the format (.png, .jpg, .webp)
             out = Path(output_path)
             out.write_bytes(encode_image(result.image, format_for_path(out)))
             result.output_path = out
         return result
 
-    def preprocess(self, person: ImageSource, seed: int | None = None) -> Preparation:
+    def preprocess(
+        self, person: ImageSource, seed: int | None = None, *, mask: ImageSource | None = None, mask_grow: int = 0
+    ) -> Preparation:
         """The stages before diffusion alone (pose, DensePose, SCHP parsing, the cloth-agnostic
         mask) for one person photo: what a mask preview shows, without the diffusion model. The
         mask is the one a try-on of the same photo uses (`seed` feeds the mask's random draws,
-        as in a try-on; the default mask variant makes none)."""
-        seed = parse_numbers({"seed": seed}).with_seed().seed
+        as in a try-on; the default mask variant makes none; `mask_grow` grows it, and a
+        caller's `mask` replaces it, as in `process`)."""
+        params = parse_numbers({"seed": seed, "mask_grow": mask_grow}).with_seed()
+        check_mask(mask is not None, params)
+        seed = params.seed
         person_img = self.load_person(person)
+        mask_img = self.load_mask(mask) if mask is not None else None
         t_start = time.perf_counter()
         with self._lock, torch.inference_mode():
-            prep = self._preprocess(person_img, seed)
+            prep = self._preprocess(person_img, seed, params.mask_grow, mask_img)
             # The pipeline's own composite (person outside the mask, pose skeleton inside), in 8 bits.
             masked = self.pipeline.prepare_person_inputs(prep.person, prep.mask, prep.pose).masked
             pixels = ((masked[0].float().permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255)
@@ -424,19 +468,25 @@ class FastFitEngine:
         prep.timings["total"] = time.perf_counter() - t_start
         return prep
 
-    def _preprocess(self, person_img: Image.Image, seed: int) -> Preparation:
+    def _preprocess(
+        self, person_img: Image.Image, seed: int, mask_grow: int = 0, mask: Image.Image | None = None
+    ) -> Preparation:
         """The person's maps (person cache, or DWPose on its thread beside DensePose and SCHP on
-        this one) and the mask a try-on with this seed uses."""
+        this one) and the mask a try-on with this seed and mask setting uses; with the caller's
+        `mask`, DWPose alone."""
         person = prepare_person(person_img, self.resolution)
         key = self._person_key(person)
         maps = self.person_cache.get(key) if key is not None else None
         timings = dict.fromkeys(PREVIEW_STAGES, 0.0)  # zeros for what the person cache saves
         pose_job = self._pose_worker.submit(self._timed_pose, person) if maps is None else None
+        if mask is not None:  # nothing to parse: the pose alone (from the cache, or DWPose)
+            pose, timings["pose"] = pose_job.result() if maps is None else (maps.pose, 0.0)
+            return Preparation(person=person, pose=pose, mask=mask, seed=seed, timings=timings)
         parsed = self._parse_and_mask(person, maps, seed)
         if maps is None:
             maps, timings["pose"] = self._new_person_maps(key, pose_job, parsed)
         timings.update(parsed.timings)
-        return Preparation(person=person, pose=maps.pose, mask=parsed.mask, seed=seed, timings=timings)
+        return Preparation(person=person, pose=maps.pose, mask=parsed.grown(mask_grow), seed=seed, timings=timings)
 
     def _new_person_maps(self, key: tuple | None, pose_job: Future, parsed: _Parsed) -> tuple[PersonMaps, float]:
         """A parsed person's maps with DWPose's drawing once it is done (into the person cache
@@ -474,6 +524,7 @@ class FastFitEngine:
         progress: ProgressCallback | None,
         stage: StageCallback | None = None,
         check: Callable[[], None] | None = None,
+        given_mask: Image.Image | None = None,
     ) -> TryOnResult:
         cuda = self.device.type == "cuda"
         if cuda:
@@ -506,7 +557,8 @@ class FastFitEngine:
         person_key = self._person_key(person)
         maps: PersonMaps | None = self.person_cache.get(person_key) if person_key is not None else None
         pose_job = self._pose_worker.submit(self._timed_pose, person) if maps is None else None
-        parse_job = self._start_parsing(person, maps, params.seed)
+        # the caller's mask leaves nothing to parse: DensePose and SCHP feed only the mask
+        parse_job = self._start_parsing(person, maps, params.seed) if given_mask is None else None
         t = time.perf_counter()
         try:
             with torch.inference_mode():
@@ -517,23 +569,28 @@ class FastFitEngine:
                     references, person.size, params.guidance_scale, garment_cache=garment_cache, keys=keys
                 ) as prepared:
                     t = lap("garments", t)
-                    parsed = parse_job.result()
-                    if parse_job.ran_here:
-                        t = time.perf_counter()  # its stages timed themselves; the wait is for DWPose
                     hit = maps is not None
-                    if not hit:
-                        maps, timings["pose"] = self._new_person_maps(person_key, pose_job, parsed)
-                        announce("densepose")
-                        announce("schp")
-                    t = lap("pose_wait", t, quiet=hit)
-                    timings.update(parsed.timings)
+                    if parse_job is None:  # the caller's mask: wait for DWPose alone (none on a hit)
+                        pose, timings["pose"] = pose_job.result() if not hit else (maps.pose, 0.0)
+                        t = lap("pose_wait", t, quiet=hit)
+                        mask = given_mask
+                    else:
+                        parsed = parse_job.result()
+                        if parse_job.ran_here:
+                            t = time.perf_counter()  # its stages timed themselves; the wait is for DWPose
+                        if not hit:
+                            maps, timings["pose"] = self._new_person_maps(person_key, pose_job, parsed)
+                            announce("densepose")
+                            announce("schp")
+                        t = lap("pose_wait", t, quiet=hit)
+                        timings.update(parsed.timings)
+                        pose, mask = maps.pose, parsed.grown(params.mask_grow)
                     announce("mask")
-                    mask = parsed.mask
                     image = self.pipeline(
                         person,
                         mask,
                         prepared,
-                        pose=maps.pose,
+                        pose=pose,
                         num_inference_steps=params.steps,
                         guidance_scale=params.guidance_scale,
                         seed=params.seed,
@@ -543,7 +600,8 @@ class FastFitEngine:
         finally:
             if pose_job is not None:
                 pose_job.cancel()  # only if it never started; a running one finishes on its own
-            parse_job.settle()  # the parsers' GPU work ends before the engine lock is released
+            if parse_job is not None:
+                parse_job.settle()  # the parsers' GPU work ends before the engine lock is released
         timings["total"] = time.perf_counter() - t_start
         peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None
         return TryOnResult(image=image, seed=params.seed, timings=timings, peak_vram_mb=peak, mask=mask)

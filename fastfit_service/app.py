@@ -1,6 +1,6 @@
 """The Flask app factory of the try-on service: `POST /prompt` (multipart or JSON) returns the image.
 
-Routes: `/prompt`, `/health` (liveness: the process answers and the GPU is not stuck), `/ready`
+Routes: `/prompt`, `/progress/<request id>` (what a running request is doing), `/health` (liveness: the process answers and the GPU is not stuck), `/ready`
 (the engine is loaded and the process not draining), `/metrics`,
 `/openapi.json`, `/docs/` (API docs) and `/` (the try-on page). One engine per process;
 `admission.Service` admits a request before its images are decoded and lets one request at a
@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import NotFound
 
 from fastfit_engine.errors import ClientGone, DeadlineExceeded, NonFiniteOutputError, TryOnError
-from fastfit_engine.schema import PERSON_FIELD
+from fastfit_engine.schema import MASK_FIELD, PERSON_FIELD
 
 from .admission import Service
 from .answer import answer
@@ -25,8 +26,9 @@ from .config import default_config, engine_settings
 from .docs import register_docs
 from .jsonbody import json_body_limit, read_prompt_json
 from .multipart import FormLimits, read_prompt_form
+from .progress import ProgressBoard
 from .responses import ProcessingFailed, register_error_handlers
-from .security import register_security
+from .security import current_request_id, register_security
 from .web import register_page
 
 log = logging.getLogger("fastfit.server")
@@ -63,6 +65,7 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
     register_security(app, cfg)  # request id, nosniff, CORS
     register_auth(app, cfg)  # API keys, when configured
     form_limits = FormLimits.from_config(cfg)
+    progress_board = ProgressBoard()
 
     @app.get("/health")
     def health() -> Response:
@@ -81,6 +84,13 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
         svc.stuck()  # refresh the gauge
         return svc.metrics.exposition()
 
+    @app.get("/progress/<request_id>")
+    def progress(request_id: str) -> Response:
+        state = progress_board.get(request_id)
+        if state is None:
+            raise NotFound()
+        return jsonify(state)
+
     @app.post("/prompt")
     def prompt() -> Response:
         if request.is_json:
@@ -92,20 +102,28 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
         eng = svc.require_engine()
         uploads = dict(req.uploads)
         person_data = uploads.pop(PERSON_FIELD)
+        mask_data = uploads.pop(MASK_FIELD, None)
         preview = req.options["preview"]
         control = svc.control(request.environ)
         try:
-            with svc.admit():
+            with svc.admit(), progress_board.track(current_request_id()) as tracker:
                 control.check()
                 if preview != "none":  # the stages before diffusion only
                     with svc.decode_lock:
                         person = eng.load_person(person_data)
-                    result = svc.run_on_gpu(lambda: eng.preprocess(person, seed=req.params.seed), control)
+                        mask = eng.load_mask(mask_data) if mask_data is not None else None
+                    result = svc.run_on_gpu(
+                        lambda: eng.preprocess(person, seed=req.params.seed, mask=mask, mask_grow=req.params.mask_grow),
+                        control,
+                    )
                 else:
                     with svc.decode_lock:
                         person, garments = eng.load_inputs(person_data, uploads, max_total_pixels=cfg["MAX_REQUEST_PIXELS"])
+                        mask = eng.load_mask(mask_data) if mask_data is not None else None
                     result = svc.run_on_gpu(
-                        lambda: eng.process(person, garments, req.params, progress=control.step, check=control.check),
+                        lambda: eng.process(person, garments, req.params, mask=mask, stage=tracker.stage,
+                                            progress=lambda i, n: (tracker.step(i, n), control.step(i, n)),
+                                            check=control.check),
                         control,
                     )
         except ClientGone:

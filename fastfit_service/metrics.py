@@ -14,7 +14,7 @@ CACHES = ("garment", "person")
 
 
 class CacheCollector:
-    """Exports ``engine.cache_stats()`` (hits, misses, evictions, entries, bytes per cache); the
+    """Exports ``engine.cache_stats()`` (hits, misses, evictions, expiries, entries, bytes per cache); the
     counts live in the engine, so a scrape reads them instead of mirroring every increment."""
 
     def __init__(self) -> None:
@@ -27,10 +27,11 @@ class CacheCollector:
             CounterMetricFamily("fastfit_cache_hits", "Look-ups answered from a cache (one per garment or person), by cache.", labels=["cache"]),
             CounterMetricFamily("fastfit_cache_misses", "Cache look-ups that had to compute, by cache.", labels=["cache"]),
             CounterMetricFamily("fastfit_cache_evictions", "Entries dropped to stay within the budget.", labels=["cache"]),
+            CounterMetricFamily("fastfit_cache_expired", "Entries dropped at their age limit (FASTFIT_PERSON_CACHE_TTL).", labels=["cache"]),
             GaugeMetricFamily("fastfit_cache_entries", "Entries held, by cache.", labels=["cache"]),
             GaugeMetricFamily("fastfit_cache_bytes", "Bytes held (garment: GPU, person: CPU), by cache.", labels=["cache"]),
         ]
-        fields = ("hits", "misses", "evictions", "entries", "bytes")
+        fields = ("hits", "misses", "evictions", "expired", "entries", "bytes")
         for name in CACHES:
             counts = stats.get(name, {})
             for family, key in zip(families, fields):

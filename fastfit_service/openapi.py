@@ -15,6 +15,8 @@ from fastfit_engine.output import OUTPUT_FORMATS
 from fastfit_engine.schema import (
     GARMENT_DESCRIPTIONS,
     GARMENT_FIELDS,
+    MASK_DESCRIPTION,
+    MASK_FIELD,
     PERSON_FIELD,
     SEED_MAX,
     VALUE_FIELDS_BY_NAME,
@@ -53,6 +55,7 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("missing_person", 400, "no person image"),
     ErrorCode("no_garment", 400, "no garment image"),
     ErrorCode("dress_conflict", 400, "dress together with upper or lower"),
+    ErrorCode("mask_conflict", 400, "mask_grow above 0 together with a mask of your own"),
     ErrorCode("invalid_number", 400, "a number field that is not a (finite) number"),
     ErrorCode("out_of_range", 400, "a number field outside its range"),
     ErrorCode("invalid_choice", 400, "an option that is not one of its words"),
@@ -109,6 +112,7 @@ def prompt_body_schema(json: bool = False) -> dict[str, Any]:
     props: dict[str, Any] = {PERSON_FIELD: _image_schema("photo of the person; centre-cropped to 3:4", json)}
     for g in GARMENT_FIELDS:
         props[g] = _image_schema(GARMENT_DESCRIPTIONS[g], json)
+    props[MASK_FIELD] = _image_schema(MASK_DESCRIPTION, json)
     for f in VALUE_FIELDS_BY_NAME.values():
         props[f.name] = _choice_schema(f) if isinstance(f, ChoiceField) else _number_schema(f)
     return {
@@ -276,6 +280,35 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                             },
                         },
                         **_responses_for(prompt_errors),
+                    },
+                }
+            },
+            "/progress/{request_id}": {
+                "get": {
+                    "operationId": "progress",
+                    "summary": "What a running try-on is doing",
+                    "description": (
+                        "Send `POST /prompt` with your own random `X-Request-ID` and poll this path with it "
+                        "while you wait: the last stage the engine finished (the Server-Timing names), or "
+                        "the denoising step. 404 once the request has ended (or on another instance)."
+                    ),
+                    "parameters": [{"name": "request_id", "in": "path", "required": True,
+                                    "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "the request is being served", "content": {_JSON: {"schema": {
+                            "type": "object",
+                            "required": ["state", "stage", "step", "steps", "elapsed_s"],
+                            "properties": {
+                                "state": {"type": "string", "enum": ["waiting", "running"],
+                                          "description": "waiting: admitted, not yet on the GPU"},
+                                "stage": {"type": ["string", "null"], "enum": [*STAGES, None],
+                                          "description": "the last stage finished, or diffusion while it steps"},
+                                "step": {"type": "integer", "minimum": 0},
+                                "steps": {"type": "integer", "minimum": 0},
+                                "elapsed_s": {"type": "number", "minimum": 0},
+                            },
+                        }}}},
+                        "404": {"$ref": "#/components/responses/NotFound"},
                     },
                 }
             },

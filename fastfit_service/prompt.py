@@ -10,20 +10,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fastfit_engine.schema import NUMBER_FIELDS_BY_NAME, TryOnParams, check_images, parse_numbers, parse_output_options
+from fastfit_engine.schema import (
+    MASK_FIELD,
+    NUMBER_FIELDS_BY_NAME,
+    TryOnParams,
+    check_images,
+    check_mask,
+    parse_numbers,
+    parse_output_options,
+)
 
 
 @dataclass(frozen=True)
 class PromptRequest:
-    uploads: dict[str, bytes]  # person and garments, still encoded: decoded only once admitted
-    params: TryOnParams  # steps, seed, guidance_scale
+    uploads: dict[str, bytes]  # person, garments and mask, still encoded: decoded only once admitted
+    params: TryOnParams  # steps, seed, guidance_scale, mask_grow
     options: dict[str, Any]  # output_format, quality, preview, response_format
 
 
 def check_prompt(uploads: Mapping[str, bytes], values: Mapping[str, Any]) -> PromptRequest:
-    """Schema checks after the body's own: person, garment rules, numbers, options. The images are
+    """Schema checks after the body's own: person, garment rules, numbers, mask, options. The images are
     decoded later, once the request has a place in the queue (the engine's `load_inputs`)."""
     check_images(uploads)
     params = parse_numbers({k: values.get(k) for k in NUMBER_FIELDS_BY_NAME})
+    check_mask(MASK_FIELD in uploads, params)
     options = parse_output_options(values)
     return PromptRequest(uploads=dict(uploads), params=params, options=options)

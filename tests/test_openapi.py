@@ -99,7 +99,7 @@ def test_response_headers(doc):
     assert {"X-Seed", "Server-Timing", "X-Peak-VRAM-MB"} <= set(headers)
     assert all(stage in headers["Server-Timing"]["description"] for stage in STAGES)
     assert "Retry-After" in doc["components"]["headers"]
-    assert set(doc["paths"]) == {"/prompt", "/health", "/ready", "/metrics", "/openapi.json"}
+    assert set(doc["paths"]) == {"/prompt", "/progress/{request_id}", "/health", "/ready", "/metrics", "/openapi.json"}
 
 
 def test_json_result_schema(doc):
