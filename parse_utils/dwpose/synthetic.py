@@ -5,7 +5,8 @@ The detector reports exactly one confident person, centred on the centroid of th
 pixels that differ both from the image's top-left (background) colour and from the
 letterbox fill 114 (summed row by row and rounded to 1/16 pixel, so onnxruntime and the torch
 modules of ``torch_session.py`` find the same box); the pose model puts all 133 keypoints
-in a fixed human-like layout inside that person's crop, shifted by the crop's mean value.
+in a fixed human-like layout inside that person's crop, shifted by the crop's mean value
+(likewise reduced axis by axis and rounded to 1/16 bin).
 So outputs depend on the input, and the whole pipeline runs end to end.
 """
 from __future__ import annotations
@@ -58,7 +59,8 @@ def _sum_rows_then_columns(value: str, out: str) -> list[onnx.NodeProto]:
 
 
 def _snap(value: str, out: str) -> list[onnx.NodeProto]:
-    """Round a centre to 1/CENTRE_STEPS_PER_PIXEL pixel, so float rounding rarely moves the box."""
+    """Round a position to 1/CENTRE_STEPS_PER_PIXEL pixel (or SimCC bin), so that the last-bit
+    differences of two float32 runtimes rarely move a box or a keypoint."""
     return [
         helper.make_node("Mul", [value, "snap_steps"], [f"{out}_steps"]),
         helper.make_node("Round", [f"{out}_steps"], [f"{out}_rounded"]),
@@ -183,10 +185,15 @@ def build_pose_model(rng: np.random.Generator) -> onnx.ModelProto:
         _const("shift_min", np.float32(-8.0)),
         _const("shift_max", np.float32(8.0)),
         _const("scalar_shape", np.array([1, 1, 1], dtype=np.int64)),
-        helper.make_node("ReduceMean", ["input"], ["mean4"], keepdims=1),
+        _const("snap_steps", np.float32(CENTRE_STEPS_PER_PIXEL)),
+        # the mean one axis at a time (short float32 sums, see _sum_rows_then_columns)
+        helper.make_node("ReduceMean", ["input"], ["mean_rows"], axes=[3], keepdims=1),
+        helper.make_node("ReduceMean", ["mean_rows"], ["mean_planes"], axes=[2], keepdims=1),
+        helper.make_node("ReduceMean", ["mean_planes"], ["mean4"], axes=[1], keepdims=1),
         helper.make_node("Reshape", ["mean4", "scalar_shape"], ["mean"]),
         helper.make_node("Mul", ["mean", "shift_gain"], ["shift_raw"]),
-        helper.make_node("Clip", ["shift_raw", "shift_min", "shift_max"], ["shift"]),
+        helper.make_node("Clip", ["shift_raw", "shift_min", "shift_max"], ["shift_exact"]),
+        *_snap("shift_exact", "shift"),
     ]
     for axis in ("x", "y"):
         nodes += [

@@ -26,8 +26,10 @@ same code whichever runtime runs the network.
 Deliberate differences from onnxruntime's CPU provider: the arithmetic is PyTorch's (on CUDA,
 cuDNN convolutions, which in float32 follow ``torch.backends.cudnn.allow_tf32``, on by default),
 so raw outputs differ by float rounding, and an arg-max over two nearly equal SimCC bins can
-land one bin (half a crop pixel) away. Optional ``dtype`` float16/bfloat16 runs the network in
-half precision (outputs come back as float32).
+land one bin (half a crop pixel) away. Optional ``dtype`` float16/bfloat16 runs the network
+under ``torch.autocast`` (convolutions and matrix products in half precision, the weights and
+every other op as the graph has them, so integer-valued float constants such as a ``Range``
+stay exact); outputs come back as float32.
 """
 from __future__ import annotations
 
@@ -117,7 +119,7 @@ class TorchOnnxSession:
         self.dtype = dtype
         module = convert(prepare_for_conversion(model)).eval()
         del model
-        self.module = module.to(device=self.device, dtype=dtype)
+        self.module = module.to(device=self.device)
         self._forward = torch.compile(self.module, dynamic=False) if compile else self.module
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
@@ -134,14 +136,20 @@ class TorchOnnxSession:
     def _on_stream(self) -> contextlib.AbstractContextManager:
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
+    def _precision(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
     def run(self, output_names: Sequence[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """The graph's outputs (all, or those named, in that order) as float32 numpy arrays."""
         missing = [value.name for value in self._inputs if value.name not in feed]
         if missing:
             raise ValueError(f"missing graph inputs: {missing}")
         with torch.inference_mode(), self._on_stream():
-            args = [torch.from_numpy(np.asarray(feed[value.name])).to(self.device, self.dtype) for value in self._inputs]
-            result = self._forward(*args)
+            args = [torch.from_numpy(np.asarray(feed[value.name])).to(self.device) for value in self._inputs]
+            with self._precision():
+                result = self._forward(*args)
             tensors = list(result) if isinstance(result, (list, tuple)) else [result]
             if len(tensors) != len(self._outputs):
                 raise RuntimeError(f"the converted graph gave {len(tensors)} outputs, the ONNX file declares {len(self._outputs)}")
