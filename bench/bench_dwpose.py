@@ -2,9 +2,9 @@
 
 Times the full DWposeDetector call and each stage for each runtime of the two graphs:
 onnxruntime on the CPU, and the torch modules of parse_utils/dwpose/torch_session.py on a GPU in
-float32 (TF32 convolutions, PyTorch's default), float32 without TF32, float16, bfloat16 and
-compiled; each later runtime's outputs are compared with the first's (keypoints, drawing, raw
-network outputs). Pass --models DIR (the folder holding yolox_l.onnx and dw-ll_ucoco_384.onnx,
+float32 (TF32 convolutions, PyTorch's default), float32 without TF32, float16 and bfloat16;
+each later runtime's outputs are compared with the first's (keypoints, drawing, raw network
+outputs). Pass --models DIR (the folder holding yolox_l.onnx and dw-ll_ucoco_384.onnx,
 or the cost-equivalent random graphs of bench/proxies/dwpose.py) to time real-size networks;
 without it the tiny synthetic models are written to a temporary folder, so the numbers cover
 pre/post-processing and rendering only. The JSON says which models were used.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -87,7 +88,7 @@ def stage_times(model: DWposeDetector, image: Image.Image) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Runtime:
-    """One way of running the two graphs: ``BACKEND:DEVICE[:DTYPE][:compile][:ieee]``.
+    """One way of running the two graphs: ``BACKEND:DEVICE[:DTYPE][:ieee]``.
 
     ``ieee`` turns TF32 off for that runtime (cuDNN and cuBLAS float32 as IEEE float32);
     by default PyTorch lets cuDNN use TF32 for float32 convolutions.
@@ -96,27 +97,26 @@ class Runtime:
     backend: str
     device: str
     dtype: str = "float32"
-    compile: bool = False
     ieee: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> Runtime:
         parts = [p.strip() for p in spec.split(":") if p.strip()]
         if len(parts) < 2 or parts[0] not in ("onnxruntime", "torch"):
-            raise ValueError(f"runtime {spec!r}: want BACKEND:DEVICE[:DTYPE][:compile][:ieee], BACKEND onnxruntime or torch")
+            raise ValueError(f"runtime {spec!r}: want BACKEND:DEVICE[:DTYPE][:ieee], BACKEND onnxruntime or torch")
         backend, device, rest = parts[0], parts[1], parts[2:]
         if len(rest) and rest[0].isdigit():  # cuda:1
             device, rest = f"{device}:{rest[0]}", rest[1:]
         dtype = next((r for r in rest if r in DTYPES), "float32")
-        unknown = [r for r in rest if r not in DTYPES and r not in ("compile", "ieee")]
+        unknown = [r for r in rest if r not in DTYPES and r != "ieee"]
         if unknown:
             raise ValueError(f"runtime {spec!r}: unknown options {unknown}")
-        if backend == "onnxruntime" and (dtype != "float32" or "compile" in rest or "ieee" in rest):
-            raise ValueError(f"runtime {spec!r}: dtype, compile and ieee apply to the torch backend only")
-        return cls(backend, device, dtype, "compile" in rest, "ieee" in rest)
+        if backend == "onnxruntime" and (dtype != "float32" or "ieee" in rest):
+            raise ValueError(f"runtime {spec!r}: dtype and ieee apply to the torch backend only")
+        return cls(backend, device, dtype, "ieee" in rest)
 
     def __str__(self) -> str:
-        extra = ([self.dtype] if self.backend == "torch" else []) + ["compile"] * self.compile + ["ieee"] * self.ieee
+        extra = ([self.dtype] if self.backend == "torch" else []) + ["ieee"] * self.ieee
         return ":".join([self.backend, self.device, *extra])
 
 
@@ -135,9 +135,7 @@ def tf32(allowed: bool):
 
 
 def load(model_dir: Path, runtime: Runtime) -> DWposeDetector:
-    return DWposeDetector(
-        model_dir, device=runtime.device, backend=runtime.backend, dtype=DTYPES[runtime.dtype], compile=runtime.compile
-    )
+    return DWposeDetector(model_dir, device=runtime.device, backend=runtime.backend, dtype=DTYPES[runtime.dtype])
 
 
 def outputs(model: DWposeDetector, image: Image.Image) -> dict:
@@ -183,6 +181,7 @@ def parity(ref: dict, got: dict) -> dict:
 def bench_runtime(model_dir: Path, runtime: Runtime, image: Image.Image, warmup: int, repeats: int) -> tuple[dict, dict]:
     """Timings and GPU memory of one runtime, and its outputs for the parity check."""
     on_gpu = runtime.device.startswith("cuda")
+    gc.collect()  # the previous runtime's modules, so that this one's memory is its own
     if on_gpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -194,7 +193,7 @@ def bench_runtime(model_dir: Path, runtime: Runtime, image: Image.Image, warmup:
     if on_gpu:
         row["weights_mib"] = round((torch.cuda.memory_allocated() - base) / 2**20, 1)
     _, first_ms = _timed(model, image)
-    row["first_call_s"] = round(first_ms / 1000.0, 2)  # includes compiling
+    row["first_call_s"] = round(first_ms / 1000.0, 2)  # includes cuDNN's start-up on a GPU
     for _ in range(warmup):
         model(image)
     totals = [_timed(model, image)[1] for _ in range(repeats)]
@@ -218,8 +217,7 @@ def bench_runtime(model_dir: Path, runtime: Runtime, image: Image.Image, warmup:
 def default_runtimes() -> list[str]:
     specs = ["onnxruntime:cpu"]
     if torch.cuda.is_available():
-        specs += ["torch:cuda", "torch:cuda:float32:ieee", "torch:cuda:float16", "torch:cuda:bfloat16",
-                  "torch:cuda:float16:compile"]
+        specs += ["torch:cuda", "torch:cuda:float32:ieee", "torch:cuda:float16", "torch:cuda:bfloat16"]
     return specs
 
 
@@ -232,7 +230,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument(
         "--runtimes", default="",
-        help="comma list of BACKEND:DEVICE[:DTYPE][:compile][:ieee], e.g. onnxruntime:cpu,torch:cuda:float16; "
+        help="comma list of BACKEND:DEVICE[:DTYPE][:ieee], e.g. onnxruntime:cpu,torch:cuda:float16; "
         "the first is the parity reference; default: onnxruntime:cpu, plus the torch variants on CUDA",
     )
     parser.add_argument("--quick", action="store_true", help="2 repeats, 1 warm-up (smoke test)")

@@ -1,11 +1,13 @@
 """DWPose's ONNX graphs as torch modules, behind the part of onnxruntime's session API DWPose uses.
 
-Why: on a GPU host, DWPose on onnxruntime's CPU provider is the longest of the person parsers
-(0.25 s a photo on 14 cores of an H200 host), and a cold request waits for it after its garment
-work. The same two graphs as torch modules on the GPU take a few milliseconds (README,
-"Performance"), so DWPose leaves the critical path without a second copy of the weights,
-without onnxruntime-gpu's CUDA stack and without any re-export: the session reads the very
-``yolox_l.onnx`` and ``dw-ll_ucoco_384.onnx`` files the onnxruntime path reads.
+Why: on a GPU host, DWPose on onnxruntime's CPU provider is the longest of the person parsers,
+and a cold request waits for it after its garment work. On one H200 with 16 host cores
+(2026-12-04, cost-equivalent random YOLOX-L / DWPose-L graphs, ``bench/bench_dwpose.py``) a
+768x1024 photo took 283 ms with onnxruntime on 14 threads and 36 ms with these modules on the
+GPU (21 ms of it the two networks, bound by kernel launches), with 338 MiB of weights and a
+452 MiB peak on the GPU. No second copy of the weights, no onnxruntime-gpu CUDA stack, no
+re-export: the session reads the very ``yolox_l.onnx`` and ``dw-ll_ucoco_384.onnx`` files the
+onnxruntime path reads.
 
 The graph is turned into a ``torch.fx.GraphModule`` by onnx2torch, a maintained ONNX->torch
 converter, after two rewrites that keep the graph's meaning but that onnx2torch 1.5.15 cannot
@@ -23,13 +25,18 @@ come from):
 estimator's pre- and post-processing (letterbox, crop, YOLOX and SimCC decoding, NMS) are the
 same code whichever runtime runs the network.
 
-Deliberate differences from onnxruntime's CPU provider: the arithmetic is PyTorch's (on CUDA,
-cuDNN convolutions, which in float32 follow ``torch.backends.cudnn.allow_tf32``, on by default),
-so raw outputs differ by float rounding, and an arg-max over two nearly equal SimCC bins can
-land one bin (half a crop pixel) away. Optional ``dtype`` float16/bfloat16 runs the network
+Deliberate differences from onnxruntime's CPU provider: the arithmetic is PyTorch's, so raw
+outputs differ by float rounding and an arg-max over two nearly equal SimCC bins can land one
+bin (half a crop pixel) away. On CUDA, float32 convolutions follow the process-wide
+``torch.backends.cudnn.allow_tf32`` (PyTorch's default: on), which DensePose and SCHP share, so
+this module leaves it alone: with TF32 off the H200 run above gave every keypoint and the drawing
+identical to onnxruntime's, with TF32 on 94 % of the keypoints (random weights) at the same
+speed. ``torch.compile`` is not offered: dynamo rejects onnx2torch 1.5.15's ``Reshape``, which
+builds a ``torch.Size`` from a tensor. Optional ``dtype`` float16/bfloat16 runs the network
 under ``torch.autocast`` (convolutions and matrix products in half precision, the weights and
 every other op as the graph has them, so integer-valued float constants such as a ``Range``
-stay exact); outputs come back as float32.
+stay exact); outputs come back as float32. On the H200 run above it was slower than float32
+(41 ms) and moved more keypoints, so float32 is the default.
 """
 from __future__ import annotations
 
@@ -105,7 +112,6 @@ class TorchOnnxSession:
         path: str | os.PathLike,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        compile: bool = False,
     ) -> None:
         from onnx2torch import convert
 
@@ -120,7 +126,6 @@ class TorchOnnxSession:
         module = convert(prepare_for_conversion(model)).eval()
         del model
         self.module = module.to(device=self.device)
-        self._forward = torch.compile(self.module, dynamic=False) if compile else self.module
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def get_inputs(self) -> list[GraphValue]:
@@ -149,7 +154,7 @@ class TorchOnnxSession:
         with torch.inference_mode(), self._on_stream():
             args = [torch.from_numpy(np.asarray(feed[value.name])).to(self.device) for value in self._inputs]
             with self._precision():
-                result = self._forward(*args)
+                result = self.module(*args)
             tensors = list(result) if isinstance(result, (list, tuple)) else [result]
             if len(tensors) != len(self._outputs):
                 raise RuntimeError(f"the converted graph gave {len(tensors)} outputs, the ONNX file declares {len(self._outputs)}")

@@ -35,9 +35,10 @@ DETECT_RESOLUTION = 512
 BACKENDS = ("onnxruntime", "torch")
 # "auto" puts DWPose on a GPU with at least this much free when the engine loads it (before the
 # diffusion models): the diffusion's peak (6.2 GB for four garments at 768x1024, README
-# "Performance"), the default garment cache (1 GiB), DWPose's own weights and activations on the
-# GPU (about 1 GiB in float32) and room for compile and cuDNN workspaces. Below that (a 12 GB
-# card, or a GPU shared with other processes) the CPU keeps the memory for the diffusion.
+# "Performance"), the default garment cache (1 GiB), DWPose's own weights and activations
+# (0.45 GiB peak in float32, H200, 2026-12-04) and room for compile and cuDNN workspaces.
+# Below that (a 12 GB card, or a GPU shared with other processes) the CPU keeps the memory
+# for the diffusion.
 AUTO_MIN_FREE_GIB = 12.0
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,8 @@ class DWposeDetector(PersonParser[ImageInput, Image.Image | np.ndarray]):
     (Models/Human-Toolkit/DWPose in the FastFit layout). device is "cpu", "cuda[:i]" or "auto"
     (``auto_device``). backend picks the runtime: "onnxruntime" (default on the CPU; on "cuda" it
     uses onnxruntime's CUDA provider where installed, else its CPU one) or "torch" (default on a
-    CUDA device torch can use: the graphs as torch modules, ``torch_session.py``); ``dtype`` and
-    ``compile`` apply to the torch backend only.
+    CUDA device torch can use: the graphs as torch modules, ``torch_session.py``); ``dtype``
+    applies to the torch backend only.
     """
 
     def __init__(
@@ -137,7 +138,6 @@ class DWposeDetector(PersonParser[ImageInput, Image.Image | np.ndarray]):
         *,
         backend: str | None = None,
         dtype: torch.dtype = torch.float32,
-        compile: bool = False,
     ) -> None:
         self.device = auto_device() if str(device) == "auto" else resolve_device(device, require_cuda=False)
         if backend is None:
@@ -155,7 +155,7 @@ class DWposeDetector(PersonParser[ImageInput, Image.Image | np.ndarray]):
             if not path.is_file():
                 raise FileNotFoundError(f"DWPose model file not found: {path}")
         if backend == "torch":
-            sessions = [TorchOnnxSession(paths[name], self.device, dtype, compile) for name in (DETECTOR_FILE, POSE_FILE)]
+            sessions = [TorchOnnxSession(paths[name], self.device, dtype) for name in (DETECTOR_FILE, POSE_FILE)]
         else:
             import onnxruntime as ort
 
