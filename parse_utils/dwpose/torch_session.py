@@ -9,10 +9,12 @@ GPU (21 ms of it the two networks, bound by kernel launches), with 338 MiB of we
 re-export: the session reads the very ``yolox_l.onnx`` and ``dw-ll_ucoco_384.onnx`` files the
 onnxruntime path reads.
 
-The graph is turned into a ``torch.fx.GraphModule`` by onnx2torch, a maintained ONNX->torch
-converter, after two rewrites that keep the graph's meaning but that onnx2torch 1.5.15 cannot
-take as they are (both occur in the TorchScript exporter's output that RTMPose/YOLOX exports
-come from):
+The graph is turned into a ``torch.fx.GraphModule`` by the ONNX->torch converter onnx2torch
+(onnx2pytorch 0.6 also runs these graphs, but keeps every initializer as a buffer beside the
+layers' own weights, twice the memory, and interprets the graph node by node on each call),
+after two rewrites that keep the graph's meaning but that onnx2torch 1.5.15 cannot take as they
+are (PyTorch's TorchScript ONNX exporter, with which YOLOX and RTMPose models are exported,
+writes both; the cost-equivalent graphs of bench/proxies/dwpose.py have both):
 
 - an ``Identity`` whose input is an initializer (the exporter shares equal weights, e.g. two
   all-zero biases, that way) becomes an initializer under the Identity's output name, since
@@ -157,7 +159,8 @@ class TorchOnnxSession:
                 result = self.module(*args)
             tensors = list(result) if isinstance(result, (list, tuple)) else [result]
             if len(tensors) != len(self._outputs):
-                raise RuntimeError(f"the converted graph gave {len(tensors)} outputs, the ONNX file declares {len(self._outputs)}")
+                declared = len(self._outputs)
+                raise RuntimeError(f"the converted graph gave {len(tensors)} outputs, the ONNX file declares {declared}")
             arrays = [t.float().cpu().numpy() for t in tensors]
         if output_names is None:
             return arrays
