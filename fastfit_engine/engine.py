@@ -207,9 +207,10 @@ class FastFitEngine:
         from parse_utils import SCHP, DensePose, DWposeDetector
         from parse_utils.dwpose import auto_device
 
-        # "auto": the engine's own GPU when it has the memory (parse_utils/dwpose/wholebody.py)
+        # "auto": the engine's own GPU when it has the memory and the diffusion is not float32
+        # (parse_utils/dwpose/wholebody.py)
         if dwpose_device == "auto":
-            dwpose_device = str(auto_device(self.device))
+            dwpose_device = str(auto_device(self.device, self.dtype))
         log_loading(self.paths, self.device, self.dtype, dwpose_device, requested=device)
 
         from .pipeline import FastFitPipeline

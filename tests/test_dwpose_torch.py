@@ -6,6 +6,8 @@ Stated tolerance for the synthetic graphs: keypoints identical (0 px), face/hand
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -15,6 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 import parse_utils
+from helpers import runs_after_lock_is_released
+from parse_utils.base import FLOAT32_GPU_WORK
 from parse_utils.dwpose import torch_session as ts
 from parse_utils.dwpose import wholebody as wb
 from parse_utils.dwpose.detector import letterbox
@@ -201,6 +205,16 @@ def test_auto_keeps_the_cpu_on_a_small_or_busy_gpu_and_for_a_cpu_engine(fake_gpu
     assert wb.auto_device("cpu") == torch.device("cpu")  # the engine runs on the CPU
 
 
+def test_auto_keeps_the_cpu_beside_a_float32_engine_on_the_gpu(fake_gpu, caplog):
+    """DWPose's windows turn TF32 off process-wide, which the diffusion's float32 convolutions
+    would feel; in half precision they do not."""
+    assert wb.auto_device("cuda:0", torch.bfloat16) == torch.device("cuda", 0)
+    assert wb.auto_device("cuda:0", torch.float16) == torch.device("cuda", 0)
+    with caplog.at_level("INFO", logger="parse_utils.dwpose.wholebody"):
+        assert wb.auto_device("cuda:0", torch.float32) == torch.device("cpu")
+    assert "DWPose on the CPU: the models on cuda:0 run in float32 and keep cuDNN's TF32" in caplog.text
+
+
 def test_auto_is_the_default_setting():
     from fastfit_engine.engine import FastFitEngine
     from fastfit_service.config import EngineSettings, default_config
@@ -210,3 +224,80 @@ def test_auto_is_the_default_setting():
     assert EngineSettings.from_env({"FASTFIT_DWPOSE_DEVICE": "cpu"}).dwpose_device == "cpu"
     assert default_config({})["DWPOSE_DEVICE"] == "auto"
     assert inspect.signature(FastFitEngine).parameters["dwpose_device"].default == "auto"
+
+
+# ----------------------------------------------------------------------------- TF32 and the lock DensePose and SCHP share
+def _lock_held() -> bool:
+    """Whether FLOAT32_GPU_WORK is held by some thread, asked from a fresh one (it is re-entrant)."""
+    acquired = []
+
+    def probe():
+        acquired.append(FLOAT32_GPU_WORK.acquire(blocking=False))
+        if acquired[0]:
+            FLOAT32_GPU_WORK.release()
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return not acquired[0]
+
+
+@pytest.fixture
+def pose_session(model_dir):
+    return TorchOnnxSession(model_dir / "dw-ll_ucoco_384.onnx")
+
+
+def _crop() -> dict[str, np.ndarray]:
+    return {"input": np.random.default_rng(5).standard_normal((1, 3, 384, 288)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_tf32_is_off_while_a_graph_runs_and_restored_after(pose_session, monkeypatch, before):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", before)
+    seen = []
+    pose_session.module.register_forward_pre_hook(lambda _m, _a: seen.append((torch.backends.cudnn.allow_tf32, _lock_held())))
+    x, y = pose_session.run(None, _crop())
+    assert seen == [(False, True)]  # inside: TF32 off, under the lock
+    assert torch.backends.cudnn.allow_tf32 is before and not _lock_held()
+    assert x.shape == (1, 133, 576) and y.shape == (1, 133, 768)
+
+
+def test_tf32_and_the_lock_are_restored_after_an_error(pose_session, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+
+    def fail(_module, _args):
+        assert torch.backends.cudnn.allow_tf32 is False
+        raise RuntimeError("the graph failed")
+
+    pose_session.module.register_forward_pre_hook(fail)
+    with pytest.raises(RuntimeError, match="the graph failed"):
+        pose_session.run(None, _crop())
+    assert torch.backends.cudnn.allow_tf32 is True and not _lock_held()
+
+
+def test_a_graph_waits_while_another_parser_holds_the_lock(pose_session):
+    expected = pose_session.run(None, _crop())
+    got, tf32 = runs_after_lock_is_released(FLOAT32_GPU_WORK, pose_session.module, lambda: pose_session.run(None, _crop()))
+    assert tf32 is False
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_onnxruntime_dwpose_does_not_take_the_lock(runtimes):
+    """DWPose on the CPU (onnxruntime) runs beside a parser that holds the lock."""
+    reference, _ = runtimes
+    release, done = threading.Event(), threading.Event()
+
+    def hold():
+        with FLOAT32_GPU_WORK:
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        worker = threading.Thread(target=lambda: (reference(PARITY_IMAGES["tiny_300x257"]), done.set()))
+        worker.start()
+        assert done.wait(60), "onnxruntime DWPose waited for the lock"
+    finally:
+        release.set()
+        holder.join()

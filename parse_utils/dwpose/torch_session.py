@@ -29,11 +29,11 @@ same code whichever runtime runs the network.
 
 Deliberate differences from onnxruntime's CPU provider: the arithmetic is PyTorch's, so raw
 outputs differ by float rounding and an arg-max over two nearly equal SimCC bins can land one
-bin (half a crop pixel) away. On CUDA, float32 convolutions follow the process-wide
-``torch.backends.cudnn.allow_tf32`` (PyTorch's default: on), which DensePose and SCHP share, so
-this module leaves it alone: with TF32 off the H200 run above gave every keypoint and the drawing
-identical to onnxruntime's, with TF32 on 94 % of the keypoints (random weights) at the same
-speed. ``torch.compile`` is not offered: dynamo rejects onnx2torch 1.5.15's ``Reshape``, which
+bin (half a crop pixel) away. Float32 convolutions run without TF32 (cuDNN's process-wide
+switch is turned off while a graph is called, under the lock that DensePose and SCHP take
+around theirs: ``parse_utils.base.float32_gpu_work``): on the H200 run above every keypoint and
+the drawing were then identical to onnxruntime's, at 43.6 ms a call, against 94 % of the
+keypoints (random weights) at 36.5 ms with PyTorch's default TF32. ``torch.compile`` is not offered: dynamo rejects onnx2torch 1.5.15's ``Reshape``, which
 builds a ``torch.Size`` from a tensor. Optional ``dtype`` float16/bfloat16 runs the network
 under ``torch.autocast`` (convolutions and matrix products in half precision, the weights and
 every other op as the graph has them, so integer-valued float constants such as a ``Range``
@@ -51,6 +51,8 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 import torch
+
+from ..base import float32_gpu_work
 
 # onnx2torch 1.5.15 slices with a list of slices, which PyTorch warns about once per process;
 # the parity tests (tests/test_dwpose_torch.py) would catch the day its meaning changes.
@@ -155,7 +157,7 @@ class TorchOnnxSession:
             raise ValueError(f"missing graph inputs: {missing}")
         with torch.inference_mode(), self._on_stream():
             args = [torch.from_numpy(np.asarray(feed[value.name])).to(self.device) for value in self._inputs]
-            with self._precision():
+            with float32_gpu_work(tf32=False), self._precision():
                 result = self.module(*args)
             tensors = list(result) if isinstance(result, (list, tuple)) else [result]
             if len(tensors) != len(self._outputs):

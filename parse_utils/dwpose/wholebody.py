@@ -73,13 +73,22 @@ def _as_rgb_array(image: ImageInput) -> np.ndarray:
     raise TypeError(f"expected a PIL image or an H x W x 3 uint8 array, got {type(image).__name__}")
 
 
-def auto_device(gpu: str | torch.device | None = None) -> torch.device:
+def auto_device(gpu: str | torch.device | None = None, dtype: torch.dtype | None = None) -> torch.device:
     """What ``device="auto"`` means: ``gpu`` (default: CUDA's current device) when torch sees
-    CUDA and that device has at least ``AUTO_MIN_FREE_GIB`` free, else the CPU."""
+    CUDA and that device has at least ``AUTO_MIN_FREE_GIB`` free, else the CPU.
+
+    ``dtype`` is the precision of the caller's own models on ``gpu`` (the engine's diffusion):
+    float32 keeps DWPose on the CPU, because DWPose's torch modules switch cuDNN's TF32 off
+    process-wide while they run (``parse_utils.base.float32_gpu_work``), which would also take
+    TF32 from float32 convolutions launched meanwhile by models that do not take that lock.
+    """
     if not torch.cuda.is_available():
         return torch.device("cpu")
     gpu = torch.device("cuda", torch.cuda.current_device()) if gpu is None else torch.device(gpu)
     if gpu.type != "cuda":
+        return torch.device("cpu")
+    if dtype == torch.float32:
+        log.info("DWPose on the CPU: the models on %s run in float32 and keep cuDNN's TF32", gpu)
         return torch.device("cpu")
     free, _total = torch.cuda.mem_get_info(gpu)
     if free < AUTO_MIN_FREE_GIB * 2**30:
