@@ -2,12 +2,14 @@
 
 Times the full DWposeDetector call and each stage for each runtime of the two graphs:
 onnxruntime on the CPU, and the torch modules of parse_utils/dwpose/torch_session.py on a GPU in
-float32 (TF32 convolutions, PyTorch's default), float32 without TF32, float16 and bfloat16;
-each later runtime's outputs are compared with the first's (keypoints, drawing, raw network
-outputs). Pass --models DIR (the folder holding yolox_l.onnx and dw-ll_ucoco_384.onnx,
-or the cost-equivalent random graphs of bench/proxies/dwpose.py) to time real-size networks;
-without it the tiny synthetic models are written to a temporary folder, so the numbers cover
-pre/post-processing and rendering only. The JSON says which models were used.
+float32, float16 and bfloat16; each later runtime's outputs are compared with the first's
+(keypoints, drawing, raw network outputs). The torch modules run their float32 convolutions
+without TF32 whatever the process's setting (``parse_utils.base.float32_gpu_work``); the TF32
+numbers in the README (36.5 ms, 94 % of the keypoints) were taken before they did, with the
+process-wide switch on. Pass --models DIR (the folder holding yolox_l.onnx and
+dw-ll_ucoco_384.onnx, or the cost-equivalent random graphs of bench/proxies/dwpose.py) to time
+real-size networks; without it the tiny synthetic models are written to a temporary folder, so
+the numbers cover pre/post-processing and rendering only. The JSON says which models were used.
 
     python -m bench.proxies.dwpose /tmp/dwpose_proxy
     python -m bench.bench_dwpose --models /tmp/dwpose_proxy [--runtimes onnxruntime:cpu,torch:cuda:float16]
@@ -15,7 +17,6 @@ pre/post-processing and rendering only. The JSON says which models were used.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -88,50 +89,34 @@ def stage_times(model: DWposeDetector, image: Image.Image) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Runtime:
-    """One way of running the two graphs: ``BACKEND:DEVICE[:DTYPE][:ieee]``.
-
-    ``ieee`` turns TF32 off for that runtime (cuDNN and cuBLAS float32 as IEEE float32);
-    by default PyTorch lets cuDNN use TF32 for float32 convolutions.
-    """
+    """One way of running the two graphs: ``BACKEND:DEVICE[:DTYPE]``."""
 
     backend: str
     device: str
     dtype: str = "float32"
-    ieee: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> Runtime:
         parts = [p.strip() for p in spec.split(":") if p.strip()]
         if len(parts) < 2 or parts[0] not in ("onnxruntime", "torch"):
-            raise ValueError(f"runtime {spec!r}: want BACKEND:DEVICE[:DTYPE][:ieee], BACKEND onnxruntime or torch")
+            raise ValueError(f"runtime {spec!r}: want BACKEND:DEVICE[:DTYPE], BACKEND onnxruntime or torch")
         backend, device, rest = parts[0], parts[1], parts[2:]
         if len(rest) and rest[0].isdigit():  # cuda:1
             device, rest = f"{device}:{rest[0]}", rest[1:]
         dtype = next((r for r in rest if r in DTYPES), "float32")
-        unknown = [r for r in rest if r not in DTYPES and r != "ieee"]
+        unknown = [r for r in rest if r not in DTYPES]
         if unknown:
             raise ValueError(f"runtime {spec!r}: unknown options {unknown}")
-        if backend == "onnxruntime" and (dtype != "float32" or "ieee" in rest):
-            raise ValueError(f"runtime {spec!r}: dtype and ieee apply to the torch backend only")
-        return cls(backend, device, dtype, "ieee" in rest)
+        if backend == "onnxruntime" and dtype != "float32":
+            raise ValueError(f"runtime {spec!r}: dtype applies to the torch backend only")
+        return cls(backend, device, dtype)
 
     def __str__(self) -> str:
-        extra = ([self.dtype] if self.backend == "torch" else []) + ["ieee"] * self.ieee
+        extra = [self.dtype] if self.backend == "torch" else []
         return ":".join([self.backend, self.device, *extra])
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@contextlib.contextmanager
-def tf32(allowed: bool):
-    """Set cuDNN's and cuBLAS's TF32 switches for the block (this script is single-threaded)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def load(model_dir: Path, runtime: Runtime) -> DWposeDetector:
@@ -217,7 +202,7 @@ def bench_runtime(model_dir: Path, runtime: Runtime, image: Image.Image, warmup:
 def default_runtimes() -> list[str]:
     specs = ["onnxruntime:cpu"]
     if torch.cuda.is_available():
-        specs += ["torch:cuda", "torch:cuda:float32:ieee", "torch:cuda:float16", "torch:cuda:bfloat16"]
+        specs += ["torch:cuda", "torch:cuda:float16", "torch:cuda:bfloat16"]
     return specs
 
 
@@ -230,7 +215,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument(
         "--runtimes", default="",
-        help="comma list of BACKEND:DEVICE[:DTYPE][:ieee], e.g. onnxruntime:cpu,torch:cuda:float16; "
+        help="comma list of BACKEND:DEVICE[:DTYPE], e.g. onnxruntime:cpu,torch:cuda:float16; "
         "the first is the parity reference; default: onnxruntime:cpu, plus the torch variants on CUDA",
     )
     parser.add_argument("--quick", action="store_true", help="2 repeats, 1 warm-up (smoke test)")
@@ -260,12 +245,11 @@ def main() -> None:
     image = person_image(args.width, args.height)
     results, reference = [], None
     for runtime in runtimes:
-        with tf32(False) if runtime.ieee else contextlib.nullcontext():
-            try:
-                row, out = bench_runtime(model_dir, runtime, image, args.warmup, args.repeats)
-            except Exception as exc:  # a runtime that fails is reported, the others still run
-                results.append({"runtime": str(runtime), "error": f"{type(exc).__name__}: {exc}"[:2000]})
-                continue
+        try:
+            row, out = bench_runtime(model_dir, runtime, image, args.warmup, args.repeats)
+        except Exception as exc:  # a runtime that fails is reported, the others still run
+            results.append({"runtime": str(runtime), "error": f"{type(exc).__name__}: {exc}"[:2000]})
+            continue
         if reference is None:
             reference = out
             row["parity_reference"] = True

@@ -15,7 +15,7 @@ threads while the person is prepared. The garment half is mostly eager kernel la
 GPU has room for the parsers beside it: on one H200 (2026-12-01) garments + DensePose + SCHP took
 0.19-0.20 s one after the other and 0.13-0.16 s side by side, and with DWPose on the CPU too
 0.33-0.36 s against 0.23-0.24 s, which is DWPose's own time there (its detector alone is
-0.17-0.18 s on 14 cores; on the GPU the whole call took 36 ms, H200, 2026-12-04). On a
+0.17-0.18 s on 14 cores; on the GPU the whole call took 44 ms, H200, 2026-12-04). On a
 CPU the parsers run on this thread after the garments (no gain there, and the two would compete
 for the same cores).
 
