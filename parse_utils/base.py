@@ -69,16 +69,19 @@ def float32_gpu_work(*, tf32: bool = True) -> Iterator[None]:
     a call) and every keypoint and the drawing equal with it off (43.6 ms). But the switch is one
     per process, and the engine runs DWPose on one worker thread while DensePose and SCHP run on
     another. cuDNN reads the switch when a convolution is launched on the host, not when the GPU
-    runs it, so the lock only has to cover launches: DWPose holds it, TF32 off, while each graph
-    is called; DensePose and SCHP hold it, switch untouched, around their forward passes. None
-    of them launches a convolution inside another's window, and their GPU work still overlaps.
+    runs it, so the lock covers launches: DWPose holds it, TF32 off, while it calls each graph;
+    DensePose and SCHP hold it, switch untouched, around their forward passes. No DensePose or
+    SCHP convolution is launched inside DWPose's window, and work launched before a window still
+    runs on the GPU beside it. Not measured on a GPU yet: how long each now waits for the other.
 
-    Cost: the lock is taken on every device, so the CPU runs the same code (and the tests see it);
-    there the switch changes nothing, and nothing contends, since DWPose on the CPU runs on
-    onnxruntime, which does not take the lock (an uncontended lock costs well under a
-    microsecond). Float32 matrix products are not switched: PyTorch keeps them in IEEE float32 by
-    default and nothing here changes that (writing that switch too would mix PyTorch's legacy
-    and per-backend precision settings, which makes ``torch.get_float32_matmul_precision`` raise).
+    On the CPU: the lock is taken on every device, so the CPU runs the same code (and the tests
+    see it), but there the switch changes nothing and nothing contends: DWPose on the CPU runs on
+    onnxruntime unless its torch backend is asked for (tests, benchmarks), and onnxruntime does
+    not take the lock; an uncontended lock costs well under a microsecond. Float32 matrix
+    products are not switched: PyTorch keeps them in IEEE float32 by default and nothing here
+    changes that (and on PyTorch 2.14, writing ``torch.backends.cuda.matmul.allow_tf32`` after
+    ``torch.set_float32_matmul_precision("high")`` makes ``torch.get_float32_matmul_precision()``
+    raise, as the two APIs then disagree).
 
     Not covered: the diffusion's UNet and VAE, which run in bfloat16 or float16 on the GPU, where
     the switch has no effect. An engine in float32 on CUDA would have its convolutions run
