@@ -1,5 +1,6 @@
 """DWPose's torch backend (parse_utils/dwpose/torch_session.py) against onnxruntime on the same
-ONNX files, and the device choice ``auto`` (CPU; the GPU side is bench/bench_dwpose.py's).
+ONNX files, the device choice ``auto`` (CPU; the GPU side is bench/bench_dwpose.py's), and the
+window in which a graph runs: cuDNN's TF32 switch off, under the lock DensePose and SCHP share.
 
 Stated tolerance for the synthetic graphs: keypoints identical (0 px), face/hand scores within
 1e-4, the same rendered pose map pixel for pixel; raw network outputs within 1e-4.
