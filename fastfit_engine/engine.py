@@ -6,14 +6,16 @@ needs: input rules and parameters from the request schema (a `TryOnParams` is ta
 never checked again), a seed that is always reported, per-stage timings and peak VRAM, and a
 lock so one engine can be shared by threads.
 
-Off the critical path: as soon as the person is prepared, DWPose (CPU by default; onnxruntime
-releases the GIL) starts on one worker thread and DensePose, SCHP and the mask on another, which
-on CUDA has its own stream, while this thread does the garment half (VAE encodes and conditional
-reference passes); the garments' resizes and cache keys are made on small prep threads while the
-person is prepared. The garment half is mostly eager kernel launches, so the GPU has room for the
-parsers beside it: on one H200 (2026-12-01) garments + DensePose + SCHP took 0.19-0.20 s one
-after the other and 0.13-0.16 s side by side, and with DWPose running too 0.33-0.36 s against
-0.23-0.24 s, which is DWPose's own time (its detector alone is 0.17-0.18 s on 14 cores). On a
+Off the critical path: as soon as the person is prepared, DWPose (on the engine's GPU as torch
+modules when it has the memory, else on the CPU with onnxruntime, which releases the GIL; see
+FASTFIT_DWPOSE_DEVICE) starts on one worker thread and DensePose, SCHP and the mask on another,
+which on CUDA has its own stream, while this thread does the garment half (VAE encodes and
+conditional reference passes); the garments' resizes and cache keys are made on small prep
+threads while the person is prepared. The garment half is mostly eager kernel launches, so the
+GPU has room for the parsers beside it: on one H200 (2026-12-01) garments + DensePose + SCHP took
+0.19-0.20 s one after the other and 0.13-0.16 s side by side, and with DWPose on the CPU too
+0.33-0.36 s against 0.23-0.24 s, which is DWPose's own time there (its detector alone is
+0.17-0.18 s on 14 cores; on the GPU the whole call took 44 ms, H200, 2026-12-04). On a
 CPU the parsers run on this thread after the garments (no gain there, and the two would compete
 for the same cores).
 
@@ -203,7 +205,7 @@ class FastFitEngine:
         models_dir: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
-        dwpose_device: str = "cpu",
+        dwpose_device: str = "auto",
         *,
         resolution: str | tuple[int, int] | None = None,
         download: bool = True,
@@ -225,9 +227,14 @@ class FastFitEngine:
         from .startup import log_loading
 
         self.synthetic_weights: bool = verify_models(self.paths.root).synthetic_weights  # a WARNING was logged
-        log_loading(self.paths, self.device, self.dtype, dwpose_device, requested=device)
-
         from parse_utils import SCHP, DensePose, DWposeDetector
+        from parse_utils.dwpose import auto_device
+
+        # "auto": the engine's own GPU when it has the memory and the diffusion is not float32
+        # (parse_utils/dwpose/wholebody.py)
+        if dwpose_device == "auto":
+            dwpose_device = str(auto_device(self.device, self.dtype))
+        log_loading(self.paths, self.device, self.dtype, dwpose_device, requested=device)
 
         from .pipeline import FastFitPipeline
 

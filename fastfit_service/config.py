@@ -45,7 +45,7 @@ class EngineSettings:
 
     models_dir: str | None = None  # FASTFIT_MODELS_DIR; None: ./Models
     device: str | None = None  # FASTFIT_DEVICE; None: cuda if available
-    dwpose_device: str = "cpu"  # FASTFIT_DWPOSE_DEVICE
+    dwpose_device: str = "auto"  # FASTFIT_DWPOSE_DEVICE: auto (the GPU if it has the memory), cpu, cuda[:N]
     resolution: str | None = None  # FASTFIT_RESOLUTION ("WxH"); None: the engine's default
 
     @classmethod
@@ -54,7 +54,7 @@ class EngineSettings:
         return cls(
             models_dir=_env_str(env, "FASTFIT_MODELS_DIR"),
             device=_env_str(env, "FASTFIT_DEVICE"),
-            dwpose_device=_env_str(env, "FASTFIT_DWPOSE_DEVICE") or "cpu",
+            dwpose_device=_env_str(env, "FASTFIT_DWPOSE_DEVICE") or "auto",
             resolution=_env_str(env, "FASTFIT_RESOLUTION"),
         )
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import io
 import math
 import struct
+import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,47 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def runs_after_lock_is_released(
+    lock, module: torch.nn.Module, call: Callable[[], object], hold_s: float = 1.0
+) -> tuple[object, bool]:
+    """``call()`` on a second thread while this thread holds ``lock`` for ``hold_s`` seconds.
+
+    Asserts that ``module``'s forward pass (the parser's network) starts only once the lock is
+    released; returns what ``call()`` gave and cuDNN's TF32 switch as the forward pass saw it.
+    ``hold_s`` is far longer than the tiny parsers' preparation, so a parser that ignored the
+    lock would reach its network inside the hold."""
+    order: list[str] = []
+    started = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def mark(_module, _args):
+        order.append("forward")
+        outcome["tf32"] = torch.backends.cudnn.allow_tf32
+        started.set()
+
+    def work():
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # re-raised on the test's thread
+            outcome["error"] = exc
+
+    hook = module.register_forward_pre_hook(mark)
+    try:
+        with lock:
+            worker = threading.Thread(target=work)
+            worker.start()
+            assert not started.wait(hold_s), "the network ran while the lock was held"
+            order.append("released")
+        worker.join(timeout=120)
+    finally:
+        hook.remove()
+    assert not worker.is_alive(), "the call did not finish after the lock was released"
+    if "error" in outcome:
+        raise outcome["error"]
+    assert order[:2] == ["released", "forward"], order
+    return outcome["value"], outcome["tf32"]
 
 
 class NoDiffusion:

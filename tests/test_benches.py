@@ -77,11 +77,17 @@ def test_bench_request_quick(models_dir):
 
 
 def test_bench_dwpose_quick():
-    report = run_bench("bench_dwpose", "--devices", "cpu")
+    report = run_bench("bench_dwpose", "--runtimes", "onnxruntime:cpu,torch:cpu")
     assert report["models"] == "synthetic" and report["repeats"] == 2
-    (result,) = report["results"]
-    assert result["device"] == "cpu" and result["total_ms_median"] > 0
-    assert {"detector_session", "pose_session", "render"} <= set(result["stages_ms_median"])
+    reference, converted = report["results"]
+    assert reference["runtime"] == "onnxruntime:cpu" and reference["providers"] == ["CPUExecutionProvider"]
+    assert converted["runtime"] == "torch:cpu:float32" and converted["providers"] == ["torch:cpu:float32"]
+    for result in (reference, converted):
+        assert result["total_ms_median"] > 0
+        assert {"detector_session", "pose_session", "render"} <= set(result["stages_ms_median"])
+    parity = converted["parity_vs_first"]
+    assert parity["keypoints_max_abs_px"] == 0 and parity["drawing_pixels_differing"] == 0
+    assert parity["simcc_argmax_same_fraction_xy"] == [1.0, 1.0] and parity["body_visibility_same"] is True
 
 
 def test_bench_schp_quick():
