@@ -1,0 +1,278 @@
+"""Our own attention kernel for the UNet's self-attention shapes (head 40 and 80, no mask), in Triton.
+
+Why: at the top UNet level (batch 2 x 8 heads, 12288 queries x 36864 keys, head 40) one call
+needs 7.2e9 exponentials, and an H200's special-function units issue 16 fp32 exp2 per clock per
+multiprocessor: 1.7 ms if every exponential goes through them one at a time, more than the two
+matrix products need (about 1.2 ms at dense bf16 peak). A head-40 attention kernel is bound by the
+exponential. This kernel halves that cost with the packed half-precision exponential of SM90,
+``ex2.approx.f16x2`` (two exponentials per special-function instruction, inline PTX through
+``tl.inline_asm_elementwise`` with pack=2): P is rounded to 16 bits before the P.V product
+anyway, so an f16 exponential of an fp32 argument loses nothing that product keeps, and f16 holds
+P in [0, 1] with 3 more mantissa bits than bf16.
+
+The P.V product then runs in f16, so V is converted once per call to an f16 copy laid out
+(batch, heads, keys, DV) with DV the head size rounded up to a power of two (Triton's tile
+shapes are powers of two). Column ``head`` of that copy is set to one, so the product's fp32
+accumulator column ``head`` is the softmax row sum: the tensor cores add it up for free, from
+the same rounded P that multiplies V, and no per-score fp32 addition is left on the FMA pipes.
+
+Variants (``exp`` argument; the bench times all of them): "f16x2" (the default above), "f32"
+(plain ``exp2``, bf16 P, the textbook flash-attention loop: the baseline), "bf16x2"
+(``ex2.approx.ftz.bf16x2`` on a bf16 argument: no V copy, but the argument keeps only 8 bits, so
+P's error grows with |s - max|).
+
+The kernel is registered as the custom op ``fastfit::triton_attention`` (with a fake
+implementation) so torch.compile treats it as opaque; Triton compiles it on its first call per
+shape (the pipeline's warm-up) and keeps it in its cache (``TRITON_CACHE_DIR``, pointed at the
+compile-cache volume by compile_cache.py). Its CPU kernel is a plain SDPA reference for tests on
+machines without a GPU; the dispatcher never sends CPU tensors there.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+try:  # a dependency of Linux torch wheels; absent elsewhere
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only on platforms without Triton
+    triton = None
+
+__all__ = [
+    "TRITON_HEAD_DIMS",
+    "TRITON_TILES",
+    "TritonTile",
+    "triton_attention",
+    "triton_attention_unavailable_reason",
+]
+
+# Head sizes the kernel is built and measured for (the UNet's levels 0 and 1).
+TRITON_HEAD_DIMS = (40, 80)
+
+
+class TritonTile(tuple):
+    """(queries per program, keys per loop step, warps, pipeline stages)."""
+
+    __slots__ = ()
+
+    def __new__(cls, block_m: int, block_n: int, warps: int, stages: int) -> TritonTile:
+        return super().__new__(cls, (block_m, block_n, warps, stages))
+
+
+# Tile per head size; chosen from bench/bench_attention.py measurements (see the module notes).
+TRITON_TILES: dict[int, TritonTile] = {40: TritonTile(128, 128, 8, 2), 80: TritonTile(128, 128, 8, 2)}
+EXP_VARIANTS = ("f16x2", "f32", "bf16x2")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_attention_unavailable_reason(device_index: int = 0) -> str | None:
+    """None when the kernel can run on this CUDA device, else why not."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    major, minor = torch.cuda.get_device_capability(device_index)
+    if major < 9:
+        return f"the Triton attention kernel needs an SM90+ GPU (ex2.approx.f16x2), this one is SM{major}{minor}"
+    try:
+        _kernel()
+    except Exception as exc:  # ImportError, or a Triton that fails to load
+        return f"triton is not importable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _kernel():
+    """The Triton kernel (raises ImportError where Triton is not installed)."""
+    if triton is None:
+        raise ImportError("No module named 'triton'")
+    return attention_fwd
+
+
+if triton is not None:
+
+    @triton.jit
+    def _exp2_f16x2(x):
+        # two fp32 arguments -> one packed f16x2 register -> one special-function instruction
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t; cvt.rn.f16x2.f32 t, $2, $1; ex2.approx.f16x2 $0, t; }",
+            "=r,r,r", [x], dtype=tl.float16, is_pure=True, pack=2,
+        )
+
+    @triton.jit
+    def _exp2_bf16x2(x):
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t; cvt.rn.bf16x2.f32 t, $2, $1; ex2.approx.ftz.bf16x2 $0, t; }",
+            "=r,r,r", [x], dtype=tl.bfloat16, is_pure=True, pack=2,
+        )
+
+    @triton.jit
+    def _exp2_poly(x):
+        # 2**x on the FMA pipes (x <= 0): round x to n (the 1.5 * 2**23 trick), a degree-3 fit of
+        # 2**f on [-0.5, 0.5] (relative error 7.5e-5, under bf16's 3.9e-3), n added to the exponent
+        x = tl.maximum(x, -127.0)
+        t = x + 12582912.0
+        f = x - (t - 12582912.0)
+        p = f * 0.0551703 + 0.24260802
+        p = p * f + 0.69326093
+        p = p * f + 0.99992827
+        bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def attention_fwd(
+        q_desc, k_desc, v_desc, O,
+        sob, som, soh,
+        M, N, H, qk_scale,
+        HEAD: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        EXP: tl.constexpr, ROWSUM_MMA: tl.constexpr, EVEN_N: tl.constexpr, V_PER_HEAD: tl.constexpr,
+        POLY: tl.constexpr, WS: tl.constexpr,
+    ):
+        # q_desc/k_desc: 2-D (batch * tokens, heads * head) views; a tile's columns past HEAD belong
+        # to the next head (or lie past the row: zeros), so Q's are zeroed once and K's then add nothing.
+        # v_desc: the same view (bf16 variants) or the f16 copy as (batch * heads * keys, DV).
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, DP)
+        offs_dv = tl.arange(0, DV)
+        offs_n = tl.arange(0, BLOCK_N)
+        q = q_desc.load([b * M + pid_m * BLOCK_M, h * HEAD])
+        q = tl.where(offs_d[None, :] < HEAD, q, 0.0).to(q_desc.dtype)
+        k_row = b * N
+        if V_PER_HEAD:
+            v_row = bh * N
+            v_col = 0
+        else:
+            v_row = b * N
+            v_col = h * HEAD
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, DV], tl.float32)
+        for start in tl.range(0, N, BLOCK_N, warp_specialize=WS):
+            k = k_desc.load([k_row + start, h * HEAD])
+            s = tl.dot(q, k.T)
+            if not EVEN_N:
+                s = tl.where(start + offs_n[None, :] < N, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+            alpha = tl.math.exp2(m_i - m_new)
+            x = s * qk_scale - m_new[:, None]
+            if EXP == 1:
+                p = _exp2_f16x2(x)
+                if not ROWSUM_MMA:
+                    l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+            elif EXP == 2:
+                p = _exp2_bf16x2(x)
+                l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+            else:
+                if POLY == 0:
+                    pf = tl.math.exp2(x)
+                else:
+                    # a share of the exponentials on the FMA pipes: 1/2 (POLY 2) or 1/4 (POLY 1)
+                    xa, xb = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_N // 2, 2]))
+                    if POLY == 2:
+                        pb = _exp2_poly(xb)
+                    else:
+                        xb0, xb1 = tl.split(tl.reshape(xb, [BLOCK_M, BLOCK_N // 4, 2]))
+                        pb = tl.reshape(tl.join(tl.math.exp2(xb0), _exp2_poly(xb1)), [BLOCK_M, BLOCK_N // 2])
+                    pf = tl.reshape(tl.join(tl.math.exp2(xa), pb), [BLOCK_M, BLOCK_N])
+                l_i = l_i * alpha + tl.sum(pf, 1)
+                p = pf.to(v_desc.dtype)
+            acc = acc * alpha[:, None]
+            v = v_desc.load([v_row + start, v_col])
+            if not EVEN_N:
+                v = tl.where(start + offs_n[:, None] < N, v, 0.0).to(v_desc.dtype)
+            acc = tl.dot(p, v, acc)
+            m_i = m_new
+        if ROWSUM_MMA:
+            l_i = tl.sum(tl.where(offs_dv[None, :] == HEAD, acc, 0.0), 1)
+        out = acc / l_i[:, None]
+        tl.store(
+            O + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :],
+            out.to(O.dtype.element_ty),
+            mask=(offs_m[:, None] < M) & (offs_dv[None, :] < HEAD),
+        )
+
+
+
+def _pow2(n: int) -> int:
+    return 1 << (max(n, 16) - 1).bit_length()
+
+
+def f16_values_with_ones(v: torch.Tensor) -> torch.Tensor:
+    """V (batch, keys, heads, head) -> f16 (batch, heads, keys, DV) with column ``head`` all ones."""
+    batch, keys, heads, head = v.shape
+    out = torch.zeros(batch, heads, keys, _pow2(head + 1), device=v.device, dtype=torch.float16)
+    out[..., :head] = v.transpose(1, 2)
+    out[..., head] = 1.0
+    return out
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(batch, tokens, heads, head) -> a 2-D (batch * tokens, heads * head) view, copying only if
+    the layout has no such view (the fused projection's slices and the K/V buffers do)."""
+    batch, tokens, heads, head = t.shape
+    if t.stride(3) != 1 or t.stride(2) != head or t.stride(0) != tokens * t.stride(1) or (t.stride(1) * 2) % 16:
+        t = t.contiguous()
+    return t.as_strided((batch * tokens, heads * head), (t.stride(1), 1))
+
+
+def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tile: tuple[int, int, int, int] | None = None,
+           exp: str = "f16x2", poly: int = 0, warp_specialize: bool = False) -> torch.Tensor:
+    """Run the kernel: (batch, tokens, heads, head) in, a fresh contiguous tensor of that layout out."""
+    if exp not in EXP_VARIANTS:
+        raise ValueError(f"unknown exponential variant {exp!r}; expected one of {EXP_VARIANTS}")
+    batch, m, heads, head = q.shape
+    n = k.shape[1]
+    from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: PLC0415
+
+    block_m, block_n, warps, stages = tile or TRITON_TILES.get(head) or TritonTile(128, 64, 4, 2)
+    out = q.new_empty(q.shape)
+    exp_id = {"f32": 0, "f16x2": 1, "bf16x2": 2}[exp]
+    dp = _pow2(head)
+    q2, k2 = _rows(q), _rows(k)
+    if exp == "f16x2":
+        v2 = f16_values_with_ones(v)
+        dv, rowsum, per_head = v2.shape[-1], 1, True
+        v2 = v2.view(-1, dv)
+    else:
+        v2, dv, rowsum, per_head = _rows(v), dp, 0, False
+    q_desc = TensorDescriptor.from_tensor(q2, [block_m, dp])
+    k_desc = TensorDescriptor.from_tensor(k2, [block_n, dp])
+    v_desc = TensorDescriptor.from_tensor(v2, [block_n, dv])
+    grid = (triton_cdiv(m, block_m), batch * heads)
+    _kernel()[grid](
+        q_desc, k_desc, v_desc, out,
+        out.stride(0), out.stride(1), out.stride(2),
+        m, n, heads, math.log2(math.e) / math.sqrt(head),
+        HEAD=head, DP=dp, DV=dv, BLOCK_M=block_m, BLOCK_N=block_n,
+        EXP=exp_id, ROWSUM_MMA=rowsum, EVEN_N=n % block_n == 0, V_PER_HEAD=per_head,
+        POLY=poly, WS=warp_specialize,
+        num_warps=warps, num_stages=stages,
+    )
+    return out
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@torch.library.custom_op("fastfit::triton_attention", mutates_args=(), device_types="cuda")
+def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (batch, tokens, heads, head size) tensors, no mask."""
+    return launch(q, k, v)
+
+
+@triton_attention.register_kernel("cpu")
+def _triton_attention_cpu(q, k, v):
+    # reference semantics for tests on machines without a GPU; never chosen by attention_bshd
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2).contiguous()
+
+
+@triton_attention.register_fake
+def _triton_attention_fake(q, k, v):
+    return q.new_empty(q.shape)
