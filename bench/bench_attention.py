@@ -28,19 +28,26 @@ BATCH, HEADS = 2, 8
 HEAD_BY_LEVEL = {0: 40, 1: 80}
 REFERENCE_ROWS = 512  # query rows compared with fp32 math attention
 
-# (exponential, polynomial share, (block_m, block_n, warps, stages)) per head size
+# (exponential, polynomial share, (block_m, block_n, warps, stages), pipelined Q.K^T, warp-specialised)
 SWEEP = {
     40: [
-        ("f32", 0, (128, 128, 8, 2)), ("f32", 0, (128, 128, 8, 3)), ("f32", 0, (128, 64, 4, 3)),
-        ("f32", 0, (64, 128, 4, 2)), ("f32", 2, (128, 128, 8, 2)), ("f32", 0, (256, 64, 8, 2)),
-        ("f16x2", 0, (128, 128, 8, 2)), ("f16x2", 0, (128, 128, 8, 3)), ("f16x2", 0, (128, 64, 4, 3)),
-        ("f16x2", 0, (64, 128, 4, 2)), ("f16x2", 0, (256, 64, 8, 2)), ("bf16x2", 0, (128, 128, 8, 2)),
-        ("bf16x2", 0, (128, 64, 4, 3)),
+        ("bf16x2", 0, (128, 64, 4, 3), False, False), ("f32", 0, (128, 128, 8, 3), False, False),
+        ("f32", 0, (128, 128, 8, 2), True, False), ("f32", 0, (128, 128, 8, 3), True, False),
+        ("f32", 0, (64, 128, 4, 2), True, False), ("f32", 0, (64, 128, 4, 3), True, False),
+        ("f32", 0, (128, 64, 8, 2), True, False), ("f32", 0, (128, 64, 8, 3), True, False),
+        ("f32", 2, (128, 128, 8, 2), True, False), ("f32", 2, (64, 128, 4, 3), True, False),
+        ("f16x2", 0, (128, 128, 8, 2), True, False), ("f16x2", 0, (64, 128, 4, 3), True, False),
+        ("bf16x2", 0, (128, 128, 8, 2), True, False), ("bf16x2", 0, (64, 128, 4, 3), True, False),
+        ("bf16x2", 0, (128, 64, 8, 3), True, False),
+        ("f32", 0, (128, 128, 8, 2), False, True), ("f32", 0, (128, 64, 4, 3), False, True),
     ],
     80: [
-        ("f32", 0, (128, 128, 8, 2)), ("f32", 0, (128, 64, 8, 2)), ("f32", 0, (128, 64, 4, 3)),
-        ("f32", 0, (64, 64, 4, 3)), ("f32", 2, (128, 64, 8, 2)), ("f16x2", 0, (128, 64, 8, 2)),
-        ("f16x2", 0, (128, 128, 8, 2)), ("bf16x2", 0, (128, 64, 8, 2)), ("bf16x2", 0, (128, 64, 4, 3)),
+        ("f32", 0, (64, 64, 4, 3), False, False), ("f32", 0, (64, 64, 4, 3), True, False),
+        ("f32", 0, (64, 128, 4, 2), True, False), ("f32", 0, (128, 64, 8, 2), True, False),
+        ("f32", 0, (128, 128, 8, 2), True, False), ("f32", 0, (64, 64, 4, 4), True, False),
+        ("bf16x2", 0, (64, 64, 4, 3), True, False), ("bf16x2", 0, (128, 64, 8, 2), True, False),
+        ("f16x2", 0, (64, 64, 4, 3), True, False), ("f32", 2, (64, 64, 4, 3), True, False),
+        ("f32", 0, (64, 64, 4, 3), False, True),
     ],
 }
 
@@ -109,8 +116,9 @@ def measure(name, fn, q, k, v, rows, ref) -> dict:
         return {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
 
 
-def variant_name(exp: str, poly: int, tile) -> str:
-    return f"triton_{exp}{'_poly' + str(poly) if poly else ''}_{'x'.join(map(str, tile))}"
+def variant_name(exp: str, poly: int, tile, pipe: bool, ws: bool) -> str:
+    flags = ("_poly" + str(poly) if poly else "") + ("_pipe" if pipe else "") + ("_ws" if ws else "")
+    return f"triton_{exp}{flags}_{'x'.join(map(str, tile))}"
 
 
 def run_shape(shape: dict, variants: list, with_fa4: bool) -> dict:
@@ -124,10 +132,12 @@ def run_shape(shape: dict, variants: list, with_fa4: bool) -> dict:
     result["cudnn"] = measure("cudnn", cudnn, q, k, v, rows, ref)
     if with_fa4:
         result["fa4"] = measure("fa4", fa4, q, k, v, rows, ref)
-    for exp, poly, tile in variants:
-        fn = (lambda e, p, t: lambda q, k, v: launch(q, k, v, tile=t, exp=e, poly=p))(exp, poly, tile)
-        result[variant_name(exp, poly, tile)] = measure("triton", fn, q, k, v, rows, ref)
-    if any(e == "f16x2" for e, _, _ in variants):
+    for variant in variants:
+        exp, poly, tile, pipe, ws = variant
+        fn = (lambda e, p, t, pp, w: lambda q, k, v: launch(q, k, v, tile=t, exp=e, poly=p, pipe=pp, warp_specialize=w))(
+            exp, poly, tile, pipe, ws)
+        result[variant_name(*variant)] = measure("triton", fn, q, k, v, rows, ref)
+    if any(v[0] == "f16x2" for v in variants):
         from fastfit_engine.triton_attention import f16_values_with_ones  # noqa: PLC0415
 
         result["f16_value_copy_ms"] = round(timed(lambda: f16_values_with_ones(v)), 4)
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, shape in enumerate(shapes):
         head = shape["head"]
         if args.variants == "default":
-            variants = [("f16x2", 0, tuple(TRITON_TILES[head]))]
+            variants = [("f16x2", 0, tuple(TRITON_TILES[head]), True, False)]
         elif head not in best:  # the first layout of each head size: the whole sweep
             variants = SWEEP[head]
         else:

@@ -127,7 +127,7 @@ if triton is not None:
         HEAD: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         EXP: tl.constexpr, ROWSUM_MMA: tl.constexpr, EVEN_N: tl.constexpr, V_PER_HEAD: tl.constexpr,
-        POLY: tl.constexpr, WS: tl.constexpr,
+        POLY: tl.constexpr, WS: tl.constexpr, PIPE: tl.constexpr,
     ):
         # q_desc/k_desc: 2-D (batch * tokens, heads * head) views; a tile's columns past HEAD belong
         # to the next head (or lie past the row: zeros), so Q's are zeroed once and K's then add nothing.
@@ -152,9 +152,15 @@ if triton is not None:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, DV], tl.float32)
+        if PIPE:  # Q.K^T of the next key block is issued before this block's softmax
+            s_next = tl.dot(q, k_desc.load([k_row, h * HEAD]).T)
         for start in tl.range(0, N, BLOCK_N, warp_specialize=WS):
-            k = k_desc.load([k_row + start, h * HEAD])
-            s = tl.dot(q, k.T)
+            if PIPE:
+                s = s_next
+                # past the last block this reads the next batch's keys (or zeros): unused
+                s_next = tl.dot(q, k_desc.load([k_row + start + BLOCK_N, h * HEAD]).T)
+            else:
+                s = tl.dot(q, k_desc.load([k_row + start, h * HEAD]).T)
             if not EVEN_N:
                 s = tl.where(start + offs_n[None, :] < N, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
@@ -221,7 +227,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tile: tuple[int, int, int, int] | None = None,
-           exp: str = "f16x2", poly: int = 0, warp_specialize: bool = False) -> torch.Tensor:
+           exp: str = "f16x2", poly: int = 0, warp_specialize: bool = False, pipe: bool = False) -> torch.Tensor:
     """Run the kernel: (batch, tokens, heads, head) in, a fresh contiguous tensor of that layout out."""
     if exp not in EXP_VARIANTS:
         raise ValueError(f"unknown exponential variant {exp!r}; expected one of {EXP_VARIANTS}")
@@ -250,7 +256,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tile: tuple[int, i
         m, n, heads, math.log2(math.e) / math.sqrt(head),
         HEAD=head, DP=dp, DV=dv, BLOCK_M=block_m, BLOCK_N=block_n,
         EXP=exp_id, ROWSUM_MMA=rowsum, EVEN_N=n % block_n == 0, V_PER_HEAD=per_head,
-        POLY=poly, WS=warp_specialize,
+        POLY=poly, WS=warp_specialize, PIPE=pipe,
         num_warps=warps, num_stages=stages,
     )
     return out
