@@ -1,19 +1,23 @@
 """Microbenchmark of the UNet self-attention kernels at every garment layout's shapes (GPU only).
 
 For each shape (batch 2 for guidance, 8 heads, the person's queries, the person's plus every
-reference's keys; head 40 at the top UNet level, 80 at the next) it times our Triton kernel's
-variants and SDPA's cuDNN kernel (and FA4 where it is installed), and compares each output with
-fp32 math attention on a sample of query rows: max abs error, against which a kernel must be no
-worse than FA4 (or, where FA4 is absent, cuDNN). Writes JSON.
+reference's keys; head 40 at the top UNet level, 80 at the next) it times SDPA's cuDNN kernel,
+FA4 where it is installed, and builds of our Triton kernel (fastfit_engine/triton_attention.py),
+and compares each output with fp32 math attention on a sample of query rows: a Triton build
+counts only if its max abs error is no worse than FA4's (cuDNN's where FA4 is absent). Each
+Triton build runs in a subprocess with a time limit, so one that hangs in the compiler or on the
+GPU costs that limit, not the run. Writes JSON.
 
-    python -m bench.bench_attention --out attention.json            # sweep + every layout
-    python -m bench.bench_attention --variants default --out a.json  # the shipped choice only
+    python -m bench.bench_attention --out attention.json             # sweep + every layout
+    python -m bench.bench_attention --variants default --out a.json  # the shipped builds only
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,32 +26,27 @@ import torch
 
 from fastfit_engine.attention import level_token_count
 from fastfit_engine.schema import GARMENT_SLOTS_BY_NAME, garment_set_per_size_layout
+from fastfit_engine.triton_attention import TRITON_CONFIGS, TritonConfig
 
 PERSON_WH = (768, 1024)
 BATCH, HEADS = 2, 8
 HEAD_BY_LEVEL = {0: 40, 1: 80}
 REFERENCE_ROWS = 512  # query rows compared with fp32 math attention
+VARIANT_TIMEOUT_S = 45  # a build that hangs (compiler or kernel) costs this much
 
-# (exponential, polynomial share, (block_m, block_n, warps, stages), pipelined Q.K^T, warp-specialised)
+# Builds timed at the first (upper+lower) shape of each head size; the fastest within the
+# accuracy bound then runs at every other layout, beside the shipped TRITON_CONFIGS build.
+C = TritonConfig
 SWEEP = {
     40: [
-        ("bf16x2", 0, (128, 64, 4, 3), False, False), ("f32", 0, (128, 128, 8, 3), False, False),
-        ("f32", 0, (128, 128, 8, 2), True, False), ("f32", 0, (128, 128, 8, 3), True, False),
-        ("f32", 0, (64, 128, 4, 2), True, False), ("f32", 0, (64, 128, 4, 3), True, False),
-        ("f32", 0, (128, 64, 8, 2), True, False), ("f32", 0, (128, 64, 8, 3), True, False),
-        ("f32", 2, (128, 128, 8, 2), True, False), ("f32", 2, (64, 128, 4, 3), True, False),
-        ("f16x2", 0, (128, 128, 8, 2), True, False), ("f16x2", 0, (64, 128, 4, 3), True, False),
-        ("bf16x2", 0, (128, 128, 8, 2), True, False), ("bf16x2", 0, (64, 128, 4, 3), True, False),
-        ("bf16x2", 0, (128, 64, 8, 3), True, False),
-        ("f32", 0, (128, 128, 8, 2), False, True), ("f32", 0, (128, 64, 4, 3), False, True),
+        C("f32", 128, 128, 8, 3), C("f32", 128, 128, 8, 2, pipe=True), C("f32", 64, 128, 4, 3, pipe=True),
+        C("f32", 128, 64, 8, 3, pipe=True), C("f16x2", 128, 128, 8, 2, pipe=True),
+        C("bf16x2", 128, 128, 8, 2, pipe=True), C("f32", 128, 128, 8, 2, poly=2, pipe=True),
+        C("f32", 128, 64, 4, 3, warp_specialize=True),
     ],
     80: [
-        ("f32", 0, (64, 64, 4, 3), False, False), ("f32", 0, (64, 64, 4, 3), True, False),
-        ("f32", 0, (64, 128, 4, 2), True, False), ("f32", 0, (128, 64, 8, 2), True, False),
-        ("f32", 0, (128, 128, 8, 2), True, False), ("f32", 0, (64, 64, 4, 4), True, False),
-        ("bf16x2", 0, (64, 64, 4, 3), True, False), ("bf16x2", 0, (128, 64, 8, 2), True, False),
-        ("f16x2", 0, (64, 64, 4, 3), True, False), ("f32", 2, (64, 64, 4, 3), True, False),
-        ("f32", 0, (64, 64, 4, 3), False, True),
+        C("f32", 64, 64, 4, 3), C("f32", 64, 64, 4, 3, pipe=True), C("f32", 128, 64, 8, 2, pipe=True),
+        C("f32", 64, 128, 4, 2, pipe=True), C("f16x2", 64, 64, 4, 3, pipe=True),
     ],
 }
 
@@ -116,38 +115,55 @@ def measure(name, fn, q, k, v, rows, ref) -> dict:
         return {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
 
 
-def variant_name(exp: str, poly: int, tile, pipe: bool, ws: bool) -> str:
-    flags = ("_poly" + str(poly) if poly else "") + ("_pipe" if pipe else "") + ("_ws" if ws else "")
-    return f"triton_{exp}{flags}_{'x'.join(map(str, tile))}"
-
-
-def run_shape(shape: dict, variants: list, with_fa4: bool) -> dict:
-    from fastfit_engine.triton_attention import launch  # noqa: PLC0415
-
+def _inputs_and_reference(shape: dict):
     q, k, v = make_inputs(shape["queries"], shape["keys"], shape["head"])
     g = torch.Generator(device="cuda").manual_seed(1)
     rows = torch.randperm(shape["queries"], device="cuda", generator=g)[:REFERENCE_ROWS].sort().values
-    ref = reference_rows(q, k, v, rows)
-    result = dict(shape)
-    result["cudnn"] = measure("cudnn", cudnn, q, k, v, rows, ref)
-    if with_fa4:
-        result["fa4"] = measure("fa4", fa4, q, k, v, rows, ref)
-    for variant in variants:
-        exp, poly, tile, pipe, ws = variant
-        fn = (lambda e, p, t, pp, w: lambda q, k, v: launch(q, k, v, tile=t, exp=e, poly=p, pipe=pp, warp_specialize=w))(
-            exp, poly, tile, pipe, ws)
-        result[variant_name(*variant)] = measure("triton", fn, q, k, v, rows, ref)
-    if any(v[0] == "f16x2" for v in variants):
-        from fastfit_engine.triton_attention import f16_values_with_ones  # noqa: PLC0415
-
-        result["f16_value_copy_ms"] = round(timed(lambda: f16_values_with_ones(v)), 4)
-    return result
+    return q, k, v, rows, reference_rows(q, k, v, rows)
 
 
-def best_variant(result: dict, bound_key: str) -> str | None:
+def child(shapes: list[dict], configs: list[TritonConfig]) -> None:
+    """Time Triton builds at shapes; one JSON line per result on stdout (run in a subprocess)."""
+    from fastfit_engine.triton_attention import f16_values_with_ones, launch  # noqa: PLC0415
+
+    for shape in shapes:
+        q, k, v, rows, ref = _inputs_and_reference(shape)
+        for config in configs:
+            name = "triton_" + config.name()
+            if config == TRITON_CONFIGS.get(shape["head"]):  # the shipped build, through the custom op
+                fn = torch.ops.fastfit.triton_attention
+            else:
+                fn = (lambda c: lambda q, k, v: launch(q, k, v, c))(config)
+            print("RESULT " + json.dumps([shape["index"], name, measure(name, fn, q, k, v, rows, ref)]), flush=True)
+        if any(c.exp == "f16x2" for c in configs):
+            row = {"ms": round(timed(lambda: f16_values_with_ones(v)), 4)}
+            print("RESULT " + json.dumps([shape["index"], "f16_value_copy", row]), flush=True)
+
+
+def run_children(shapes: list[dict], configs: list[TritonConfig], timeout_s: float) -> list:
+    """``child`` in a subprocess, so that a build that hangs is cut off; [shape index, name, result]s."""
+    cmd = [sys.executable, "-m", "bench.bench_attention", "--child",
+           json.dumps({"shapes": shapes, "configs": [dataclasses.asdict(c) for c in configs]})]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        out = done.stdout
+        problem = None if done.returncode == 0 else f"exit {done.returncode}: {done.stderr[-400:]}"
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        problem = f"timed out after {timeout_s:.0f} s"
+    results = [json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")]
+    if problem:
+        seen = {(i, n) for i, n, _ in results}
+        results += [[s["index"], "triton_" + c.name(), {"error": problem}] for s in shapes for c in configs
+                    if (s["index"], "triton_" + c.name()) not in seen]
+    return results
+
+
+def best_build(result: dict, bound_key: str) -> str | None:
+    """Name of the fastest Triton build at a shape whose max abs error is within the bound."""
     bound = result.get(bound_key, {}).get("max_abs_err")
-    ok = [(r["ms"], n) for n, r in result.items() if n.startswith("triton_") and isinstance(r, dict) and "ms" in r
-          and "error" not in r and (bound is None or r["max_abs_err"] <= bound * 1.05)]
+    ok = [(r["ms"], n) for n, r in result.items() if n.startswith("triton_") and "ms" in r and "error" not in r
+          and (bound is None or r["max_abs_err"] <= bound * 1.05)]
     return min(ok)[1] if ok else None
 
 
@@ -155,38 +171,55 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("attention.json"))
     ap.add_argument("--variants", choices=["sweep", "default"], default="sweep",
-                    help="sweep: every variant at upper+lower, the best at every layout; default: the shipped tile only")
+                    help="sweep: several builds at upper+lower, then the best and the shipped one at every "
+                         "layout; default: the shipped builds only")
+    ap.add_argument("--budget-s", type=float, default=600, help="skip sweep builds once this much time has passed")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("CUDA not available: this benchmark needs a GPU", file=sys.stderr)
         return 2
+    if args.child:
+        job = json.loads(args.child)
+        child(job["shapes"], [TritonConfig(**c) for c in job["configs"]])
+        return 0
     from fastfit_engine.flash_attention import fa4_available  # noqa: PLC0415
-    from fastfit_engine.triton_attention import TRITON_TILES  # noqa: PLC0415
 
+    began = time.perf_counter()
     with_fa4 = fa4_available("cuda")
     bound_key = "fa4" if with_fa4 else "cudnn"
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "fa4": with_fa4,
-              "date": time.strftime("%Y-%m-%d", time.gmtime()), "batch": BATCH, "heads": HEADS, "shapes": []}
-    shapes = layout_shapes()
-    best: dict[int, tuple] = {}
-    for i, shape in enumerate(shapes):
-        head = shape["head"]
-        if args.variants == "default":
-            variants = [("f16x2", 0, tuple(TRITON_TILES[head]), True, False)]
-        elif head not in best:  # the first layout of each head size: the whole sweep
-            variants = SWEEP[head]
-        else:
-            variants = [best[head]]
-        result = run_shape(shape, variants, with_fa4)
-        if args.variants == "sweep" and head not in best:
-            name = best_variant(result, bound_key)
-            if name:
-                best[head] = next(v for v in SWEEP[head] if variant_name(*v) == name)
+              "date": time.strftime("%Y-%m-%d", time.gmtime()), "batch": BATCH, "heads": HEADS,
+              "accuracy_bound": f"max abs error <= 1.05 x {bound_key}'s, vs fp32 math on {REFERENCE_ROWS} query rows",
+              "shapes": []}
+    shapes = [dict(s, index=i) for i, s in enumerate(layout_shapes())]
+    for shape in shapes:  # the library kernels, in this process
+        q, k, v, rows, ref = _inputs_and_reference(shape)
+        result = dict(shape, cudnn=measure("cudnn", cudnn, q, k, v, rows, ref))
+        if with_fa4:
+            result["fa4"] = measure("fa4", fa4, q, k, v, rows, ref)
         report["shapes"].append(result)
+        del q, k, v, ref
+    for head in HEAD_BY_LEVEL.values():
+        first, *others = [s for s in shapes if s["head"] == head]
+        configs = SWEEP[head] if args.variants == "sweep" else [TRITON_CONFIGS[head]]
+        for config in configs:
+            if time.perf_counter() - began > args.budget_s:
+                report["shapes"][first["index"]]["triton_" + config.name()] = {"error": "skipped: out of time"}
+                continue
+            for index, name, row in run_children([first], [config], VARIANT_TIMEOUT_S):
+                report["shapes"][index][name] = row
+            args.out.write_text(json.dumps(report, indent=1))
+        name = best_build(report["shapes"][first["index"]], bound_key)
+        best = next((c for c in configs if name == "triton_" + c.name()), TRITON_CONFIGS[head])
+        builds = list(dict.fromkeys([TRITON_CONFIGS[head], best]))
+        for index, name, row in run_children(others, builds, 30 + 10 * len(others) * len(builds)):
+            report["shapes"][index][name] = row
         args.out.write_text(json.dumps(report, indent=1))
-        rows = [(n, r) for n, r in result.items() if isinstance(r, dict)]
-        print(f"{shape['garments']:>24} L{shape['level']} {shape['queries']}x{shape['keys']} d{head}: " + ", ".join(
-            f"{n}={r['ms']:.3f}ms/{r['max_abs_err']:.1e}" if "ms" in r else f"{n}=ERR" for n, r in rows), flush=True)
+    for r in report["shapes"]:
+        print(f"{r['garments']:>22} L{r['level']} {r['queries']}x{r['keys']} d{r['head']}: " + ", ".join(
+            f"{n}={v['ms']:.3f}ms/{v.get('max_abs_err', 0):.1e}" if "ms" in v else f"{n}=ERR"
+            for n, v in r.items() if isinstance(v, dict)))
     for r in report["shapes"]:
         for n, v in r.items():
             if isinstance(v, dict) and "error" in v:

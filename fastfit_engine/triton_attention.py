@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +44,8 @@ except ImportError:  # pragma: no cover - exercised only on platforms without Tr
 
 __all__ = [
     "TRITON_HEAD_DIMS",
-    "TRITON_TILES",
-    "TritonTile",
+    "TRITON_CONFIGS",
+    "TritonConfig",
     "triton_attention",
     "triton_attention_unavailable_reason",
 ]
@@ -53,17 +54,31 @@ __all__ = [
 TRITON_HEAD_DIMS = (40, 80)
 
 
-class TritonTile(tuple):
-    """(queries per program, keys per loop step, warps, pipeline stages)."""
+@dataclass(frozen=True)
+class TritonConfig:
+    """One build of the kernel: exponential variant, tile and pipeline (see the module notes)."""
 
-    __slots__ = ()
+    exp: str = "f32"  # "f32", "f16x2", "bf16x2"
+    block_m: int = 128  # queries per program
+    block_n: int = 128  # keys per loop step
+    warps: int = 8
+    stages: int = 3  # TMA pipeline depth
+    poly: int = 0  # share of exponentials on the FMA pipes: 0, 1 (1/4), 2 (1/2); "f32" only
+    pipe: bool = False  # issue the next key block's Q.K^T before this block's softmax
+    warp_specialize: bool = False
 
-    def __new__(cls, block_m: int, block_n: int, warps: int, stages: int) -> TritonTile:
-        return super().__new__(cls, (block_m, block_n, warps, stages))
+    def name(self) -> str:
+        flags = ("_poly" + str(self.poly) if self.poly else "") + ("_pipe" if self.pipe else "") + (
+            "_ws" if self.warp_specialize else "")
+        return f"{self.exp}{flags}_{self.block_m}x{self.block_n}x{self.warps}x{self.stages}"
 
 
-# Tile per head size; chosen from bench/bench_attention.py measurements (see the module notes).
-TRITON_TILES: dict[int, TritonTile] = {40: TritonTile(128, 128, 8, 2), 80: TritonTile(128, 128, 8, 2)}
+# Per head size: the fastest build within FA4's accuracy on one H200, 2026-12-04
+# (bench/bench_attention.py, upper+lower shapes; numbers in the module notes).
+TRITON_CONFIGS: dict[int, TritonConfig] = {
+    40: TritonConfig("f32", 128, 128, 8, 3),
+    80: TritonConfig("f32", 64, 64, 4, 3),
+}
 EXP_VARIANTS = ("f16x2", "f32", "bf16x2")
 
 
@@ -226,16 +241,16 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.as_strided((batch * tokens, heads * head), (t.stride(1), 1))
 
 
-def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tile: tuple[int, int, int, int] | None = None,
-           exp: str = "f16x2", poly: int = 0, warp_specialize: bool = False, pipe: bool = False) -> torch.Tensor:
+def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: TritonConfig | None = None) -> torch.Tensor:
     """Run the kernel: (batch, tokens, heads, head) in, a fresh contiguous tensor of that layout out."""
-    if exp not in EXP_VARIANTS:
-        raise ValueError(f"unknown exponential variant {exp!r}; expected one of {EXP_VARIANTS}")
-    batch, m, heads, head = q.shape
-    n = k.shape[1]
     from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: PLC0415
 
-    block_m, block_n, warps, stages = tile or TRITON_TILES.get(head) or TritonTile(128, 64, 4, 2)
+    batch, m, heads, head = q.shape
+    n = k.shape[1]
+    config = config or TRITON_CONFIGS.get(head) or TritonConfig(block_n=64)
+    exp, block_m, block_n = config.exp, config.block_m, config.block_n
+    if exp not in EXP_VARIANTS:
+        raise ValueError(f"unknown exponential variant {exp!r}; expected one of {EXP_VARIANTS}")
     out = q.new_empty(q.shape)
     exp_id = {"f32": 0, "f16x2": 1, "bf16x2": 2}[exp]
     dp = _pow2(head)
@@ -256,8 +271,8 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tile: tuple[int, i
         m, n, heads, math.log2(math.e) / math.sqrt(head),
         HEAD=head, DP=dp, DV=dv, BLOCK_M=block_m, BLOCK_N=block_n,
         EXP=exp_id, ROWSUM_MMA=rowsum, EVEN_N=n % block_n == 0, V_PER_HEAD=per_head,
-        POLY=poly, WS=warp_specialize, PIPE=pipe,
-        num_warps=warps, num_stages=stages,
+        POLY=config.poly, WS=config.warp_specialize, PIPE=config.pipe,
+        num_warps=config.warps, num_stages=config.stages,
     )
     return out
 
