@@ -10,6 +10,11 @@ GPU costs that limit, not the run. Writes JSON.
 
     python -m bench.bench_attention --out attention.json             # sweep + every layout
     python -m bench.bench_attention --variants default --out a.json  # the shipped builds only
+    python -m bench.bench_attention --quick   # CPU: tiny shapes, the kernel in Triton's interpreter
+
+``--quick`` checks the kernel's arithmetic without a GPU: Triton's interpreter (TRITON_INTERPRET=1)
+runs the fp32-exponential builds on float16 tensors (it has no bfloat16 loads and no inline PTX,
+so the packed-exponential builds are GPU-only), and nothing is timed.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -49,6 +55,9 @@ SWEEP = {
         C("f32", 64, 128, 4, 2, pipe=True), C("f16x2", 64, 64, 4, 3, pipe=True),
     ],
 }
+# --quick: (queries, keys) per head size, uneven key blocks included, and interpreter-sized builds
+QUICK_SHAPES = [(64, 200, 40), (32, 96, 80)]
+QUICK_BUILDS = [C("f32", 32, 32, 4, 1), C("f32", 32, 64, 4, 1, poly=2), C("f32", 32, 32, 4, 1, pipe=True)]
 
 
 def layout_shapes() -> list[dict]:
@@ -64,14 +73,18 @@ def layout_shapes() -> list[dict]:
     return shapes
 
 
-def make_inputs(queries: int, keys: int, head: int, seed: int = 0):
+def make_inputs(queries: int, keys: int, head: int, device: str = "cuda", seed: int = 0):
     """q as a slice of a fused QKV projection, k and v as the K/V cache buffers lay them out."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     channels = HEADS * head
-    qkv = torch.randn(BATCH, queries, 3 * channels, device="cuda", dtype=torch.bfloat16, generator=g)
-    q = qkv[..., :channels].view(BATCH, queries, HEADS, head)
-    k = torch.randn(BATCH, keys, channels, device="cuda", dtype=torch.bfloat16, generator=g).view(BATCH, keys, HEADS, head)
-    v = torch.randn(BATCH, keys, channels, device="cuda", dtype=torch.bfloat16, generator=g).view(BATCH, keys, HEADS, head)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float16  # the interpreter has no bf16
+
+    def randn(*shape):
+        return torch.randn(*shape, device=device, generator=g).to(dtype)
+
+    q = randn(BATCH, queries, 3 * channels)[..., :channels].view(BATCH, queries, HEADS, head)
+    k = randn(BATCH, keys, channels).view(BATCH, keys, HEADS, head)
+    v = randn(BATCH, keys, channels).view(BATCH, keys, HEADS, head)
     return q, k, v
 
 
@@ -103,10 +116,11 @@ def measure(name, fn, q, k, v, rows, ref) -> dict:
     try:
         start = time.perf_counter()
         out = fn(q, k, v)
-        torch.cuda.synchronize()
+        if q.is_cuda:
+            torch.cuda.synchronize()
         first_s = time.perf_counter() - start
         err = (out[:, rows].float() - ref).abs()
-        full = {"ms": round(timed(lambda: fn(q, k, v)), 4), "max_abs_err": float(err.max()),
+        full = {"ms": round(timed(lambda: fn(q, k, v)), 4) if q.is_cuda else None, "max_abs_err": float(err.max()),
                 "mean_abs_err": float(err.mean()), "first_call_s": round(first_s, 2)}
         if not torch.isfinite(out).all():
             full["error"] = "non-finite output"
@@ -115,37 +129,39 @@ def measure(name, fn, q, k, v, rows, ref) -> dict:
         return {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
 
 
-def _inputs_and_reference(shape: dict):
-    q, k, v = make_inputs(shape["queries"], shape["keys"], shape["head"])
-    g = torch.Generator(device="cuda").manual_seed(1)
-    rows = torch.randperm(shape["queries"], device="cuda", generator=g)[:REFERENCE_ROWS].sort().values
+def _inputs_and_reference(shape: dict, device: str = "cuda"):
+    q, k, v = make_inputs(shape["queries"], shape["keys"], shape["head"], device)
+    g = torch.Generator(device=device).manual_seed(1)
+    rows = torch.randperm(shape["queries"], device=device, generator=g)[:REFERENCE_ROWS].sort().values
     return q, k, v, rows, reference_rows(q, k, v, rows)
 
 
-def child(shapes: list[dict], configs: list[TritonConfig]) -> None:
+def child(shapes: list[dict], configs: list[TritonConfig], device: str) -> None:
     """Time Triton builds at shapes; one JSON line per result on stdout (run in a subprocess)."""
     from fastfit_engine.triton_attention import f16_values_with_ones, launch  # noqa: PLC0415
 
     for shape in shapes:
-        q, k, v, rows, ref = _inputs_and_reference(shape)
+        q, k, v, rows, ref = _inputs_and_reference(shape, device)
         for config in configs:
             name = "triton_" + config.name()
-            if config == TRITON_CONFIGS.get(shape["head"]):  # the shipped build, through the custom op
+            if config == TRITON_CONFIGS.get(shape["head"]) and device == "cuda":  # the shipped build, through the custom op
                 fn = torch.ops.fastfit.triton_attention
             else:
                 fn = (lambda c: lambda q, k, v: launch(q, k, v, c))(config)
             print("RESULT " + json.dumps([shape["index"], name, measure(name, fn, q, k, v, rows, ref)]), flush=True)
-        if any(c.exp == "f16x2" for c in configs):
+        if any(c.exp == "f16x2" for c in configs) and device == "cuda":
             row = {"ms": round(timed(lambda: f16_values_with_ones(v)), 4)}
             print("RESULT " + json.dumps([shape["index"], "f16_value_copy", row]), flush=True)
 
 
-def run_children(shapes: list[dict], configs: list[TritonConfig], timeout_s: float) -> list:
-    """``child`` in a subprocess, so that a build that hangs is cut off; [shape index, name, result]s."""
-    cmd = [sys.executable, "-m", "bench.bench_attention", "--child",
-           json.dumps({"shapes": shapes, "configs": [dataclasses.asdict(c) for c in configs]})]
+def run_children(shapes: list[dict], configs: list[TritonConfig], timeout_s: float, device: str = "cuda") -> list:
+    """``child`` in a subprocess, so that a build that hangs is cut off; [shape index, name, result]s.
+    On the CPU the subprocess runs Triton's interpreter (it must be chosen before the import)."""
+    cmd = [sys.executable, "-m", "bench.bench_attention", "--child", json.dumps(
+        {"shapes": shapes, "configs": [dataclasses.asdict(c) for c in configs], "device": device})]
+    env = dict(os.environ, TRITON_INTERPRET="1") if device == "cpu" else None
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
         out = done.stdout
         problem = None if done.returncode == 0 else f"exit {done.returncode}: {done.stderr[-400:]}"
     except subprocess.TimeoutExpired as exc:
@@ -167,6 +183,22 @@ def best_build(result: dict, bound_key: str) -> str | None:
     return min(ok)[1] if ok else None
 
 
+def quick() -> int:
+    """Tiny shapes on the CPU: SDPA and the interpreted kernel against fp32 math; JSON on stdout."""
+    report = {"device": "cpu (Triton interpreter)", "shapes": []}
+    shapes = [{"garments": "quick", "level": i, "queries": m, "keys": n, "head": d, "index": i}
+              for i, (m, n, d) in enumerate(QUICK_SHAPES)]
+    for shape in shapes:
+        q, k, v, rows, ref = _inputs_and_reference(shape, "cpu")
+        sdpa = lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        report["shapes"].append(dict(shape, sdpa=measure("sdpa", sdpa, q, k, v, rows, ref)))
+    for index, name, row in run_children(shapes, QUICK_BUILDS, 240, device="cpu"):
+        report["shapes"][index][name] = row
+    print(json.dumps(report, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("attention.json"))
@@ -174,15 +206,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="sweep: several builds at upper+lower, then the best and the shipped one at every "
                          "layout; default: the shipped builds only")
     ap.add_argument("--budget-s", type=float, default=600, help="skip sweep builds once this much time has passed")
+    ap.add_argument("--quick", action="store_true", help="CPU: tiny shapes through Triton's interpreter, untimed")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("CUDA not available: this benchmark needs a GPU", file=sys.stderr)
-        return 2
     if args.child:
         job = json.loads(args.child)
-        child(job["shapes"], [TritonConfig(**c) for c in job["configs"]])
+        child(job["shapes"], [TritonConfig(**c) for c in job["configs"]], job["device"])
         return 0
+    if args.quick:
+        return quick()
+    if not torch.cuda.is_available():
+        print("CUDA not available: this benchmark needs a GPU (--quick runs on the CPU)", file=sys.stderr)
+        return 2
     from fastfit_engine.flash_attention import fa4_available  # noqa: PLC0415
 
     began = time.perf_counter()

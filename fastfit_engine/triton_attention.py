@@ -125,7 +125,7 @@ if triton is not None:
     def _exp2_poly(x):
         # 2**x on the FMA pipes (x <= 0): round x to n (the 1.5 * 2**23 trick), a degree-3 fit of
         # 2**f on [-0.5, 0.5] (relative error 7.5e-5, under bf16's 3.9e-3), n added to the exponent
-        x = tl.maximum(x, -127.0)
+        x = tl.maximum(x, -126.0)  # at -127 a fit value under 1 would borrow from the sign bit
         t = x + 12582912.0
         f = x - (t - 12582912.0)
         p = f * 0.0551703 + 0.24260802
