@@ -48,7 +48,6 @@ SWEEP = {
         C("f32", 128, 128, 8, 3), C("f32", 128, 128, 8, 2, pipe=True), C("f32", 64, 128, 4, 3, pipe=True),
         C("f32", 128, 64, 8, 3, pipe=True), C("f16x2", 128, 128, 8, 2, pipe=True),
         C("bf16x2", 128, 128, 8, 2, pipe=True), C("f32", 128, 128, 8, 2, poly=2, pipe=True),
-        C("f32", 128, 64, 4, 3, warp_specialize=True),
     ],
     80: [
         C("f32", 64, 64, 4, 3), C("f32", 64, 64, 4, 3, pipe=True), C("f32", 128, 64, 8, 2, pipe=True),

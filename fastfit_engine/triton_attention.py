@@ -3,29 +3,50 @@
 Why: at the top UNet level (batch 2 x 8 heads, 12288 queries x 36864 keys, head 40) one call
 needs 7.2e9 exponentials, and an H200's special-function units issue 16 fp32 exp2 per clock per
 multiprocessor: 1.7 ms if every exponential goes through them one at a time, more than the two
-matrix products need (about 1.2 ms at dense bf16 peak). A head-40 attention kernel is bound by the
-exponential. This kernel halves that cost with the packed half-precision exponential of SM90,
-``ex2.approx.f16x2`` (two exponentials per special-function instruction, inline PTX through
-``tl.inline_asm_elementwise`` with pack=2): P is rounded to 16 bits before the P.V product
-anyway, so an f16 exponential of an fp32 argument loses nothing that product keeps, and f16 holds
-P in [0, 1] with 3 more mantissa bits than bf16.
+matrix products need (about 1.2 ms at dense bf16 peak), so a head-40 kernel is bound by the
+exponential and the per-score work around it, not by the tensor cores. This kernel is a
+flash-attention forward loop (online softmax, fp32 accumulator) over TMA-loaded tiles
+(host tensor descriptors on 2-D (batch * tokens, heads * head) views of the fused projection's
+slices and the K/V cache buffers: no copies; a tile's columns past the head size belong to the
+next head, so Q's are zeroed once and K's then add nothing), with these options per build
+(:class:`TritonConfig`):
 
-The P.V product then runs in f16, so V is converted once per call to an f16 copy laid out
-(batch, heads, keys, DV) with DV the head size rounded up to a power of two (Triton's tile
-shapes are powers of two). Column ``head`` of that copy is set to one, so the product's fp32
-accumulator column ``head`` is the softmax row sum: the tensor cores add it up for free, from
-the same rounded P that multiplies V, and no per-score fp32 addition is left on the FMA pipes.
+- ``exp``: "f32" (``exp2``: one MUFU.EX2 per score), "f16x2" (``ex2.approx.f16x2`` through
+  inline PTX, ``tl.inline_asm_elementwise`` with pack=2; P and an f16 copy of V go to the
+  tensor cores, V's copy carries a column of ones so the accumulator sums P's rows),
+  "bf16x2" (``ex2.approx.ftz.bf16x2`` on a bf16 argument: no V copy, but the argument keeps
+  only 8 bits);
+- ``poly``: a share of the exponentials as a degree-3 polynomial on the FMA pipes;
+- ``pipe``: the next key block's Q.K^T issued before this block's softmax, so the tensor cores
+  work while the special-function units do (ptxas interleaves the two);
+- the tile (queries x keys per program), warps and TMA pipeline depth.
 
-Variants (``exp`` argument; the bench times all of them): "f16x2" (the default above), "f32"
-(plain ``exp2``, bf16 P, the textbook flash-attention loop: the baseline), "bf16x2"
-(``ex2.approx.ftz.bf16x2`` on a bf16 argument: no V copy, but the argument keeps only 8 bits, so
-P's error grows with |s - max|).
+Measured on one H200 (torch 2.11, Triton 3.6, cuDNN of torch 2.11), bf16, batch 2, 8 heads,
+2026-12-04, ``python -m bench.bench_attention`` (median of triton.testing.do_bench), max abs
+error against fp32 math attention on 512 query rows:
+  12288 x 36864, head 40: best build f32 pipe 64x128 (4 warps, 3 stages) 4.26 ms; f32 128x128
+    4.95; f16x2 6.07; bf16x2 6.50 (error 2.6e-4, twice cuDNN's); f32 + half polynomial 6.48;
+    cuDNN 4.06 (3.97 in an earlier run); FA4 3.19 (issue 19's figure, FA4 not installed there).
+    Every f32/f16x2 build's max error equals cuDNN's, 1.4e-4 (bf16 rounding of the output).
+  3072 x 9216, head 80: f32 pipe 64x64 0.406 ms (0.494 without pipe); cuDNN 0.337; FA4 0.244.
+  The other garment layouts' K/V lengths follow the same order (bench JSON).
+Why the packed exponential did not pay: ptxas (CUDA 13, sm_90a) splits each ex2.approx.f16x2
+into two MUFU.EX2.F16 instructions, one per half, so the special-function units still see one
+instruction per score, and the f16 V copy costs 0.15 ms more at the top level. The polynomial
+share did not pay either: the loop is already at about 5 issued instructions per score per
+thread (max, scale-subtract, exponential, row sum, conversion, rescale), and the polynomial
+adds 8. The remaining gap to FA4 is latency hiding: FA3/FA4 give one warpgroup the loads and two
+the softmax, ping-ponging the tensor cores between them; Triton 3.6's automatic warp
+specialisation (``tl.range(warp_specialize=True)``) hung on this loop (over 45 s), so that
+structure needs Gluon or the CuTe DSL. Hence FA4 stays the default and this kernel is chosen
+only by ``attention_backend="triton"``.
 
 The kernel is registered as the custom op ``fastfit::triton_attention`` (with a fake
-implementation) so torch.compile treats it as opaque; Triton compiles it on its first call per
-shape (the pipeline's warm-up) and keeps it in its cache (``TRITON_CACHE_DIR``, pointed at the
-compile-cache volume by compile_cache.py). Its CPU kernel is a plain SDPA reference for tests on
-machines without a GPU; the dispatcher never sends CPU tensors there.
+implementation) so torch.compile treats it as opaque; Triton compiles each build on its first
+call per shape (the pipeline's warm-up, about 1 s) and keeps it in its cache (``TRITON_CACHE_DIR``,
+pointed at the compile-cache volume by compile_cache.py). Its CPU kernel is a plain SDPA
+reference for tests on machines without a GPU; the dispatcher never sends CPU tensors there.
+``python -m bench.bench_attention --quick`` runs the f32 builds in Triton's interpreter on the CPU.
 """
 from __future__ import annotations
 
@@ -65,19 +86,17 @@ class TritonConfig:
     stages: int = 3  # TMA pipeline depth
     poly: int = 0  # share of exponentials on the FMA pipes: 0, 1 (1/4), 2 (1/2); "f32" only
     pipe: bool = False  # issue the next key block's Q.K^T before this block's softmax
-    warp_specialize: bool = False
 
     def name(self) -> str:
-        flags = ("_poly" + str(self.poly) if self.poly else "") + ("_pipe" if self.pipe else "") + (
-            "_ws" if self.warp_specialize else "")
+        flags = ("_poly" + str(self.poly) if self.poly else "") + ("_pipe" if self.pipe else "")
         return f"{self.exp}{flags}_{self.block_m}x{self.block_n}x{self.warps}x{self.stages}"
 
 
-# Per head size: the fastest build within FA4's accuracy on one H200, 2026-12-04
+# Per head size: the fastest build within cuDNN's accuracy on one H200, 2026-12-04
 # (bench/bench_attention.py, upper+lower shapes; numbers in the module notes).
 TRITON_CONFIGS: dict[int, TritonConfig] = {
-    40: TritonConfig("f32", 128, 128, 8, 3),
-    80: TritonConfig("f32", 64, 64, 4, 3),
+    40: TritonConfig("f32", 64, 128, 4, 3, pipe=True),
+    80: TritonConfig("f32", 64, 64, 4, 3, pipe=True),
 }
 EXP_VARIANTS = ("f16x2", "f32", "bf16x2")
 
@@ -89,7 +108,7 @@ def triton_attention_unavailable_reason(device_index: int = 0) -> str | None:
         return "no CUDA device"
     major, minor = torch.cuda.get_device_capability(device_index)
     if major < 9:
-        return f"the Triton attention kernel needs an SM90+ GPU (ex2.approx.f16x2), this one is SM{major}{minor}"
+        return f"the Triton attention kernel needs an SM90+ GPU (TMA tensor descriptors), this one is SM{major}{minor}"
     try:
         _kernel()
     except Exception as exc:  # ImportError, or a Triton that fails to load
@@ -108,7 +127,8 @@ if triton is not None:
 
     @triton.jit
     def _exp2_f16x2(x):
-        # two fp32 arguments -> one packed f16x2 register -> one special-function instruction
+        # two fp32 arguments -> one packed f16x2 register -> ex2.approx.f16x2 (which ptxas for
+        # sm_90a still issues as two MUFU.EX2.F16, one per half: see the module notes)
         return tl.inline_asm_elementwise(
             "{ .reg .b32 t; cvt.rn.f16x2.f32 t, $2, $1; ex2.approx.f16x2 $0, t; }",
             "=r,r,r", [x], dtype=tl.float16, is_pure=True, pack=2,
@@ -142,7 +162,7 @@ if triton is not None:
         HEAD: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         EXP: tl.constexpr, ROWSUM_MMA: tl.constexpr, EVEN_N: tl.constexpr, V_PER_HEAD: tl.constexpr,
-        POLY: tl.constexpr, WS: tl.constexpr, PIPE: tl.constexpr,
+        POLY: tl.constexpr, PIPE: tl.constexpr,
     ):
         # q_desc/k_desc: 2-D (batch * tokens, heads * head) views; a tile's columns past HEAD belong
         # to the next head (or lie past the row: zeros), so Q's are zeroed once and K's then add nothing.
@@ -169,7 +189,7 @@ if triton is not None:
         acc = tl.zeros([BLOCK_M, DV], tl.float32)
         if PIPE:  # Q.K^T of the next key block is issued before this block's softmax
             s_next = tl.dot(q, k_desc.load([k_row, h * HEAD]).T)
-        for start in tl.range(0, N, BLOCK_N, warp_specialize=WS):
+        for start in range(0, N, BLOCK_N):
             if PIPE:
                 s = s_next
                 # past the last block this reads the next batch's keys (or zeros): unused
@@ -236,7 +256,8 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     """(batch, tokens, heads, head) -> a 2-D (batch * tokens, heads * head) view, copying only if
     the layout has no such view (the fused projection's slices and the K/V buffers do)."""
     batch, tokens, heads, head = t.shape
-    if t.stride(3) != 1 or t.stride(2) != head or t.stride(0) != tokens * t.stride(1) or (t.stride(1) * 2) % 16:
+    if (t.stride(3) != 1 or t.stride(2) != head or t.stride(0) != tokens * t.stride(1)
+            or (t.stride(1) * t.element_size()) % 16 or t.data_ptr() % 16):
         t = t.contiguous()
     return t.as_strided((batch * tokens, heads * head), (t.stride(1), 1))
 
@@ -271,7 +292,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: TritonConf
         m, n, heads, math.log2(math.e) / math.sqrt(head),
         HEAD=head, DP=dp, DV=dv, BLOCK_M=block_m, BLOCK_N=block_n,
         EXP=exp_id, ROWSUM_MMA=rowsum, EVEN_N=n % block_n == 0, V_PER_HEAD=per_head,
-        POLY=config.poly, WS=config.warp_specialize, PIPE=config.pipe,
+        POLY=config.poly, PIPE=config.pipe,
         num_warps=config.warps, num_stages=config.stages,
     )
     return out

@@ -160,7 +160,7 @@ def test_pipeline_attention_backend_names(models_dir):
     assert pipe.unet.kv_cache.sdpa_backends is policy.sdpa_backends
     with pytest.raises(ValueError, match="cannot run here: not a CUDA device"):
         pipe.set_attention_backend("fa4")
-    with pytest.raises(ValueError, match=r"expected one of \['auto', 'cudnn', 'fa4', 'flash', 'sdpa'\]"):
+    with pytest.raises(ValueError, match=r"expected one of \['auto', 'cudnn', 'fa4', 'flash', 'sdpa', 'triton'\]"):
         pipe.set_attention_backend("fa3")
 
 

@@ -1,0 +1,211 @@
+"""Our Triton attention kernel: when the policy picks it, the fallbacks, the custom op, and the
+kernel's arithmetic in Triton's interpreter (the kernel itself needs an SM90 GPU)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fastfit_engine import triton_attention as ta
+from fastfit_engine.flash_attention import FlashAttentionPolicy, attention_bshd, enable_fa4, enable_triton
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reference(q, k, v):
+    """float64 softmax(q k^T / sqrt(d)) v over (batch, tokens, heads, dim)."""
+    q, k, v = (t.double().permute(0, 2, 1, 3) for t in (q, k, v))
+    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    return (w @ v).permute(0, 2, 1, 3)
+
+
+def _qkv(head_dim, dtype=torch.bfloat16, q_tokens=12, kv_tokens=20, heads=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(2, q_tokens, 3 * heads * head_dim, generator=g).to(dtype)
+    q = qkv[..., : heads * head_dim].view(2, q_tokens, heads, head_dim)
+    k = torch.randn(2, kv_tokens, heads, head_dim, generator=g).to(dtype)
+    v = torch.randn(2, kv_tokens, heads, head_dim, generator=g).to(dtype)
+    return q, k, v
+
+
+class _OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _kernel_taken(policy, q, k, v) -> str:
+    rec = _OpRecorder()
+    with rec:
+        out = attention_bshd(q, k, v, policy)
+    assert out.shape == q.shape
+    torch.testing.assert_close(out.double(), _reference(q, k, v), atol=2e-2, rtol=2e-2)
+    if any("fastfit.triton_attention" in op for op in rec.ops):
+        return "triton"
+    if any("fastfit.fa4_attention" in op for op in rec.ops):
+        return "fa4"
+    assert any("scaled_dot_product" in op for op in rec.ops), rec.ops
+    return "sdpa"
+
+
+# ------------------------------------------------------------- choice per layer shape
+@pytest.mark.parametrize(
+    "head_dim, dtype, triton, fa4, devices, expected",
+    [
+        (40, torch.bfloat16, True, False, ("cpu",), "triton"),
+        (80, torch.float16, True, False, ("cpu",), "triton"),
+        (40, torch.bfloat16, True, True, ("cpu",), "triton"),  # before FA4 when both are on
+        (64, torch.bfloat16, True, True, ("cpu",), "fa4"),  # a head size the kernel is not built for
+        (160, torch.bfloat16, True, True, ("cpu",), "sdpa"),
+        (40, torch.float32, True, True, ("cpu",), "sdpa"),  # 16-bit only
+        (40, torch.bfloat16, True, False, ("cuda",), "sdpa"),  # CPU tensors never reach the kernel
+        (40, torch.bfloat16, False, False, ("cpu",), "sdpa"),  # off (the default)
+    ],
+)
+def test_kernel_choice_per_shape(head_dim, dtype, triton, fa4, devices, expected):
+    policy = FlashAttentionPolicy(triton=triton, fa4=fa4, devices=devices)
+    q, k, v = _qkv(head_dim, dtype)
+    assert policy.use_triton(q, k) is (expected == "triton")
+    assert _kernel_taken(policy, q, k, v) == expected
+
+
+def test_kernel_is_off_by_default():
+    policy = FlashAttentionPolicy()
+    assert policy.triton is False and policy.triton_head_dims == (40, 80)
+
+
+# ------------------------------------------------------------------- fallbacks
+def test_cpu_device_keeps_the_kernel_off():
+    policy = FlashAttentionPolicy(triton=True)
+    assert enable_triton(policy, "cpu") is False and policy.triton is False
+    with pytest.raises(ValueError, match="attention_backend 'triton' cannot run here: not a CUDA device"):
+        enable_triton(FlashAttentionPolicy(), "cpu", required=True)
+    # FA4's switch is untouched by the kernel's
+    policy = FlashAttentionPolicy()
+    enable_triton(policy, "cpu")
+    assert policy.fa4 is False and enable_fa4(policy, "cpu") is False
+
+
+@pytest.fixture
+def fresh_reason():
+    ta.triton_attention_unavailable_reason.cache_clear()
+    yield
+    ta.triton_attention_unavailable_reason.cache_clear()
+
+
+def test_old_gpu_or_missing_triton_is_reported(monkeypatch, fresh_reason):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: (8, 6))
+    assert ta.triton_attention_unavailable_reason(0) == (
+        "the Triton attention kernel needs an SM90+ GPU (TMA tensor descriptors), this one is SM86")
+    ta.triton_attention_unavailable_reason.cache_clear()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: (9, 0))
+    assert ta.triton_attention_unavailable_reason(0) is None
+    ta.triton_attention_unavailable_reason.cache_clear()
+    monkeypatch.setattr(ta, "triton", None)
+    assert ta.triton_attention_unavailable_reason(0) == "triton is not importable (ImportError: No module named 'triton')"
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    policy = FlashAttentionPolicy()
+    assert enable_triton(policy, "cuda") is False and policy.triton is False
+    with pytest.raises(ValueError, match="attention_backend 'triton' cannot run here: triton is not importable"):
+        enable_triton(policy, "cuda", required=True)
+
+
+def test_pipeline_backend_name(models_dir):
+    from fastfit_engine.pipeline import FastFitPipeline
+
+    pipe = FastFitPipeline.from_pretrained(models_dir / "FastFit-MR-1024", device="cpu", dtype=torch.float32)
+    policy = pipe.unet.kv_cache.attention_policy
+    with pytest.raises(ValueError, match="attention_backend 'triton' cannot run here: not a CUDA device"):
+        pipe.set_attention_backend("triton")
+    assert policy.triton is False
+    policy.triton = True
+    pipe.set_attention_backend("sdpa")  # any other name turns it off
+    assert policy.triton is False
+
+
+# --------------------------------------------------------------------- custom op
+def test_fake_implementation_shapes_under_fake_tensor_mode():
+    with FakeTensorMode():
+        q = torch.empty(2, 16, 3, 40, dtype=torch.bfloat16)
+        k = torch.empty(2, 48, 3, 40, dtype=torch.bfloat16)
+        out = torch.ops.fastfit.triton_attention(q, k, k)
+        assert out.shape == (2, 16, 3, 40) and out.is_contiguous() and out.dtype == torch.bfloat16
+
+
+def test_custom_op_passes_opcheck_and_matches_reference():
+    q, k, v = _qkv(8, torch.float32)
+    torch.library.opcheck(torch.ops.fastfit.triton_attention.default, (q, k, v))
+    out = torch.ops.fastfit.triton_attention(q, k, v)
+    torch.testing.assert_close(out.double(), _reference(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_custom_op_stays_in_one_dynamo_graph():
+    policy = FlashAttentionPolicy(triton=True, devices=("cpu",))
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def block(q, k, v):
+        return attention_bshd(q * 2, k, v, policy).reshape(q.shape[0], q.shape[1], -1) + 1
+
+    q, k, v = _qkv(40)
+    torch._dynamo.reset()
+    out = torch.compile(block, backend=backend, fullgraph=True, dynamic=False)(q, k, v)
+    assert len(graphs) == 1
+    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert any("fastfit.triton_attention" in t for t in targets), targets
+    torch.testing.assert_close(out, block(q, k, v))
+    torch._dynamo.reset()
+    aot = torch.compile(block, backend="aot_eager", fullgraph=True, dynamic=False)
+    torch.testing.assert_close(aot(q, k, v), block(q, k, v))
+
+
+def test_unknown_exponential_variant_is_refused():
+    q, k, v = _qkv(40)
+    with pytest.raises(ValueError, match=r"unknown exponential variant 'exp'; expected one of \('f16x2', 'f32', 'bf16x2'\)"):
+        ta.launch(q, k, v, ta.TritonConfig(exp="exp"))
+
+
+def test_value_copy_for_the_packed_exponential():
+    _, _, v = _qkv(40)
+    copy = ta.f16_values_with_ones(v)
+    assert copy.shape == (2, 2, 20, 64) and copy.dtype == torch.float16
+    torch.testing.assert_close(copy[..., :40], v.transpose(1, 2).half())
+    assert (copy[..., 40] == 1).all() and (copy[..., 41:] == 0).all()
+
+
+# ------------------------------------------------- the kernel, in Triton's interpreter
+def test_kernel_arithmetic_in_the_interpreter():
+    """``bench_attention --quick``: the real kernel (fp32-exponential builds: plain, half
+    polynomial, pipelined) run by Triton's interpreter at head 40 and 80, key counts that are
+    not a multiple of the key block, q as a slice of a fused projection; compared with fp32
+    math attention, as SDPA is. (The interpreter has no inline PTX and no bf16 loads.)"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_attention", "--quick"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert [(s["head"], s["keys"] % 64 != 0) for s in report["shapes"]] == [(40, True), (80, True)]
+    for shape in report["shapes"]:
+        builds = {n: r for n, r in shape.items() if n.startswith("triton_")}
+        assert sorted(builds) == ["triton_f32_32x32x4x1", "triton_f32_pipe_32x32x4x1", "triton_f32_poly2_32x64x4x1"]
+        for name, row in builds.items():
+            assert "error" not in row, (name, row)
+            # float16 inputs and output: within 2x SDPA's own error against the same reference
+            assert row["max_abs_err"] <= 2 * shape["sdpa"]["max_abs_err"] + 1e-4, (name, row, shape["sdpa"])
+            assert row["mean_abs_err"] <= 1.5 * shape["sdpa"]["mean_abs_err"], (name, row, shape["sdpa"])
