@@ -50,6 +50,7 @@ __all__ = [
     "fa4_available",
     "fa4_attention",
     "fa4_unavailable_reason",
+    "triton_unavailable_reason",
 ]
 
 log = logging.getLogger("fastfit.attention")
@@ -79,19 +80,30 @@ def _import_fa4():
     return _flash_attn_fwd
 
 
-@functools.lru_cache(maxsize=None)
-def fa4_unavailable_reason(device_index: int = 0) -> str | None:
-    """None when FA4 can run on this CUDA device, else why not (package, GPU, import error)."""
+def _sm90_unavailable_reason(device_index: int, kernel: str, package: str, load: Callable[[], object]) -> str | None:
+    """None when an SM90+ kernel can run on this CUDA device, else why not (GPU, import error)."""
     if not torch.cuda.is_available():
         return "no CUDA device"
     major, minor = torch.cuda.get_device_capability(device_index)
     if major < 9:
-        return f"FlashAttention-4 needs an SM90+ GPU, this one is SM{major}{minor}"
+        return f"{kernel} needs an SM90+ GPU, this one is SM{major}{minor}"
     try:
-        _import_fa4()
-    except Exception as exc:  # ImportError, or a DSL library that fails to load
-        return f"flash-attn-4 is not importable ({type(exc).__name__}: {exc})"
+        load()
+    except Exception as exc:  # ImportError, or a library that fails to load
+        return f"{package} is not importable ({type(exc).__name__}: {exc})"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def fa4_unavailable_reason(device_index: int = 0) -> str | None:
+    """None when FA4 can run on this CUDA device, else why not (package, GPU, import error)."""
+    return _sm90_unavailable_reason(device_index, "FlashAttention-4", "flash-attn-4", _import_fa4)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_unavailable_reason(device_index: int = 0) -> str | None:
+    """None when our Triton kernel can run on this CUDA device (SM90+: TMA tensor descriptors)."""
+    return _sm90_unavailable_reason(device_index, "The Triton attention kernel", "triton", _triton_attention.kernel)
 
 
 def fa4_available(device: torch.device | str | None = None) -> bool:
@@ -216,5 +228,4 @@ def enable_fa4(policy: FlashAttentionPolicy, device: torch.device | str, require
 
 def enable_triton(policy: FlashAttentionPolicy, device: torch.device | str, required: bool = False) -> bool:
     """Turn our Triton kernel on in ``policy`` if it can run on ``device`` (as :func:`enable_fa4`)."""
-    return _enable(policy, "triton", "The Triton attention kernel",
-                   _triton_attention.triton_attention_unavailable_reason, device, required)
+    return _enable(policy, "triton", "The Triton attention kernel", triton_unavailable_reason, device, required)

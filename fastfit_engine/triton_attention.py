@@ -50,7 +50,6 @@ reference for tests on machines without a GPU; the dispatcher never sends CPU te
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -67,8 +66,9 @@ __all__ = [
     "TRITON_HEAD_DIMS",
     "TRITON_CONFIGS",
     "TritonConfig",
+    "kernel",
+    "launch",
     "triton_attention",
-    "triton_attention_unavailable_reason",
 ]
 
 # Head sizes the kernel is built and measured for (the UNet's levels 0 and 1).
@@ -101,22 +101,7 @@ TRITON_CONFIGS: dict[int, TritonConfig] = {
 EXP_VARIANTS = ("f16x2", "f32", "bf16x2")
 
 
-@functools.lru_cache(maxsize=None)
-def triton_attention_unavailable_reason(device_index: int = 0) -> str | None:
-    """None when the kernel can run on this CUDA device, else why not."""
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    major, minor = torch.cuda.get_device_capability(device_index)
-    if major < 9:
-        return f"the Triton attention kernel needs an SM90+ GPU (TMA tensor descriptors), this one is SM{major}{minor}"
-    try:
-        _kernel()
-    except Exception as exc:  # ImportError, or a Triton that fails to load
-        return f"triton is not importable ({type(exc).__name__}: {exc})"
-    return None
-
-
-def _kernel():
+def kernel():
     """The Triton kernel (raises ImportError where Triton is not installed)."""
     if triton is None:
         raise ImportError("No module named 'triton'")
@@ -286,7 +271,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: TritonConf
     k_desc = TensorDescriptor.from_tensor(k2, [block_n, dp])
     v_desc = TensorDescriptor.from_tensor(v2, [block_n, dv])
     grid = (triton_cdiv(m, block_m), batch * heads)
-    _kernel()[grid](
+    kernel()[grid](
         q_desc, k_desc, v_desc, out,
         out.stride(0), out.stride(1), out.stride(2),
         m, n, heads, math.log2(math.e) / math.sqrt(head),

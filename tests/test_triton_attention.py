@@ -3,7 +3,6 @@ kernel's arithmetic in Triton's interpreter (the kernel itself needs an SM90 GPU
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -12,46 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from helpers import OpRecorder, attention_qkv, attention_reference
+from fastfit_engine import flash_attention as fa
 from fastfit_engine import triton_attention as ta
 from fastfit_engine.flash_attention import FlashAttentionPolicy, attention_bshd, enable_fa4, enable_triton
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _reference(q, k, v):
-    """float64 softmax(q k^T / sqrt(d)) v over (batch, tokens, heads, dim)."""
-    q, k, v = (t.double().permute(0, 2, 1, 3) for t in (q, k, v))
-    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-    return (w @ v).permute(0, 2, 1, 3)
-
-
-def _qkv(head_dim, dtype=torch.bfloat16, q_tokens=12, kv_tokens=20, heads=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    qkv = torch.randn(2, q_tokens, 3 * heads * head_dim, generator=g).to(dtype)
-    q = qkv[..., : heads * head_dim].view(2, q_tokens, heads, head_dim)
-    k = torch.randn(2, kv_tokens, heads, head_dim, generator=g).to(dtype)
-    v = torch.randn(2, kv_tokens, heads, head_dim, generator=g).to(dtype)
-    return q, k, v
-
-
-class _OpRecorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 def _kernel_taken(policy, q, k, v) -> str:
-    rec = _OpRecorder()
+    rec = OpRecorder()
     with rec:
         out = attention_bshd(q, k, v, policy)
     assert out.shape == q.shape
-    torch.testing.assert_close(out.double(), _reference(q, k, v), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out.double(), attention_reference(q, k, v), atol=2e-2, rtol=2e-2)
     if any("fastfit.triton_attention" in op for op in rec.ops):
         return "triton"
     if any("fastfit.fa4_attention" in op for op in rec.ops):
@@ -76,7 +50,7 @@ def _kernel_taken(policy, q, k, v) -> str:
 )
 def test_kernel_choice_per_shape(head_dim, dtype, triton, fa4, devices, expected):
     policy = FlashAttentionPolicy(triton=triton, fa4=fa4, devices=devices)
-    q, k, v = _qkv(head_dim, dtype)
+    q, k, v = attention_qkv(head_dim, dtype)
     assert policy.use_triton(q, k) is (expected == "triton")
     assert _kernel_taken(policy, q, k, v) == expected
 
@@ -100,22 +74,21 @@ def test_cpu_device_keeps_the_kernel_off():
 
 @pytest.fixture
 def fresh_reason():
-    ta.triton_attention_unavailable_reason.cache_clear()
+    fa.triton_unavailable_reason.cache_clear()
     yield
-    ta.triton_attention_unavailable_reason.cache_clear()
+    fa.triton_unavailable_reason.cache_clear()
 
 
 def test_old_gpu_or_missing_triton_is_reported(monkeypatch, fresh_reason):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: (8, 6))
-    assert ta.triton_attention_unavailable_reason(0) == (
-        "the Triton attention kernel needs an SM90+ GPU (TMA tensor descriptors), this one is SM86")
-    ta.triton_attention_unavailable_reason.cache_clear()
+    assert fa.triton_unavailable_reason(0) == "The Triton attention kernel needs an SM90+ GPU, this one is SM86"
+    fa.triton_unavailable_reason.cache_clear()
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: (9, 0))
-    assert ta.triton_attention_unavailable_reason(0) is None
-    ta.triton_attention_unavailable_reason.cache_clear()
+    assert fa.triton_unavailable_reason(0) is None
+    fa.triton_unavailable_reason.cache_clear()
     monkeypatch.setattr(ta, "triton", None)
-    assert ta.triton_attention_unavailable_reason(0) == "triton is not importable (ImportError: No module named 'triton')"
+    assert fa.triton_unavailable_reason(0) == "triton is not importable (ImportError: No module named 'triton')"
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     policy = FlashAttentionPolicy()
     assert enable_triton(policy, "cuda") is False and policy.triton is False
@@ -146,10 +119,10 @@ def test_fake_implementation_shapes_under_fake_tensor_mode():
 
 
 def test_custom_op_passes_opcheck_and_matches_reference():
-    q, k, v = _qkv(8, torch.float32)
+    q, k, v = attention_qkv(8, torch.float32)
     torch.library.opcheck(torch.ops.fastfit.triton_attention.default, (q, k, v))
     out = torch.ops.fastfit.triton_attention(q, k, v)
-    torch.testing.assert_close(out.double(), _reference(q, k, v), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.double(), attention_reference(q, k, v), atol=1e-5, rtol=1e-5)
 
 
 def test_custom_op_stays_in_one_dynamo_graph():
@@ -163,7 +136,7 @@ def test_custom_op_stays_in_one_dynamo_graph():
     def block(q, k, v):
         return attention_bshd(q * 2, k, v, policy).reshape(q.shape[0], q.shape[1], -1) + 1
 
-    q, k, v = _qkv(40)
+    q, k, v = attention_qkv(40, torch.bfloat16)
     torch._dynamo.reset()
     out = torch.compile(block, backend=backend, fullgraph=True, dynamic=False)(q, k, v)
     assert len(graphs) == 1
@@ -176,13 +149,13 @@ def test_custom_op_stays_in_one_dynamo_graph():
 
 
 def test_unknown_exponential_variant_is_refused():
-    q, k, v = _qkv(40)
+    q, k, v = attention_qkv(40, torch.bfloat16)
     with pytest.raises(ValueError, match=r"unknown exponential variant 'exp'; expected one of \('f16x2', 'f32', 'bf16x2'\)"):
         ta.launch(q, k, v, ta.TritonConfig(exp="exp"))
 
 
 def test_value_copy_for_the_packed_exponential():
-    _, _, v = _qkv(40)
+    _, _, v = attention_qkv(40, torch.bfloat16)
     copy = ta.f16_values_with_ones(v)
     assert copy.shape == (2, 2, 20, 64) and copy.dtype == torch.float16
     torch.testing.assert_close(copy[..., :40], v.transpose(1, 2).half())
