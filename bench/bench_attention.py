@@ -55,7 +55,7 @@ SWEEP = {
     ],
 }
 # --quick: (queries, keys) per head size, uneven key blocks included, and interpreter-sized builds
-QUICK_SHAPES = [(64, 200, 40), (32, 96, 80)]
+QUICK_SHAPES = [(32, 200, 40), (32, 96, 80)]
 QUICK_BUILDS = [C("f32", 32, 32, 4, 1), C("f32", 32, 64, 4, 1, poly=2), C("f32", 32, 32, 4, 1, pipe=True)]
 
 

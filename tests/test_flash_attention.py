@@ -88,16 +88,22 @@ def test_fake_implementation_shapes_under_fake_tensor_mode():
         assert out.shape == (2, 16, 3, 8) and out.is_contiguous() and out.dtype == q.dtype
 
 
-def test_custom_op_passes_opcheck_and_matches_reference():
-    q, k, v = attention_qkv(8)
-    torch.library.opcheck(torch.ops.fastfit.fa4_attention.default, (q, k, v, 0, 0))
-    out = torch.ops.fastfit.fa4_attention(q, k, v, 0, 0)
+# each custom op of the policy: FA4's (head 8 here) and our Triton kernel's (head 40)
+OPS = [({"fa4": True}, 8, "fa4_attention", (0, 0)), ({"triton": True}, 40, "triton_attention", ())]
+
+
+@pytest.mark.parametrize("switch, head_dim, op, extra", OPS)
+def test_custom_op_passes_opcheck_and_matches_reference(switch, head_dim, op, extra):
+    q, k, v = attention_qkv(head_dim)
+    torch.library.opcheck(getattr(torch.ops.fastfit, op).default, (q, k, v, *extra))
+    out = getattr(torch.ops.fastfit, op)(q, k, v, *extra)
     torch.testing.assert_close(out.double(), attention_reference(q, k, v), atol=1e-5, rtol=1e-5)
 
 
-def test_custom_op_stays_in_one_dynamo_graph():
+@pytest.mark.parametrize("switch, head_dim, op, extra", OPS)
+def test_custom_op_stays_in_one_dynamo_graph(switch, head_dim, op, extra):
     """fullgraph=True fails on any graph break; the recording backend shows the op in the graph."""
-    policy = FlashAttentionPolicy(fa4=True, devices=("cpu",))
+    policy = FlashAttentionPolicy(devices=("cpu",), **switch)
     graphs = []
 
     def backend(gm, example_inputs):
@@ -107,13 +113,13 @@ def test_custom_op_stays_in_one_dynamo_graph():
     def block(q, k, v):
         return attention_bshd(q * 2, k, v, policy).reshape(q.shape[0], q.shape[1], -1) + 1
 
-    q, k, v = attention_qkv(8, torch.bfloat16)
+    q, k, v = attention_qkv(head_dim, torch.bfloat16)
     torch._dynamo.reset()
     compiled = torch.compile(block, backend=backend, fullgraph=True, dynamic=False)
     out = compiled(q, k, v)
     assert len(graphs) == 1
     targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
-    assert any("fastfit.fa4_attention" in t for t in targets), targets
+    assert any(f"fastfit.{op}" in t for t in targets), targets
     torch.testing.assert_close(out, block(q, k, v))
     # and through AOTAutograd, which runs the fake implementation
     torch._dynamo.reset()

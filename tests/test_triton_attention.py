@@ -1,5 +1,6 @@
 """Our Triton attention kernel: when the policy picks it, the fallbacks, the custom op, and the
-kernel's arithmetic in Triton's interpreter (the kernel itself needs an SM90 GPU)."""
+kernel's arithmetic in Triton's interpreter (the kernel itself needs an SM90 GPU). The op's
+opcheck and its place in one dynamo graph are tested beside FA4's in test_flash_attention.py."""
 from __future__ import annotations
 
 import json
@@ -116,36 +117,6 @@ def test_fake_implementation_shapes_under_fake_tensor_mode():
         k = torch.empty(2, 48, 3, 40, dtype=torch.bfloat16)
         out = torch.ops.fastfit.triton_attention(q, k, k)
         assert out.shape == (2, 16, 3, 40) and out.is_contiguous() and out.dtype == torch.bfloat16
-
-
-def test_custom_op_passes_opcheck_and_matches_reference():
-    q, k, v = attention_qkv(8, torch.float32)
-    torch.library.opcheck(torch.ops.fastfit.triton_attention.default, (q, k, v))
-    out = torch.ops.fastfit.triton_attention(q, k, v)
-    torch.testing.assert_close(out.double(), attention_reference(q, k, v), atol=1e-5, rtol=1e-5)
-
-
-def test_custom_op_stays_in_one_dynamo_graph():
-    policy = FlashAttentionPolicy(triton=True, devices=("cpu",))
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    def block(q, k, v):
-        return attention_bshd(q * 2, k, v, policy).reshape(q.shape[0], q.shape[1], -1) + 1
-
-    q, k, v = attention_qkv(40, torch.bfloat16)
-    torch._dynamo.reset()
-    out = torch.compile(block, backend=backend, fullgraph=True, dynamic=False)(q, k, v)
-    assert len(graphs) == 1
-    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
-    assert any("fastfit.triton_attention" in t for t in targets), targets
-    torch.testing.assert_close(out, block(q, k, v))
-    torch._dynamo.reset()
-    aot = torch.compile(block, backend="aot_eager", fullgraph=True, dynamic=False)
-    torch.testing.assert_close(aot(q, k, v), block(q, k, v))
 
 
 def test_unknown_exponential_variant_is_refused():
