@@ -45,18 +45,19 @@ VARIANT_TIMEOUT_S = 45  # a build that hangs (compiler or kernel) costs this muc
 C = TritonConfig
 SWEEP = {
     40: [
-        C("f32", 128, 128, 8, 3), C("f32", 128, 128, 8, 2, pipe=True), C("f32", 64, 128, 4, 3, pipe=True),
-        C("f32", 128, 64, 8, 3, pipe=True), C("f16x2", 128, 128, 8, 2, pipe=True),
-        C("bf16x2", 128, 128, 8, 2, pipe=True), C("f32", 128, 128, 8, 2, poly=2, pipe=True),
+        C("f32", 64, 128, 4, 3, pipe=1), C("f32", 64, 128, 4, 3, pipe=2), C("f32", 64, 128, 4, 2, pipe=2),
+        C("f32", 128, 128, 8, 2, pipe=2), C("f32", 128, 128, 8, 3), C("f16x2", 128, 128, 8, 2, pipe=1),
+        C("bf16x2", 128, 128, 8, 2, pipe=1), C("f32", 128, 128, 8, 2, poly=2, pipe=1),
     ],
     80: [
-        C("f32", 64, 64, 4, 3), C("f32", 64, 64, 4, 3, pipe=True), C("f32", 128, 64, 8, 2, pipe=True),
-        C("f32", 64, 128, 4, 2, pipe=True), C("f16x2", 64, 64, 4, 3, pipe=True),
+        C("f32", 64, 64, 4, 3, pipe=1), C("f32", 64, 64, 4, 3, pipe=2), C("f32", 64, 64, 4, 2, pipe=2),
+        C("f32", 64, 64, 4, 3), C("f16x2", 64, 64, 4, 3, pipe=1),
     ],
 }
 # --quick: (queries, keys) per head size, uneven key blocks included, and interpreter-sized builds
 QUICK_SHAPES = [(32, 200, 40), (32, 96, 80)]
-QUICK_BUILDS = [C("f32", 32, 32, 4, 1), C("f32", 32, 64, 4, 1, poly=2), C("f32", 32, 32, 4, 1, pipe=True)]
+QUICK_BUILDS = [C("f32", 32, 32, 4, 1), C("f32", 32, 64, 4, 1, poly=2), C("f32", 32, 32, 4, 1, pipe=1),
+                C("f32", 32, 32, 4, 1, pipe=2)]
 
 
 def layout_shapes() -> list[dict]:
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="sweep: several builds at upper+lower, then the best and the shipped one at every "
                          "layout; default: the shipped builds only")
     ap.add_argument("--budget-s", type=float, default=600, help="skip sweep builds once this much time has passed")
+    ap.add_argument("--most", type=int, default=None, help="time at most this many sweep builds per head size")
+    ap.add_argument("--first-only", action="store_true", help="only the first (upper+lower) shape of each head size")
     ap.add_argument("--quick", action="store_true", help="CPU: tiny shapes through Triton's interpreter, untimed")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -227,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
               "accuracy_bound": f"max abs error <= 1.05 x {bound_key}'s, vs fp32 math on {REFERENCE_ROWS} query rows",
               "shapes": []}
     shapes = [dict(s, index=i) for i, s in enumerate(layout_shapes())]
+    if args.first_only:
+        shapes = [dict(s, index=i) for i, s in enumerate(s for s in shapes if s["garments"] == shapes[0]["garments"])]
     for shape in shapes:  # the library kernels, in this process
         q, k, v, rows, ref = _inputs_and_reference(shape)
         result = dict(shape, cudnn=measure("cudnn", cudnn, q, k, v, rows, ref))
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         del q, k, v, ref
     for head in HEAD_BY_LEVEL.values():
         first, *others = [s for s in shapes if s["head"] == head]
-        configs = SWEEP[head] if args.variants == "sweep" else [TRITON_CONFIGS[head]]
+        configs = SWEEP[head][: args.most] if args.variants == "sweep" else [TRITON_CONFIGS[head]]
         for config in configs:
             if time.perf_counter() - began > args.budget_s:
                 report["shapes"][first["index"]]["triton_" + config.name()] = {"error": "skipped: out of time"}
@@ -247,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         name = best_build(report["shapes"][first["index"]], bound_key)
         best = next((c for c in configs if name == "triton_" + c.name()), TRITON_CONFIGS[head])
         builds = list(dict.fromkeys([TRITON_CONFIGS[head], best]))
-        for index, name, row in run_children(others, builds, 30 + 10 * len(others) * len(builds)):
+        for index, name, row in run_children(others, builds, 30 + 10 * len(others) * len(builds)) if others else []:
             report["shapes"][index][name] = row
         args.out.write_text(json.dumps(report, indent=1))
     for r in report["shapes"]:

@@ -85,18 +85,18 @@ class TritonConfig:
     warps: int = 8
     stages: int = 3  # TMA pipeline depth
     poly: int = 0  # share of exponentials on the FMA pipes: 0, 1 (1/4), 2 (1/2); "f32" only
-    pipe: bool = False  # issue the next key block's Q.K^T before this block's softmax
+    pipe: int = 0  # 1: issue the next key block's Q.K^T before this block's softmax; 2: that, unrolled by two
 
     def name(self) -> str:
-        flags = ("_poly" + str(self.poly) if self.poly else "") + ("_pipe" if self.pipe else "")
+        flags = ("_poly" + str(self.poly) if self.poly else "") + ("", "_pipe", "_pipe2")[self.pipe]
         return f"{self.exp}{flags}_{self.block_m}x{self.block_n}x{self.warps}x{self.stages}"
 
 
 # Per head size: the fastest build within cuDNN's accuracy on one H200, 2026-12-04
 # (bench/bench_attention.py, upper+lower shapes; numbers in the module notes).
 TRITON_CONFIGS: dict[int, TritonConfig] = {
-    40: TritonConfig("f32", 64, 128, 4, 3, pipe=True),
-    80: TritonConfig("f32", 64, 64, 4, 3, pipe=True),
+    40: TritonConfig("f32", 64, 128, 4, 3, pipe=1),
+    80: TritonConfig("f32", 64, 64, 4, 3, pipe=1),
 }
 EXP_VARIANTS = ("f16x2", "f32", "bf16x2")
 
@@ -140,6 +140,44 @@ if triton is not None:
         return bits.to(tl.float32, bitcast=True)
 
     @triton.jit
+    def _block(s, start, m_i, l_i, acc, v_desc, v_row, v_col, N, qk_scale, offs_n,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXP: tl.constexpr, ROWSUM_MMA: tl.constexpr,
+               EVEN_N: tl.constexpr, POLY: tl.constexpr):
+        """Online softmax and P.V for one key block whose scores are ``s``."""
+        if not EVEN_N:
+            s = tl.where(start + offs_n[None, :] < N, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        alpha = tl.math.exp2(m_i - m_new)
+        x = s * qk_scale - m_new[:, None]
+        if EXP == 1:
+            p = _exp2_f16x2(x)
+            if not ROWSUM_MMA:
+                l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+        elif EXP == 2:
+            p = _exp2_bf16x2(x)
+            l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+        else:
+            if POLY == 0:
+                pf = tl.math.exp2(x)
+            else:
+                # a share of the exponentials on the FMA pipes: 1/2 (POLY 2) or 1/4 (POLY 1)
+                xa, xb = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_N // 2, 2]))
+                if POLY == 2:
+                    pb = _exp2_poly(xb)
+                else:
+                    xb0, xb1 = tl.split(tl.reshape(xb, [BLOCK_M, BLOCK_N // 4, 2]))
+                    pb = tl.reshape(tl.join(tl.math.exp2(xb0), _exp2_poly(xb1)), [BLOCK_M, BLOCK_N // 2])
+                pf = tl.reshape(tl.join(tl.math.exp2(xa), pb), [BLOCK_M, BLOCK_N])
+            l_i = l_i * alpha + tl.sum(pf, 1)
+            p = pf.to(v_desc.dtype)
+        acc = acc * alpha[:, None]
+        v = v_desc.load([v_row + start, v_col])
+        if not EVEN_N:
+            v = tl.where(start + offs_n[:, None] < N, v, 0.0).to(v_desc.dtype)
+        acc = tl.dot(p, v, acc)
+        return m_new, l_i, acc
+
+    @triton.jit
     def attention_fwd(
         q_desc, k_desc, v_desc, O,
         sob, som, soh,
@@ -172,47 +210,27 @@ if triton is not None:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, DV], tl.float32)
-        if PIPE:  # Q.K^T of the next key block is issued before this block's softmax
-            s_next = tl.dot(q, k_desc.load([k_row, h * HEAD]).T)
-        for start in range(0, N, BLOCK_N):
-            if PIPE:
-                s = s_next
+        if PIPE == 2:  # pipelined and unrolled by two: s_a and s_b alternate, no register copies
+            s_a = tl.dot(q, k_desc.load([k_row, h * HEAD]).T)
+            for start in range(0, N, 2 * BLOCK_N):
+                s_b = tl.dot(q, k_desc.load([k_row + start + BLOCK_N, h * HEAD]).T)
+                m_i, l_i, acc = _block(s_a, start, m_i, l_i, acc, v_desc, v_row, v_col, N, qk_scale, offs_n,
+                                       BLOCK_M, BLOCK_N, EXP, ROWSUM_MMA, EVEN_N, POLY)
                 # past the last block this reads the next batch's keys (or zeros): unused
-                s_next = tl.dot(q, k_desc.load([k_row + start + BLOCK_N, h * HEAD]).T)
-            else:
-                s = tl.dot(q, k_desc.load([k_row + start, h * HEAD]).T)
-            if not EVEN_N:
-                s = tl.where(start + offs_n[None, :] < N, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-            alpha = tl.math.exp2(m_i - m_new)
-            x = s * qk_scale - m_new[:, None]
-            if EXP == 1:
-                p = _exp2_f16x2(x)
-                if not ROWSUM_MMA:
-                    l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
-            elif EXP == 2:
-                p = _exp2_bf16x2(x)
-                l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
-            else:
-                if POLY == 0:
-                    pf = tl.math.exp2(x)
+                s_a = tl.dot(q, k_desc.load([k_row + start + 2 * BLOCK_N, h * HEAD]).T)
+                m_i, l_i, acc = _block(s_b, start + BLOCK_N, m_i, l_i, acc, v_desc, v_row, v_col, N, qk_scale,
+                                       offs_n, BLOCK_M, BLOCK_N, EXP, ROWSUM_MMA, EVEN_N, POLY)
+        else:
+            if PIPE:  # Q.K^T of the next key block is issued before this block's softmax
+                s_next = tl.dot(q, k_desc.load([k_row, h * HEAD]).T)
+            for start in range(0, N, BLOCK_N):
+                if PIPE:
+                    s = s_next
+                    s_next = tl.dot(q, k_desc.load([k_row + start + BLOCK_N, h * HEAD]).T)
                 else:
-                    # a share of the exponentials on the FMA pipes: 1/2 (POLY 2) or 1/4 (POLY 1)
-                    xa, xb = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_N // 2, 2]))
-                    if POLY == 2:
-                        pb = _exp2_poly(xb)
-                    else:
-                        xb0, xb1 = tl.split(tl.reshape(xb, [BLOCK_M, BLOCK_N // 4, 2]))
-                        pb = tl.reshape(tl.join(tl.math.exp2(xb0), _exp2_poly(xb1)), [BLOCK_M, BLOCK_N // 2])
-                    pf = tl.reshape(tl.join(tl.math.exp2(xa), pb), [BLOCK_M, BLOCK_N])
-                l_i = l_i * alpha + tl.sum(pf, 1)
-                p = pf.to(v_desc.dtype)
-            acc = acc * alpha[:, None]
-            v = v_desc.load([v_row + start, v_col])
-            if not EVEN_N:
-                v = tl.where(start + offs_n[:, None] < N, v, 0.0).to(v_desc.dtype)
-            acc = tl.dot(p, v, acc)
-            m_i = m_new
+                    s = tl.dot(q, k_desc.load([k_row + start, h * HEAD]).T)
+                m_i, l_i, acc = _block(s, start, m_i, l_i, acc, v_desc, v_row, v_col, N, qk_scale, offs_n,
+                                       BLOCK_M, BLOCK_N, EXP, ROWSUM_MMA, EVEN_N, POLY)
         if ROWSUM_MMA:
             l_i = tl.sum(tl.where(offs_dv[None, :] == HEAD, acc, 0.0), 1)
         out = acc / l_i[:, None]
@@ -276,7 +294,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: TritonConf
         out.stride(0), out.stride(1), out.stride(2),
         m, n, heads, math.log2(math.e) / math.sqrt(head),
         HEAD=head, DP=dp, DV=dv, BLOCK_M=block_m, BLOCK_N=block_n,
-        EXP=exp_id, ROWSUM_MMA=rowsum, EVEN_N=n % block_n == 0, V_PER_HEAD=per_head,
+        EXP=exp_id, ROWSUM_MMA=rowsum, EVEN_N=n % (2 * block_n if config.pipe == 2 else block_n) == 0, V_PER_HEAD=per_head,
         POLY=config.poly, PIPE=config.pipe,
         num_warps=config.warps, num_stages=config.stages,
     )
