@@ -194,17 +194,20 @@ class FastFitPipeline:
     def set_attention_backend(self, name: str) -> None:
         """"auto": FlashAttention-4 where it is faster (head size <= 80) and cuDNN first for the
         rest when FA4 can run here (package installed, SM90+ GPU), else PyTorch's SDPA choice;
-        "fa4": the same, an error where FA4 cannot run; "sdpa": PyTorch's SDPA choice, no FA4;
-        "cudnn"/"flash": SDPA with that priority."""
+        "fa4": the same, an error where FA4 cannot run; "triton": our Triton kernel for head
+        sizes 40 and 80 (triton_attention.py; slower than FA4 today, so not the default), cuDNN
+        first for the rest, an error where it cannot run (no SM90+ GPU); "sdpa": PyTorch's SDPA
+        choice, no FA4; "cudnn"/"flash": SDPA with that priority."""
         from torch.nn.attention import SDPBackend
 
-        from fastfit_engine.flash_attention import enable_fa4
+        from fastfit_engine.flash_attention import enable_fa4, enable_triton
 
         cudnn = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
         orders = {
             "auto": None,
             "sdpa": None,
             "fa4": cudnn,
+            "triton": cudnn,
             "cudnn": cudnn,
             "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
         }
@@ -213,8 +216,11 @@ class FastFitPipeline:
         policy = self.unet.kv_cache.attention_policy
         policy.sdpa_backends = orders[name]
         policy.fa4 = False
+        policy.triton = False
         if name in ("auto", "fa4") and enable_fa4(policy, self.device, required=name == "fa4"):
             policy.sdpa_backends = cudnn
+        if name == "triton":
+            enable_triton(policy, self.device, required=True)
 
     @staticmethod
     def _compile_options(kwargs: dict) -> dict:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastfit_engine.synthetic import write_fastfit_model
 from fastfit_engine.unet import FastFitUNet
@@ -292,3 +293,33 @@ def multipart_body(files: dict[str, bytes | Path], fields: dict[str, str]) -> tu
         out.write(b"\r\n")
     out.write(f"--{boundary}--\r\n".encode())
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """float64 softmax(q k^T / sqrt(d)) v over (batch, tokens, heads, dim)."""
+    q, k, v = (t.double().permute(0, 2, 1, 3) for t in (q, k, v))
+    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    return (w @ v).permute(0, 2, 1, 3)
+
+
+def attention_qkv(head_dim: int, dtype=torch.float32, q_tokens=12, kv_tokens=20, heads=2, seed=0):
+    """Random (batch 2, tokens, heads, head_dim) q, k, v; q a view into a fused projection output,
+    like the attention processor's."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(2, q_tokens, 3 * heads * head_dim, generator=g).to(dtype)
+    q = qkv[..., : heads * head_dim].view(2, q_tokens, heads, head_dim)
+    k = torch.randn(2, kv_tokens, heads, head_dim, generator=g).to(dtype)
+    v = torch.randn(2, kv_tokens, heads, head_dim, generator=g).to(dtype)
+    return q, k, v
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records the name of every ATen/custom op dispatched inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
