@@ -15,8 +15,8 @@ from PIL import Image
 from fastfit_engine.output import OUTPUT_FORMATS, encode_image
 
 from .responses import server_timing
+from .security import SYNTHETIC_WEIGHTS_HEADER
 
-SYNTHETIC_WEIGHTS_HEADER = "X-FastFit-Synthetic-Weights"  # "true" on answers made with random test weights
 
 
 def wants_json(request: Request, options: dict) -> bool:

@@ -24,7 +24,7 @@ from fastfit_engine.schema import (
     NumberField,
 )
 
-from .answer import SYNTHETIC_WEIGHTS_HEADER
+from .security import SYNTHETIC_WEIGHTS_HEADER
 
 OPENAPI_VERSION = "3.1.0"
 BEARER_SCHEME = "apiKey"  # the securitySchemes entry of the bearer API keys

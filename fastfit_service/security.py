@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, g, has_request_context, request
 
-from .answer import SYNTHETIC_WEIGHTS_HEADER
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # 64: no answer echoes more of a client's text
@@ -46,6 +45,7 @@ LOG_ECHO_LIMIT = 200
 
 # What a browser page may send and read across origins.
 CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", REQUEST_ID_HEADER)
+SYNTHETIC_WEIGHTS_HEADER = "X-FastFit-Synthetic-Weights"  # "true" on answers made with random test weights
 CORS_EXPOSE_HEADERS = (
     "X-Seed", REQUEST_ID_HEADER, "Server-Timing", "Retry-After", "X-Peak-VRAM-MB", SYNTHETIC_WEIGHTS_HEADER,
 )
