@@ -86,8 +86,9 @@ from .schema import (
 
 DEFAULT_RESOLUTION = (768, 1024)
 # The working size when none is asked for and there is no GPU: a request at 768x1024 takes tens of
-# minutes on a CPU (cpu_estimate.py), one at 192x256 with the quick start's 30 steps seconds on
-# the tiny synthetic models (2 CPU cores, 2026-12-04) and well under a minute with the real ones.
+# minutes on a CPU (cpu_estimate.py). At 192x256 the README's HTTP quick start (upper + lower,
+# 30 steps, guidance 2.5) took 40-43 s on the tiny synthetic models after a 5 s (CPU time)
+# one-layout warm-up (2 shared Xeon cores at load average 4-9, 2026-12-04).
 CPU_RESOLUTION = (192, 256)
 # Seconds per stage. "garments": VAE encodes and reference passes (or garment-cache restores), on
 # the request thread. "pose" is DWPose on its worker thread; "densepose", "schp" and "mask" run on
