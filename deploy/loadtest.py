@@ -94,15 +94,21 @@ class Traffic:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._count = 0
+        self._persons: list[int] = []  # numbers sent so far, each once
+        self._garments: list[int] = []
 
     def next(self) -> tuple[int, int, int]:
         """(request index, person number, garment number); a repeat picks one already sent."""
         with self._lock:
             i = self._count
             self._count += 1
-            person = self._rng.randrange(i) if i and self._rng.random() < self.repeat_person else i
-            garments = self._rng.randrange(i) if i and self._rng.random() < self.repeat_garments else i
-        return i, person, garments
+            return i, self._pick(i, self.repeat_person, self._persons), self._pick(i, self.repeat_garments, self._garments)
+
+    def _pick(self, i: int, share: float, sent: list[int]) -> int:
+        if sent and self._rng.random() < share:
+            return self._rng.choice(sent)
+        sent.append(i)
+        return i
 
     def body(self) -> tuple[bytes, str, bool]:
         """The next request's body, its content type and whether it repeats the person."""

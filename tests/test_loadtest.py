@@ -27,7 +27,11 @@ def test_repeat_shares_pick_earlier_requests_and_follow_the_mix_seed():
 
     first = draws(7)
     assert first == draws(7) and first != draws(8)
-    assert all(p <= i and g <= i for i, p, g in first)
+    new_persons = {p for i, p, _ in first if p == i}
+    new_garments = {g for i, _, g in first if g == i}
+    # a repeat is a person (garment pair) that an earlier request sent as new
+    assert all(p in new_persons and p < i for i, p, _ in first if p != i)
+    assert all(g in new_garments and g < i for i, _, g in first if g != i)
     person_share = sum(p != i for i, p, _ in first) / len(first)
     garment_share = sum(g != i for i, _, g in first) / len(first)
     assert person_share == pytest.approx(0.5, abs=0.04)
