@@ -14,11 +14,14 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# nginx: the front (fastfit_service/launch.py); libglib2.0-0, libgomp1: OpenCV and onnxruntime.
+# nginx: the front (fastfit_service/launch.py); libglib2.0-0, libgomp1: OpenCV and onnxruntime;
+# gcc, g++, libc6-dev: torch.compile's toolchain (Triton builds its CUDA driver stub with a C
+# compiler at first use, Inductor's CPU kernels are C++; without them the engine falls back to
+# the slower eager path, see fastfit_engine/compile_fallback.py).
 # Debian's security updates replace these versions, so they follow the release instead of a pin.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends nginx libglib2.0-0 libgomp1 \
+    && apt-get install -y --no-install-recommends nginx libglib2.0-0 libgomp1 gcc g++ libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 RUN python -m venv /opt/venv
@@ -26,11 +29,12 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app
 # requirements-gpu.txt (FlashAttention-4 for Hopper and newer) is installed when the build
-# context has it; build with --build-arg GPU_EXTRA=0 to leave it out.
+# context has it, exactly as listed (--no-deps: it names its whole closure, see its header);
+# build with --build-arg GPU_EXTRA=0 to leave it out.
 ARG GPU_EXTRA=1
 COPY requirements*.txt constraints.txt ./
 RUN pip install -r requirements.txt -c constraints.txt \
-    && if [ "$GPU_EXTRA" = "1" ] && [ -f requirements-gpu.txt ]; then pip install -r requirements-gpu.txt -c constraints.txt; fi
+    && if [ "$GPU_EXTRA" = "1" ] && [ -f requirements-gpu.txt ]; then pip install --no-deps -r requirements-gpu.txt -c constraints.txt; fi
 
 COPY fastfit_engine/ fastfit_engine/
 COPY parse_utils/ parse_utils/

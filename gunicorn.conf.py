@@ -30,6 +30,7 @@ control_socket_disable = True
 max_requests = 0  # never recycle the worker: reloading the models costs far more than it saves
 limit_request_line = 8190
 accesslog = read("GUNICORN_ACCESSLOG")
+logger_class = "fastfit_service.gunicorn_worker.EscapingLogger"  # control characters in access lines escaped
 # gunicorn's default access line, plus the response's X-Request-ID (fastfit_service/security.py)
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
 errorlog = "-"

@@ -28,12 +28,15 @@ from fastfit_engine.request.output import encode_image, format_for_path
 from fastfit_engine.request.schema import (
     GARMENT_FIELDS,
     GARMENT_SLOTS,
+    MASK_DESCRIPTION,
+    MASK_FIELD,
     NUMBER_FIELDS,
     NUMBER_FIELDS_BY_NAME,
     PERSON_FIELD,
     QUALITY,
     TryOnParams,
     check_images,
+    check_mask,
     cli_flag,
     parse_numbers,
 )
@@ -62,12 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: output.png)")
     for s in GARMENT_SLOTS:
         p.add_argument(s.cli_flag, dest=s.name, default=None, metavar="IMAGE", help=s.description)
+    p.add_argument(cli_flag(MASK_FIELD), dest=MASK_FIELD, default=None, metavar="IMAGE", help=MASK_DESCRIPTION)
     for f in NUMBER_FIELDS:
         p.add_argument(f.cli_flag, dest=f.name, default=None, metavar="N",
                        help=f"{f.help} ({f.minimum}..{f.maximum}, default {f.default_text})")
     p.add_argument("--resolution", default=None, metavar="WxH",
-                   help="working size, multiples of 64 (default: $FASTFIT_RESOLUTION or 768x1024, the size "
-                        "the models were trained at); 384x512 or 192x256 for a quick try on a CPU")
+                   help="working size, multiples of 64 (default: $FASTFIT_RESOLUTION, else 768x1024, the size "
+                        "the models were trained at, on a GPU and 192x256 on a CPU)")
     p.add_argument(QUALITY.cli_flag, dest=QUALITY.name, default=None, metavar="N",
                    help=f"{QUALITY.help} ({QUALITY.minimum}..{QUALITY.maximum}, default {QUALITY.default_text})")
     p.add_argument("--save-mask", action="store_true",
@@ -144,6 +148,8 @@ def engine_settings(args: argparse.Namespace, environ: Mapping[str, str] | None 
     source = "FASTFIT_RESOLUTION"
     if args.resolution is not None:
         settings, source = dataclasses.replace(settings, resolution=args.resolution), "--resolution"
+    if settings.resolution is None:  # the engine's default for its device (smaller on a CPU)
+        return settings
     try:
         w, h = parse_resolution(settings.resolution)
     except ValueError:
@@ -152,14 +158,25 @@ def engine_settings(args: argparse.Namespace, environ: Mapping[str, str] | None 
     return dataclasses.replace(settings, resolution=f"{w}x{h}")
 
 
+def _device_type(device: str | None) -> str:
+    """The engine's device type for a FASTFIT_DEVICE value (None: CUDA when there is a GPU)."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device).type
+
+
 def _validate(args: argparse.Namespace) -> tuple[dict[str, str], TryOnParams]:
     """Apply the schema to the command line; returns (garment paths by slot in reference order,
     parameters). The output format (from the file name) and quality are checked into `args` too."""
     given = {g: getattr(args, g) for g in GARMENT_FIELDS if getattr(args, g) is not None}
     garments = {g: given[g] for g in check_images([PERSON_FIELD, *given])}
     params = parse_numbers({name: getattr(args, name) for name in NUMBER_FIELDS_BY_NAME})
+    check_mask(args.mask is not None, params)
     args.quality = QUALITY.parse(args.quality) if args.quality is not None else int(QUALITY.default)
-    for name, path in [(PERSON_FIELD, args.person)] + list(garments.items()):
+    images = [(PERSON_FIELD, args.person)] + list(garments.items()) + ([(MASK_FIELD, args.mask)] if args.mask else [])
+    for name, path in images:
         if not Path(path).is_file():
             raise UsageError(f"{cli_flag(name)}: file not found: {path}")
     if Path(args.output).is_dir():
@@ -180,13 +197,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         garments, params = _validate(args)
         settings = engine_settings(args)
         from fastfit_engine.request.images import DEFAULT_MAX_PIXELS
-        from fastfit_engine.request.tryon import decode_request
-        from fastfit_engine.runtime.engine import parse_resolution
+        from fastfit_engine.request.tryon import decode_request, working_size
 
         # decoded once, before the models load (a bad file is refused at once), exactly as the
-        # service decodes (reduced decoding of large photos); the engine takes the request as it is
-        request = decode_request(args.person, garments, params, working_size=parse_resolution(settings.resolution),
-                                 max_pixels=DEFAULT_MAX_PIXELS)
+        # service decodes (reduced decoding of large photos), for the working size the engine
+        # will have; the engine takes the request as it is
+        request = decode_request(args.person, garments, params, max_pixels=DEFAULT_MAX_PIXELS, mask=args.mask,
+                                 working_size=working_size(settings.resolution, _device_type(settings.device)))
     except TryOnError as exc:
         print(f"error: {exc.describe(cli_flag(exc.field))}", file=sys.stderr)
         return exit_code(exc.status)
@@ -229,6 +246,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     print(f"seed: {result.seed}")
     print(f"peak VRAM: {vram}")
     print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    # random weights from fastfit_engine.synthetic: the image is noise (the WARNING on stderr says more)
+    print(f"synthetic weights: {'yes' if engine.synthetic_weights else 'no'}")
     return EXIT_OK
 
 

@@ -123,7 +123,8 @@ def _pipeline_options(variant: str) -> dict:
     ("auto": FA4 where installed, else PyTorch's SDPA choice), ``sdpa`` PyTorch's SDPA choice.
     """
     tokens = set(variant.split("+"))
-    attention = "fa4" if "fa4" in tokens else ("cudnn" if "attn_cudnn" in tokens else ("sdpa" if "sdpa" in tokens else "auto"))
+    attention = next((name for token, name in (("fa4", "fa4"), ("attn_triton", "triton"), ("attn_cudnn", "cudnn"),
+                                                 ("sdpa", "sdpa")) if token in tokens), "auto")
     return {
         "channels_last": True if "channels_last" in tokens else (False if "nchw" in tokens else None),
         "compile_unet": "compile_unet" in tokens,
@@ -327,7 +328,7 @@ def profile_steps(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny model on CPU, 2 steps (checks the script)")
-    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager (the defaults), channels_last, nchw (channels_last off), compile_unet, compile_vae, fa4, sdpa (no FA4), attn_cudnn, native_gn, fast_gn, sdpa_flash")
+    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager (the defaults), channels_last, nchw (channels_last off), compile_unet, compile_vae, fa4, sdpa (no FA4), attn_cudnn, attn_triton (our Triton kernel), native_gn, fast_gn, sdpa_flash")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--guidance", type=float, default=2.5)
     ap.add_argument("--repeats", type=int, default=5)

@@ -140,7 +140,7 @@ def main() -> int:
     ap.add_argument("--dwpose-proxy", action="store_true", help="cost-equivalent DWPose graphs in the synthetic tree")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dwpose-device", default="cpu")
+    ap.add_argument("--dwpose-device", default="auto", help="as FASTFIT_DWPOSE_DEVICE: auto (the engine's default), cpu or cuda[:N]")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="compiled UNet step and VAE (auto: the engine's default, on with CUDA)")
     ap.add_argument("--compile-cache", type=Path, default=None, help="persistent compiler cache folder (as FASTFIT_COMPILE_CACHE)")
     ap.add_argument("--warmup-all", action="store_true", help="warm up every garment layout as the service does (default: only the chosen sets')")
@@ -186,6 +186,7 @@ def main() -> int:
         "steps": args.steps,
         "repeats": args.repeats,
         "dwpose": "proxy" if args.dwpose_proxy else ("synthetic-tiny" if args.models is None else "given"),
+        "dwpose_runtime": engine.pose_detector.detector.session.get_providers()[0],
         "models_build_s": round(build_s, 1),
         "engine_load_s": round(load_s, 1),
         "warmup_s": None if warmup_s is None else round(warmup_s, 2),

@@ -1,19 +1,34 @@
-"""Closed-loop load against the front: CLIENTS callers each send upper+lower try-ons back to back
-for DURATION seconds; prints throughput, p50/p99 latency and lost requests as one JSON line.
+"""Closed-loop load like a shop's: CLIENTS callers each send upper+lower try-ons back to back for
+DURATION seconds, every request with its own images unless a share of persons or garments is
+asked to repeat; prints one JSON line with images per hour, p50/p95/p99 latency, lost requests,
+the service's own stage timings and, where NVML is present (the `nvidia-ml-py` package), how
+busy the GPU was over the run.
 
-    # against a running stack (one GPU, then two: compare the throughput)
-    python deploy/loadtest.py --url http://127.0.0.1:8000 --clients 8 --duration 120 --steps 30
+    # against a running service: cold traffic, then half the persons repeated
+    python deploy/loadtest.py --url http://127.0.0.1:8000 --clients 4 --duration 180 --steps 30
+    python deploy/loadtest.py --url http://127.0.0.1:8000 --clients 4 --duration 180 --repeat-person 0.5
     # start the stack itself (launcher with FASTFIT_DEVICES) and measure it
     python deploy/loadtest.py --start --devices 0 --models-dir Models --clients 6 --duration 120
     python deploy/loadtest.py --start --devices 0,1 --models-dir Models --clients 12 --duration 120
     # CPU smoke run on tiny synthetic models (writes them to a temporary folder)
     python deploy/loadtest.py --quick
 
-A request is "lost" when it gets no HTTP answer, or an answer other than 200 or a 503 refusal
-with Retry-After; a refused request is counted and retried after a short pause, like a client
-following Retry-After would (throughput counts only 200s). With --kill-one-after S the script
-SIGKILLs instance 0's gunicorn worker S seconds in (the "a worker killed on one GPU does not
-disturb the other" check): the answers of the other instance must keep coming.
+Traffic. Request i of the run gets a new person photo and new garments (distinct bytes, so every
+cache misses: "cold"), except that with probability --repeat-person it reuses one of the persons
+already sent (and likewise --repeat-garments for the garment pair). The draws come from
+--mix-seed, so two runs with the same options send the same sequence. Images are smooth random
+fields at the working size, made from the request's index, so they cost the client little CPU.
+
+Counting. A request is "lost" when it gets no HTTP answer, or an answer other than 200 or a
+503/429 refusal with Retry-After; a refused request is counted and sent again after the
+Retry-After it was given (capped at 2 s), as a client following Retry-After would. Images per
+hour count 200s only. `--single N` first sends N requests one at a time (no load) and reports
+their median latency, the figure the p99 under load is compared with. From each answer's
+Server-Timing the tool keeps the engine's stages; `gpu_work_s` is a request's engine time less
+the time it waited for the CPU pose ("pose_wait"), and `gpu_bound_images_per_hour` the rate if
+the GPU did nothing but that work back to back (an estimate; `gpu_busy_fraction` from NVML is
+the measurement). With --kill-one-after S the script SIGKILLs instance 0's gunicorn worker S
+seconds in (the "a worker killed on one GPU does not disturb the other" check).
 """
 from __future__ import annotations
 
@@ -24,6 +39,7 @@ import os
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,31 +51,83 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+GARMENT_SIZE = (768, 1024)
 
 
-def _image_bytes(kind: str, size: tuple[int, int]) -> bytes:
+def image_bytes(seed: int, size: tuple[int, int]) -> bytes:
+    """A JPEG of a smooth random field, different for every seed (a 24x32 grid, upsampled)."""
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng({"person": 0, "upper": 1, "lower": 2}[kind])
-    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    grid = np.random.default_rng(seed).integers(0, 255, (32, 24, 3), dtype=np.uint8)
+    img = Image.fromarray(grid, "RGB").resize(size, Image.BICUBIC)
     buf = io.BytesIO()
-    Image.fromarray(arr, "RGB").save(buf, format="JPEG", quality=90)
+    img.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 
-def build_request(steps: int, person_size: tuple[int, int]) -> tuple[bytes, str]:
+def build_request(steps: int, person_size: tuple[int, int], person: int = 0, garments: int = 0) -> tuple[bytes, str]:
+    """A multipart upper+lower request; `person` and `garments` number the images (same number, same bytes)."""
     boundary = uuid.uuid4().hex
     out = io.BytesIO()
     for name, value in {"steps": steps, "seed": 1, "guidance_scale": 2.5}.items():
         out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, size in (("person", person_size), ("upper", (768, 1024)), ("lower", (768, 1024))):
+    parts = (("person", image_bytes(3 * person, person_size)),
+             ("upper", image_bytes(3 * garments + 1, GARMENT_SIZE)),
+             ("lower", image_bytes(3 * garments + 2, GARMENT_SIZE)))
+    for name, data in parts:
         out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.jpg"\r\n'
                   "Content-Type: image/jpeg\r\n\r\n".encode())
-        out.write(_image_bytes(name, size))
+        out.write(data)
         out.write(b"\r\n")
     out.write(f"--{boundary}--\r\n".encode())
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+class Traffic:
+    """The request sequence: which person and which garment pair request i sends (thread-safe)."""
+
+    def __init__(self, steps: int, person_size: tuple[int, int], repeat_person: float, repeat_garments: float,
+                 seed: int):
+        self.steps, self.person_size = steps, person_size
+        self.repeat_person, self.repeat_garments = repeat_person, repeat_garments
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._count = 0
+        self._persons: list[int] = []  # numbers sent so far, each once
+        self._garments: list[int] = []
+
+    def next(self) -> tuple[int, int, int]:
+        """(request index, person number, garment number); a repeat picks one already sent."""
+        with self._lock:
+            i = self._count
+            self._count += 1
+            return i, self._pick(i, self.repeat_person, self._persons), self._pick(i, self.repeat_garments, self._garments)
+
+    def _pick(self, i: int, share: float, sent: list[int]) -> int:
+        if sent and self._rng.random() < share:
+            return self._rng.choice(sent)
+        sent.append(i)
+        return i
+
+    def body(self) -> tuple[bytes, str, bool]:
+        """The next request's body, its content type and whether it repeats the person."""
+        i, person, garments = self.next()
+        body, ctype = build_request(self.steps, self.person_size, person, garments)
+        return body, ctype, person != i
+
+
+def parse_server_timing(value: str | None) -> dict[str, float]:
+    """`name;dur=12.5, ...` (milliseconds) as seconds per stage."""
+    out: dict[str, float] = {}
+    for item in (value or "").split(","):
+        name, _, rest = item.strip().partition(";")
+        if rest.startswith("dur="):
+            try:
+                out[name] = float(rest[4:]) / 1000.0
+            except ValueError:
+                pass
+    return out
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -69,33 +137,112 @@ def _percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
 
 
-def run_load(url: str, clients: int, duration: float, body: bytes, ctype: str, timeout: float) -> dict:
+class GpuSampler:
+    """Samples NVML's "GPU busy" percentage (time a kernel ran over the last sample period) every
+    `period` seconds on a thread; `busy_fraction()` is their mean. Absent NVML, `reason` says why."""
+
+    def __init__(self, index: int = 0, period: float = 0.1):
+        self.samples: list[int] = []
+        self.reason: str | None = None
+        self.name: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            import pynvml  # the nvidia-ml-py package
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            name = pynvml.nvmlDeviceGetName(self._handle)
+            self.name = name.decode() if isinstance(name, bytes) else name
+        except Exception as e:  # no package, no driver, no GPU: the run goes on without the figure
+            self.reason = f"{type(e).__name__}: {e}"[:200]
+            return
+        self._period = period
+
+    def __enter__(self) -> "GpuSampler":
+        if self.reason is None:
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._period):
+            self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+
+    def report(self) -> dict:
+        busy = round(statistics.fmean(self.samples) / 100.0, 4) if self.samples else None
+        return {"gpu": self.name, "gpu_busy_fraction": busy, "gpu_samples": len(self.samples),
+                "gpu_unmeasured_because": self.reason}
+
+
+def post(url: str, body: bytes, ctype: str, timeout: float) -> tuple[int | None, dict, str | None]:
+    """One POST /prompt: (status or None, headers, error kind for an answerless failure)."""
+    req = urllib.request.Request(url + "/prompt", data=body, method="POST", headers={"Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            r.read()
+            return r.status, dict(r.headers), None
+    except urllib.error.HTTPError as e:
+        e.read()
+        return e.code, dict(e.headers), None
+    except (urllib.error.URLError, OSError) as e:
+        return None, {}, type(e).__name__
+
+
+def _retry_after(headers: dict) -> float | None:
+    try:
+        return min(2.0, max(0.0, float(headers.get("Retry-After", ""))))
+    except ValueError:
+        return None
+
+
+def run_single(url: str, n: int, traffic: Traffic, timeout: float) -> list[float]:
+    """N requests one at a time: each one's latency (s), without load beside it."""
+    out = []
+    for _ in range(n):
+        body, ctype, _ = traffic.body()
+        t0 = time.monotonic()
+        status, _, _ = post(url, body, ctype, timeout)
+        if status == 200:
+            out.append(time.monotonic() - t0)
+    return out
+
+
+def run_load(url: str, clients: int, duration: float, traffic: Traffic, timeout: float) -> dict:
     lock = threading.Lock()
-    stats = {"ok": [], "refused": 0, "lost": [], "by_instance": {}}
+    ok: list[float] = []
+    stages: list[dict[str, float]] = []
+    stats = {"refused": 0, "lost": [], "repeat_person": 0}
     t_end = time.monotonic() + duration
 
     def caller() -> None:
+        body = None
         while time.monotonic() < t_end:
-            req = urllib.request.Request(url + "/prompt", data=body, method="POST", headers={"Content-Type": ctype})
+            if body is None:  # a refused request is sent again as it was
+                body, ctype, repeated = traffic.body()
             t0 = time.monotonic()
-            try:
-                with urllib.request.urlopen(req, timeout=timeout) as r:
-                    r.read()
-                    with lock:
-                        stats["ok"].append(time.monotonic() - t0)
+            status, headers, failure = post(url, body, ctype, timeout)
+            if status == 200:
+                with lock:
+                    ok.append(time.monotonic() - t0)
+                    stages.append(parse_server_timing(headers.get("Server-Timing")))
+                    stats["repeat_person"] += repeated
+                body = None
                 continue
-            except urllib.error.HTTPError as e:
-                e.read()
-                if e.code == 503 and e.headers.get("Retry-After"):
-                    with lock:
-                        stats["refused"] += 1
-                    time.sleep(0.2)
-                    continue
-                outcome = f"HTTP {e.code}"
-            except (urllib.error.URLError, OSError) as e:
-                outcome = type(e).__name__
+            wait = _retry_after(headers) if status in (429, 503) else None
+            if wait is not None:
+                with lock:
+                    stats["refused"] += 1
+                time.sleep(max(wait, 0.05))
+                continue
             with lock:
-                stats["lost"].append(outcome)
+                stats["lost"].append(failure or f"HTTP {status}")
+            body = None
 
     t0 = time.monotonic()
     threads = [threading.Thread(target=caller, daemon=True) for _ in range(clients)]
@@ -104,14 +251,24 @@ def run_load(url: str, clients: int, duration: float, body: bytes, ctype: str, t
     for t in threads:
         t.join()
     wall = time.monotonic() - t0
-    ok = stats["ok"]
+    gpu_work = [s["total"] - s.get("pose_wait", 0.0) for s in stages if "total" in s]
+    stage_names = sorted({name for s in stages for name in s})
+    median_gpu_work = statistics.median(gpu_work) if gpu_work else None
     return {
         "clients": clients, "duration_s": round(wall, 1), "completed": len(ok),
-        "throughput_rps": round(len(ok) / wall, 4),
-        "p50_s": None if not ok else round(_percentile(ok, 0.50), 3),
-        "p99_s": None if not ok else round(_percentile(ok, 0.99), 3),
-        "refused_503": stats["refused"], "lost": len(stats["lost"]), "lost_kinds": sorted(set(stats["lost"])),
+        "images_per_hour": round(len(ok) / wall * 3600, 1), "throughput_rps": round(len(ok) / wall, 4),
+        "p50_s": _rounded(_percentile(ok, 0.50)), "p95_s": _rounded(_percentile(ok, 0.95)),
+        "p99_s": _rounded(_percentile(ok, 0.99)),
+        "refused": stats["refused"], "lost": len(stats["lost"]), "lost_kinds": sorted(set(stats["lost"])),
+        "repeated_person_share": round(stats["repeat_person"] / len(ok), 3) if ok else None,
+        "stage_median_s": {n: _rounded(statistics.median([s[n] for s in stages if n in s])) for n in stage_names},
+        "gpu_work_median_s": _rounded(median_gpu_work),
+        "gpu_bound_images_per_hour": round(3600 / median_gpu_work, 1) if median_gpu_work else None,
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def free_port_block(n: int) -> int:
@@ -169,6 +326,13 @@ def kill_instance_worker(launcher_pid: int, instance: int) -> int | None:
     return None
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("a share is between 0 and 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:8000")
@@ -181,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models-dir", default=None)
     ap.add_argument("--kill-one-after", type=float, default=None, help="SIGKILL instance 0's worker after S seconds")
     ap.add_argument("--quick", action="store_true", help="CPU smoke run: tiny synthetic models, 2 CPU instances")
+    ap.add_argument("--repeat-person", type=_share, default=0.0, help="share of requests reusing a person already sent")
+    ap.add_argument("--repeat-garments", type=_share, default=0.0, help="share reusing a garment pair already sent")
+    ap.add_argument("--mix-seed", type=int, default=0, help="seed of the repeat draws (same seed, same traffic)")
+    ap.add_argument("--single", type=int, default=0, help="first send N requests one at a time (latency without load)")
+    ap.add_argument("--gpu-index", type=int, default=0, help="NVML index of the GPU whose busy fraction is sampled")
     args = ap.parse_args(argv)
 
     env = dict(os.environ)
@@ -216,13 +385,22 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps({"error": "the stack did not become ready"}))
                     return 1
                 time.sleep(2)
-        body, ctype = build_request(args.steps, person_size)
+        traffic = Traffic(args.steps, person_size, args.repeat_person, args.repeat_garments, args.mix_seed)
+        single = run_single(args.url, args.single, traffic, args.timeout) if args.single else []
         killer = None
         if args.kill_one_after is not None and launcher is not None:
             killer = threading.Timer(args.kill_one_after, kill_instance_worker, (launcher.pid, 0))
             killer.start()
-        result = run_load(args.url, args.clients, args.duration, body, ctype, args.timeout)
-        result.update({"steps": args.steps, "devices": env.get("FASTFIT_DEVICES"), "killed_worker_after_s": args.kill_one_after})
+        with GpuSampler(args.gpu_index) as gpu:
+            result = run_load(args.url, args.clients, args.duration, traffic, args.timeout)
+        result.update(gpu.report())
+        single_median = statistics.median(single) if single else None
+        result.update({
+            "steps": args.steps, "devices": env.get("FASTFIT_DEVICES"), "killed_worker_after_s": args.kill_one_after,
+            "repeat_person": args.repeat_person, "repeat_garments": args.repeat_garments,
+            "single_median_s": _rounded(single_median),
+            "p99_over_single": round(result["p99_s"] / single_median, 3) if single_median and result["p99_s"] else None,
+        })
         print(json.dumps(result))
         return 0 if result["lost"] == 0 and result["completed"] > 0 else 1
     finally:

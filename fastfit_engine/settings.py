@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FALSE_WORDS", "SETTINGS", "SETTINGS_BY_NAME", "Setting", "SettingError", "is_false_word",
+__all__ = ["FALSE_WORDS", "SETTINGS", "SETTINGS_BY_NAME", "Setting", "SettingError", "is_false_word", "is_set",
            "markdown_table", "read"]
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -100,9 +100,13 @@ SETTINGS: tuple[Setting, ...] = (
        "models root holding `FastFit-MR-1024/` and `Human-Toolkit/` (CLI: `--models-dir`)"),
     _s("FASTFIT_DEVICE", "text", None, "`cuda` if available", "engine",
        "device for the diffusion model, DensePose and SCHP"),
-    _s("FASTFIT_DWPOSE_DEVICE", "text", "cpu", "`cpu`", "engine", "device for DWPose (CPU keeps VRAM free)"),
-    _s("FASTFIT_RESOLUTION", "text", None, "`768x1024`", "engine",
-       "working size W x H (multiples of 64); the models were trained at 768x1024 (CLI: `--resolution`)"),
+    _s("FASTFIT_DWPOSE_DEVICE", "text", "auto", "`auto`", "engine",
+       "device for DWPose: `auto` runs it on the engine's GPU (its ONNX graphs as torch modules) when that GPU has "
+       "12 GiB free at start-up, else on the CPU (onnxruntime); `cpu` keeps its VRAM for the diffusion (e.g. on a "
+       "24 GB card at a larger resolution); `cuda[:N]` forces the GPU"),
+    _s("FASTFIT_RESOLUTION", "text", None, "`768x1024` on CUDA, `192x256` on a CPU", "engine",
+       "working size W x H (multiples of 64); the models were trained at 768x1024, which takes tens of minutes a "
+       "request on a CPU (CLI: `--resolution`)"),
     _s("FASTFIT_GARMENT_CACHE_MB", "number", 1024.0, "`1024`", "engine",
        "GPU memory for garments seen before (their reference keys/values, see \"Caches across requests\"); "
        "`0` turns it off"),
@@ -110,9 +114,13 @@ SETTINGS: tuple[Setting, ...] = (
        "CPU memory for persons seen before (their parser maps); `0` turns it off"),
     _s("FASTFIT_PERSON_CACHE_ITEMS", "number", 64.0, "`64`", "engine",
        "count bound of the person cache; `0` turns it off"),
+    _s("FASTFIT_PERSON_CACHE_TTL", "number", 600.0, "`600`", "engine",
+       "seconds a person's cached maps are kept after they were stored (a hit does not extend it; dropped even "
+       "when no request comes); `0` keeps nothing (see \"What is kept\")"),
     _s("FASTFIT_COMPILE", "flag", None, "on with CUDA", "engine",
        "`1`/`0`: the compiled denoising step and VAE, and the garments' reference passes as CUDA graphs "
-       "(see \"Performance\")"),
+       "(see \"Performance\"); if compiling fails (no C compiler for Triton, an unsupported GPU), the engine logs "
+       "one WARNING, counts it in `fastfit_compile_fallbacks_total` and runs eager (slower, same images)"),
     _s("FASTFIT_COMPILE_CACHE", "text", None, "`<models>/.compile-cache`", "engine",
        "folder for the compiler caches (a volume in Docker), so a second start loads instead of compiling; "
        "`off`: the libraries' own defaults"),
@@ -130,9 +138,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("FASTFIT_LOAD_BACKOFF", "number", 5.0, "`5`", "weights", "seconds before the second attempt, doubled each time"),
     _s("FASTFIT_LOAD_BACKOFF_MAX", "number", 60.0, "`60`", "weights", "longest pause between attempts, in seconds"),
     # the service
-    _s("FASTFIT_WARMUP", "flag", None, "on with CUDA", "service",
+    _s("FASTFIT_WARMUP", "flag", None, "on", "service",
        "`1`/`0`: run throw-away 1-step requests (one per layout of garment sizes; with compiling, 35 s from a "
-       "filled compile cache on an H200) before `/ready` turns 200, so no real request is slow"),
+       "filled compile cache on an H200; on a CPU one layout, as the first request's extra time there is one-time "
+       "start-up) before `/ready` turns 200, so no real request is slow"),
     _s("FASTFIT_MAX_UPLOAD_MB", "number", 20.0, "`20`", "service", "request body limit (413 above)"),
     _s("FASTFIT_MAX_IMAGE_PIXELS", "count", 36_000_000, "`36000000`", "service",
        "largest image accepted, in pixels (400 above)"),
@@ -205,6 +214,13 @@ def read(name: str, environ: Mapping[str, str] | None = None) -> Any:
     setting = SETTINGS_BY_NAME[name]  # a KeyError here is a variable nobody declared
     text = (os.environ if environ is None else environ).get(name, "").strip()
     return setting.default if not text else setting.parse(text)
+
+
+def is_set(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a declared variable has a non-blank value (where an explicit choice is treated
+    differently from the default)."""
+    assert name in SETTINGS_BY_NAME, name
+    return bool((os.environ if environ is None else environ).get(name, "").strip())
 
 
 def markdown_table() -> str:

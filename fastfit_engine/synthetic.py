@@ -236,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="write even if the folder holds other files")
     args = parser.parse_args(argv)
+    try:  # DWPose's two ONNX graphs are built with the onnx package, a development dependency
+        import onnx  # noqa: F401
+    except ImportError:
+        print("error: writing synthetic models needs the onnx package (requirements-dev.txt): "
+              "pip install -r requirements-dev.txt -c constraints.txt", file=sys.stderr)
+        return 2
     try:
         model, toolkit = write_models_root(args.out_dir, tiny=args.tiny, seed=args.seed, force=args.force)
     except SyntheticTargetError as exc:

@@ -27,6 +27,7 @@ from fastfit_engine.errors import ClientGone, DeadlineExceeded, NonFiniteOutputE
 from fastfit_engine.weights.startup import RetryPolicy, call_with_retry
 
 from .metrics import Metrics
+from .progress import ProgressBoard
 from .responses import ServiceUnavailable
 
 log = logging.getLogger("fastfit.server")
@@ -103,6 +104,7 @@ class Service:
         # The engine's GPU lock once it is loaded (runtime/concurrency.py: one lock, owned by the
         # engine, taken here for a whole request); a stand-in until then, which nobody waits on.
         self.gpu_lock = threading.Lock()
+        self.progress = ProgressBoard()  # what each running request is doing (GET /progress/<id>)
         # One running plus QUEUE_SIZE waiting; a request that cannot get a slot is refused at once.
         self.slots = threading.BoundedSemaphore(1 + max(0, int(self.config["QUEUE_SIZE"])))
         # Images are decoded one request at a time: peak decode memory is one full-size image.

@@ -1,7 +1,8 @@
 """The Flask app factory of the try-on service: `POST /prompt` (multipart or JSON) returns the image.
 
-Routes (`routes.py`, a blueprint): `/prompt`, `/health` (liveness: the process answers and the
-GPU is not stuck), `/ready` (the engine is loaded and the process not draining), `/metrics`; and
+Routes (`routes.py`, a blueprint): `/prompt`, `/progress/<request id>` (what a running request
+is doing), `/health` (liveness: the process answers and the GPU is not stuck), `/ready` (the
+engine is loaded and the process not draining), `/metrics`; and
 `/openapi.json`, `/docs/` (API docs) and `/` (the try-on page). One engine per process;
 `core.handle` runs a request without Flask: `admission.Service` admits it before its images are
 decoded and lets one request at a time onto the GPU, under a deadline and a check that its
@@ -33,10 +34,7 @@ def _default_factory(config: Mapping[str, Any]) -> Callable[[], Any]:
         from fastfit_engine.runtime.engine import FastFitEngine
 
         engine = FastFitEngine(**engine_settings(config).engine_kwargs(), max_pixels=config["MAX_IMAGE_PIXELS"])
-        warmup = config["WARMUP"]
-        if warmup is None:
-            warmup = engine.device.type == "cuda"
-        if warmup:
+        if config["WARMUP"] is not False:  # on by default (on a CPU: one layout, see FastFitEngine.warmup)
             log.info("warm-up request took %.1f s", engine.warmup())
         return engine
 
@@ -61,7 +59,7 @@ def create_app(engine: Any = None, config: Mapping[str, Any] | None = None) -> F
     register_error_handlers(app)
     register_security(app, cfg)  # request id, nosniff, CORS
     register_auth(app, cfg)  # API keys, when configured
-    app.register_blueprint(bp)  # /prompt, /health, /ready, /metrics (routes.py; the core is core.py)
+    app.register_blueprint(bp)  # /prompt, /progress, /health, /ready, /metrics (routes.py; the core is core.py)
     register_docs(app, cfg)  # /openapi.json and /docs
     register_page(app)  # the try-on page at /
     return app

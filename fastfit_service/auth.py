@@ -30,6 +30,7 @@ from flask import Flask, Response, request
 from fastfit_engine.errors import TryOnError
 
 from .responses import error_response
+from .security import loggable
 
 log = logging.getLogger("fastfit.server")
 
@@ -104,7 +105,7 @@ def register_auth(app: Flask, config: Mapping[str, Any]) -> KeyChecker:
             return
         token = bearer_token(request.headers.get("Authorization"))
         if token is None or not checker.valid(token):
-            log.info("refused %s %s: %s API key", request.method, request.path,
+            log.info("refused %s %s: %s API key", loggable(request.method), loggable(request.path),
                      "missing" if token is None else "invalid")
             raise Unauthorized("a valid API key is required: send 'Authorization: Bearer <key>'")
 

@@ -19,7 +19,7 @@ class EngineSettings:
 
     models_dir: str | None = None  # FASTFIT_MODELS_DIR
     device: str | None = None  # FASTFIT_DEVICE; None: cuda if available
-    dwpose_device: str = "cpu"  # FASTFIT_DWPOSE_DEVICE
+    dwpose_device: str = "auto"  # FASTFIT_DWPOSE_DEVICE: auto (the GPU if it has the memory), cpu, cuda[:N]
     resolution: str | None = None  # FASTFIT_RESOLUTION ("WxH"); None: the engine's default
 
     @classmethod
@@ -53,7 +53,7 @@ def default_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "QUEUE_SIZE": read("FASTFIT_QUEUE_SIZE", environ),
         "QUEUE_TIMEOUT": read("FASTFIT_QUEUE_TIMEOUT", environ),
         "RETRY_AFTER": read("FASTFIT_RETRY_AFTER", environ),
-        "WARMUP": read("FASTFIT_WARMUP", environ),  # None: warm up on CUDA only
+        "WARMUP": read("FASTFIT_WARMUP", environ),  # None: on (a CPU warms up one garment layout)
         # Decoded pixels of all a request's images together (after JPEG draft decoding), checked
         # from the headers before decoding: two full-size images at the per-image limit.
         "MAX_REQUEST_PIXELS": read("FASTFIT_MAX_REQUEST_PIXELS", environ),

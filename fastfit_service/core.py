@@ -33,26 +33,35 @@ class Outcome:
     synthetic_weights: bool  # the engine runs the random test weights
 
 
-def handle(service: Service, request: PromptRequest, control: RequestControl) -> Outcome:
-    """Admit, decode, run and account for one request; every failure leaves as a `TryOnError`."""
+def handle(service: Service, request: PromptRequest, control: RequestControl, request_id: str) -> Outcome:
+    """Admit, decode, run and account for one request (its progress on the service's board under
+    ``request_id``); every failure leaves as a `TryOnError`."""
     engine = service.require_engine()
     preview = request.options["preview"]
     try:
-        with service.admit():
+        with service.admit(), service.progress.track(request_id) as tracker:
             control.check()
             with service.decode_lock:  # decoded one request at a time, only once admitted
-                if preview != "none":  # the stages before diffusion only: the person alone
-                    tryon = engine.decode(request.person, {}, request.params, options=request.options)
+                if preview != "none":  # the stages before diffusion only: the person (and a given mask)
+                    tryon = engine.decode(request.person, {}, request.params, options=request.options,
+                                          mask=request.mask)
                 else:
                     tryon = engine.decode(request.person, request.garments, request.params, options=request.options,
-                                          max_total_pixels=service.config["MAX_REQUEST_PIXELS"])
+                                          max_total_pixels=service.config["MAX_REQUEST_PIXELS"], mask=request.mask)
             if preview != "none":
                 prep = service.run_on_gpu(lambda: engine.preview(tryon, lock_held=True), control)
                 image = prep.mask if preview == "mask" else prep.masked_person
                 outcome = Outcome(image, prep.seed, prep.timings, None, _synthetic(engine))
             else:
+                def progress(step: int, total: int) -> None:
+                    tracker.step(step, total)
+                    control.step(step, total)
+
                 result = service.run_on_gpu(
-                    lambda: engine.run(tryon, progress=control.step, check=control.check, lock_held=True), control)
+                    lambda: engine.run(tryon, progress=progress, stage=tracker.stage, check=control.check,
+                                       lock_held=True),
+                    control,
+                )
                 outcome = Outcome(result.image, result.seed, result.timings, result.peak_vram_mb, _synthetic(engine))
     except ClientGone:
         service.metrics.cancelled.inc()

@@ -19,8 +19,14 @@ whole request before gunicorn sees it. This worker makes the bare service degrad
 - a new connection that has sent nothing holds a thread for at most 0.5 s (gunicorn: 5 s)
   before it goes back to the poller, which holds idle connections without a thread;
 - gunicorn's own answers to malformed requests (400, 414, 431, ...), which are HTML, are
-  written as the JSON errors the rest of the API uses;
-- responses carry no `Server: gunicorn` header.
+  written as the JSON errors the rest of the API uses, with an `X-Request-ID` like every answer;
+- a body whose chunked transfer coding is malformed (a chunk size that is not hex, chunk data
+  longer than its size, a cut body) is a 400 `bad_request` from the app, not an unhandled
+  gunicorn exception (500), and its connection is closed (where the next request starts is unknown);
+- responses carry no `Server: gunicorn` header;
+- the access log escapes control characters in what a client sent (a User-Agent or Referer may
+  hold bytes such as 0x85, a line break to some log readers, or 0x9b, a terminal escape), as
+  the service's own log lines do (security.loggable); gunicorn itself escapes only quotes.
 
 Measured on 2 CPU cores (2026-12-01, gunicorn 27.0.1, 4 threads, `deploy/slow_clients.py`):
 with four connections trickling a header line every 5 s, `/health` gave no answer within 20 s
@@ -35,18 +41,25 @@ the behaviour end to end.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from typing import Any
 
+import gunicorn.glogging as glogging
+import gunicorn.http.message as gunicorn_message
 import gunicorn.http.parser as gunicorn_parser
 import gunicorn.http.wsgi as gunicorn_wsgi
 import gunicorn.workers.gthread as gthread
+from gunicorn.http.body import ChunkedReader
+from gunicorn.http.errors import NoMoreData, ParseException
 from gunicorn.http.unreader import SocketUnreader
-from werkzeug.exceptions import RequestTimeout
+from werkzeug.exceptions import BadRequest, RequestTimeout
 
 from fastfit_engine import settings
 from fastfit_engine.errors import transport_errors
+
+from .security import REQUEST_ID_HEADER, request_id_from
 
 # How long a thread waits for the first bytes of a new connection before handing it back to the
 # poller (gunicorn's default is 5 s, long enough for four silent connections to block /health).
@@ -113,6 +126,44 @@ class DeadlineUnreader(SocketUnreader):
                 pass
 
 
+class MalformedChunkedBody(BadRequest):
+    """The chunked framing of the body is broken: 400 (a werkzeug HTTPException, so the Flask app
+    answers it as JSON while it reads the body)."""
+
+    description = "the request body's chunked transfer coding is malformed"
+
+
+class StrictChunkedReader(ChunkedReader):
+    """gunicorn's chunked body reader; a framing error reaches the app as a 400 and closes the
+    connection after the answer."""
+
+    def read(self, size: int) -> bytes:
+        try:
+            return super().read(size)
+        except (ParseException, NoMoreData):
+            self.req.must_close = True
+            raise MalformedChunkedBody() from None
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class EscapingAtoms(glogging.SafeAtoms):
+    """gunicorn's access log values with control characters written as `\\xNN` / `\\uNNNN`."""
+
+    def __init__(self, atoms: dict[str, Any]) -> None:
+        super().__init__(atoms)
+        for key, value in self.items():
+            if isinstance(value, str):
+                self[key] = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
+
+
+class EscapingLogger(glogging.Logger):
+    """gunicorn's logger whose access lines escape control characters (gunicorn.conf.py selects it)."""
+
+    atoms_wrapper_class = EscapingAtoms
+
+
 class _NoServerHeaderResponse(gunicorn_wsgi.Response):
     def default_headers(self) -> list[str]:
         return [h for h in super().default_headers() if not h.lower().startswith("server:")]
@@ -140,11 +191,11 @@ class _CapturedSocket:
 _ERROR_CODES = {status: (c.code, c.message) for status, c in transport_errors("gunicorn").items()}
 
 
-def json_error_bytes(status: int, reason: str, code: str, message: str) -> bytes:
+def json_error_bytes(status: int, reason: str, code: str, message: str, request_id: str) -> bytes:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")
+            f"{REQUEST_ID_HEADER}: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body
 
 
@@ -154,6 +205,7 @@ class DeadlineThreadWorker(gthread.ThreadWorker):
     def init_process(self) -> None:
         # Worker-process-wide switches, made after the fork so the master is untouched.
         gunicorn_parser.SocketUnreader = DeadlineUnreader
+        gunicorn_message.ChunkedReader = StrictChunkedReader
         gunicorn_wsgi.Response = _NoServerHeaderResponse
         gthread.DEFAULT_WORKER_DATA_TIMEOUT = FIRST_DATA_WAIT_S
         super().init_process()
@@ -184,8 +236,11 @@ class DeadlineThreadWorker(gthread.ThreadWorker):
         return super()._keepalive_after(conn, keepalive)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        # the client's id when its headers were read and it is sane, else a new one (security.py)
+        sent = [v for k, v in getattr(req, "headers", None) or () if k == REQUEST_ID_HEADER.upper()]
+        request_id = request_id_from(sent[0] if sent else None)
         if isinstance(exc, ClientTooSlow):
-            self.log.warning("Request from ip=%s timed out: %s", (addr or ("",))[0], exc.description)
+            self.log.warning("Request from ip=%s timed out: %s (%s)", (addr or ("",))[0], exc.description, request_id)
             status, reason, code, message = 408, "Request Timeout", "request_timeout", exc.description
         else:
             captured = _CapturedSocket()
@@ -197,6 +252,6 @@ class DeadlineThreadWorker(gthread.ThreadWorker):
                 status, reason = 500, "Internal Server Error"
             code, message = _ERROR_CODES.get(status, _ERROR_CODES[500])
         try:
-            gthread.util.write_nonblock(client, json_error_bytes(status, reason, code, message))
+            gthread.util.write_nonblock(client, json_error_bytes(status, reason, code, message, request_id))
         except Exception:  # noqa: BLE001 - the client may be gone
             self.log.debug("Failed to send error message.")

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastfit_engine.errors import transport_errors
-from fastfit_engine.settings import read
+from fastfit_engine.settings import SETTINGS_BY_NAME, is_set, read
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "nginx" / "fastfit.conf.template"
@@ -96,6 +96,45 @@ class Instance:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+def no_gpu_warning(env: dict[str, str], instances: list[Instance]) -> str | None:
+    """The loud start-up line when `all` GPUs (the default) came to none and the stack falls back to
+    one CPU instance (minutes a request): usually a container started without its GPUs."""
+    spec = read("FASTFIT_DEVICES", env) or ""
+    if spec not in ("", "all") or [i.device for i in instances] != ["cpu"]:
+        return None
+    if "CUDA_VISIBLE_DEVICES" in env:
+        why = f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r} names none"
+    elif shutil.which("nvidia-smi") is None:
+        why = "nvidia-smi is not installed here (a container started without --gpus / the NVIDIA runtime?)"
+    else:
+        why = "nvidia-smi lists none"
+    return (f"WARNING: FASTFIT_DEVICES={spec or 'all'} found no GPU ({why}): running ONE instance on the CPU, "
+            "minutes a request; give the container its GPUs (docker run --gpus all, the NVIDIA Container "
+            "Toolkit) or set FASTFIT_DEVICES=cpu to mean it")
+
+
+DEFAULT_ACCESS_LOG: str = SETTINGS_BY_NAME["FASTFIT_FRONT_ACCESS_LOG"].default
+
+
+def front_access_log(env: dict[str, str], run_dir: str) -> str:
+    """Where nginx writes its access log: FASTFIT_FRONT_ACCESS_LOG (must be writable), else stdout.
+    nginx opens stdout by its path, which fails where this process's stdout is a socket (systemd's
+    journal) or a file of another user: then a file in the run folder, said on stderr."""
+    wanted = read("FASTFIT_FRONT_ACCESS_LOG", env) if is_set("FASTFIT_FRONT_ACCESS_LOG", env) else ""
+    target = wanted or DEFAULT_ACCESS_LOG
+    try:
+        with open(target, "a"):
+            pass
+    except OSError as exc:
+        if wanted:
+            raise LaunchError(f"FASTFIT_FRONT_ACCESS_LOG={wanted!r} cannot be written: {exc.strerror or exc}") from None
+        fallback = str(Path(run_dir) / "access.log")
+        print(f"fastfit.launch: nginx cannot write its access log to {target} ({exc.strerror or exc}); writing it "
+              f"to {fallback} instead (FASTFIT_FRONT_ACCESS_LOG chooses another file)", file=sys.stderr, flush=True)
+        return fallback
+    return target
 
 
 def plan_instances(env: dict[str, str]) -> list[Instance]:
@@ -242,8 +281,12 @@ def check(env: dict[str, str], timeout: float = 4.0) -> int:
 
 def run(env: dict[str, str]) -> int:
     instances = plan_instances(env)
+    warning = no_gpu_warning(env, instances)
+    if warning is not None:
+        print(f"fastfit.launch: {warning}", file=sys.stderr, flush=True)
     run_dir = read("FASTFIT_RUN_DIR", env) or tempfile.mkdtemp(prefix="fastfit-front-")
     Path(run_dir).mkdir(parents=True, exist_ok=True)
+    env = {**env, "FASTFIT_FRONT_ACCESS_LOG": front_access_log(env, run_dir)}
     conf = Path(run_dir) / "nginx.conf"
     temp_dir = prepare_temp_dirs(run_dir)
     try:
@@ -256,7 +299,11 @@ def run(env: dict[str, str]) -> int:
 
 def _run_stack(env: dict[str, str], instances: list[Instance], run_dir: str, conf: Path) -> int:
     nginx = nginx_binary(env)
-    subprocess.run([nginx, "-t", "-q", "-e", "stderr", "-p", run_dir, "-c", str(conf)], check=True)
+    test = subprocess.run([nginx, "-t", "-q", "-e", "stderr", "-p", run_dir, "-c", str(conf)],
+                          capture_output=True, text=True)
+    if test.returncode != 0:
+        lines = (test.stderr or test.stdout).strip().splitlines()
+        raise LaunchError(f"nginx refused to start: {lines[0] if lines else f'exit code {test.returncode}'}")
 
     gunicorn_cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "server:app"]
     procs: dict[str, subprocess.Popen] = {}

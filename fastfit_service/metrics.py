@@ -14,7 +14,7 @@ CACHES = ("garment", "person")
 
 
 class CacheCollector:
-    """Exports ``engine.cache_stats()`` (hits, misses, evictions, entries, bytes per cache); the
+    """Exports ``engine.cache_stats()`` (hits, misses, evictions, expiries, entries, bytes per cache); the
     counts live in the engine, so a scrape reads them instead of mirroring every increment."""
 
     def __init__(self) -> None:
@@ -27,15 +27,32 @@ class CacheCollector:
             CounterMetricFamily("fastfit_cache_hits", "Look-ups answered from a cache (one per garment or person), by cache.", labels=["cache"]),
             CounterMetricFamily("fastfit_cache_misses", "Cache look-ups that had to compute, by cache.", labels=["cache"]),
             CounterMetricFamily("fastfit_cache_evictions", "Entries dropped to stay within the budget.", labels=["cache"]),
+            CounterMetricFamily("fastfit_cache_expired", "Entries dropped at their age limit (FASTFIT_PERSON_CACHE_TTL).", labels=["cache"]),
             GaugeMetricFamily("fastfit_cache_entries", "Entries held, by cache.", labels=["cache"]),
             GaugeMetricFamily("fastfit_cache_bytes", "Bytes held (garment: GPU, person: CPU), by cache.", labels=["cache"]),
         ]
-        fields = ("hits", "misses", "evictions", "entries", "bytes")
+        fields = ("hits", "misses", "evictions", "expired", "entries", "bytes")
         for name in CACHES:
             counts = stats.get(name, {})
             for family, key in zip(families, fields):
                 family.add_metric([name], float(counts.get(key, 0)))
         yield from families
+
+
+class CompileFallbackCollector:
+    """Exports ``engine.compile_fallbacks``: a compile failure that turned the engine eager
+    (fastfit_engine/model/compile_fallback.py); read at scrape time like the cache counters."""
+
+    def __init__(self) -> None:
+        self.engine: Any = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "fastfit_compile_fallbacks",
+            "torch.compile failures that switched the engine to the eager path (slower, same images).",
+        )
+        family.add_metric([], float(getattr(self.engine, "compile_fallbacks", 0)))
+        yield family
 
 
 class Metrics:
@@ -75,14 +92,17 @@ class Metrics:
         self.draining = Gauge("fastfit_draining", "1 once a graceful stop (SIGTERM) began.", registry=self.registry)
         self.caches = CacheCollector()
         self.registry.register(self.caches)
+        self.compile = CompileFallbackCollector()
+        self.registry.register(self.compile)
 
     def watch_engine(self, engine: Any) -> None:
-        """Export this engine's cache counters (an engine without ``cache_stats`` exports zeros)."""
+        """Export this engine's cache and compile-fallback counters (an engine without them exports zeros)."""
         self.caches.engine = engine
+        self.compile.engine = engine
 
     def exposition(self) -> Response:
         """The `/metrics` response body in the Prometheus text format."""
-        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)  # it has its charset
 
     def instrument(self, app: Flask) -> None:
         """Count and time every request of `app` by its URL rule."""

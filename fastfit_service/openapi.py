@@ -16,6 +16,8 @@ from fastfit_engine.request.output import OUTPUT_FORMATS
 from fastfit_engine.request.schema import (
     GARMENT_DESCRIPTIONS,
     GARMENT_FIELDS,
+    MASK_DESCRIPTION,
+    MASK_FIELD,
     PERSON_FIELD,
     SEED_MAX,
     VALUE_FIELDS_BY_NAME,
@@ -23,7 +25,10 @@ from fastfit_engine.request.schema import (
     NumberField,
 )
 
+from .security import SYNTHETIC_WEIGHTS_HEADER
+
 OPENAPI_VERSION = "3.1.0"
+BEARER_SCHEME = "apiKey"  # the securitySchemes entry of the bearer API keys
 API_VERSION = "1.0.0"
 
 
@@ -59,6 +64,7 @@ def prompt_body_schema(json: bool = False) -> dict[str, Any]:
     props: dict[str, Any] = {PERSON_FIELD: _image_schema("photo of the person; centre-cropped to 3:4", json)}
     for g in GARMENT_FIELDS:
         props[g] = _image_schema(GARMENT_DESCRIPTIONS[g], json)
+    props[MASK_FIELD] = _image_schema(MASK_DESCRIPTION, json)
     for f in VALUE_FIELDS_BY_NAME.values():
         props[f.name] = _choice_schema(f) if isinstance(f, ChoiceField) else _number_schema(f)
     return {
@@ -93,7 +99,9 @@ def _error_schema(codes: Iterable[ErrorCode]) -> dict[str, Any]:
 def _result_json_schema() -> dict[str, Any]:
     return {
         "type": "object",
-        "required": ["image", "content_type", "width", "height", "seed", "preview", "timings_ms", "peak_vram_mb"],
+        "required": [
+            "image", "content_type", "width", "height", "seed", "preview", "timings_ms", "peak_vram_mb", "synthetic_weights",
+        ],
         "properties": {
             "image": {"type": "string", "contentEncoding": "base64", "description": "the encoded image"},
             "content_type": {"type": "string", "enum": [f.content_type for f in OUTPUT_FORMATS.values()]},
@@ -104,6 +112,8 @@ def _result_json_schema() -> dict[str, Any]:
             "timings_ms": {"type": "object", "additionalProperties": {"type": "number"},
                            "description": "milliseconds per stage: " + ", ".join(STAGES)},
             "peak_vram_mb": {"type": ["integer", "null"], "description": "null without CUDA"},
+            "synthetic_weights": {"type": "boolean",
+                                  "description": "true when the service runs random test weights (the image is noise)"},
         },
     }
 
@@ -176,6 +186,12 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
     # /ready answers these as 503 (ServiceUnavailable), non_finite_output included
     ready_errors = [replace(c, status=503) for c in errors
                     if c.code in ("loading", "engine_failed", "non_finite_output", "draining", "engine_stuck")]
+    # API keys (fastfit_service/auth.py): a bearer scheme, so /docs has an Authorize button.
+    # Configured keys make it required on the protected operations; without keys it is optional.
+    keyed = bool(config.get("API_KEYS") or config.get("API_KEYS_FILE"))
+    bearer: list[dict[str, list[str]]] = [{BEARER_SCHEME: []}] if keyed else [{}, {BEARER_SCHEME: []}]
+    metrics_public = bool(config.get("METRICS_PUBLIC"))
+    unauthorized = [_by_code(errors, "unauthorized")]
 
     return {
         "openapi": OPENAPI_VERSION,
@@ -193,6 +209,7 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                 "post": {
                     "operationId": "tryOn",
                     "summary": "Run one try-on",
+                    "security": bearer,
                     "description": "Send the person and one or more garments; get the result image." + limit,
                     "requestBody": {
                         "required": True,
@@ -215,7 +232,7 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                                 "X-Peak-VRAM-MB": {"description": "peak GPU memory of the request (CUDA only)",
                                                    "schema": {"type": "integer", "minimum": 0}},
                                 "Cache-Control": {"schema": {"type": "string", "const": "no-store"}},
-                                "X-FastFit-Synthetic-Weights": {
+                                SYNTHETIC_WEIGHTS_HEADER: {
                                     "description": "`true` when the service runs the random test weights",
                                     "schema": {"type": "string", "const": "true"}},
                             },
@@ -226,6 +243,35 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                             },
                         },
                         **_responses_for(prompt_errors),
+                    },
+                }
+            },
+            "/progress/{request_id}": {
+                "get": {
+                    "operationId": "progress",
+                    "summary": "What a running try-on is doing",
+                    "description": (
+                        "Send `POST /prompt` with your own random `X-Request-ID` and poll this path with it "
+                        "while you wait: the last stage the engine finished (the Server-Timing names), or "
+                        "the denoising step. 404 once the request has ended (or on another instance)."
+                    ),
+                    "parameters": [{"name": "request_id", "in": "path", "required": True,
+                                    "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "the request is being served", "content": {_JSON: {"schema": {
+                            "type": "object",
+                            "required": ["state", "stage", "step", "steps", "elapsed_s"],
+                            "properties": {
+                                "state": {"type": "string", "enum": ["waiting", "running"],
+                                          "description": "waiting: admitted, not yet on the GPU"},
+                                "stage": {"type": ["string", "null"], "enum": [*STAGES, None],
+                                          "description": "the last stage finished, or diffusion while it steps"},
+                                "step": {"type": "integer", "minimum": 0},
+                                "steps": {"type": "integer", "minimum": 0},
+                                "elapsed_s": {"type": "number", "minimum": 0},
+                            },
+                        }}}},
+                        "404": {"$ref": "#/components/responses/NotFound"},
                     },
                 }
             },
@@ -251,8 +297,13 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                 "get": {
                     "operationId": "metrics",
                     "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text exposition format",
-                                          "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                    "description": "Needs a key when keys are configured, unless `FASTFIT_METRICS_PUBLIC=1`.",
+                    **({} if metrics_public else {"security": bearer}),
+                    "responses": {
+                        "200": {"description": "text exposition format",
+                                "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **({} if metrics_public else _responses_for(unauthorized)),
+                    },
                 }
             },
             "/openapi.json": {
@@ -271,6 +322,16 @@ def build_openapi(config: Mapping[str, Any] | None = None, errors: Iterable[Erro
                 "Error": _error_schema(errors),
             },
             "headers": {"Retry-After": _RETRY_AFTER},
+            "securitySchemes": {
+                BEARER_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "An API key from FASTFIT_API_KEYS or FASTFIT_API_KEYS_FILE, sent as "
+                        "`Authorization: Bearer <key>`; without configured keys the service is open."
+                    ),
+                }
+            },
             # Any path can answer these two.
             "responses": {
                 name: _error_response(c.status, [c], _STATUS_SUMMARY[c.status])

@@ -15,6 +15,8 @@ from werkzeug.exceptions import HTTPException
 
 from fastfit_engine.errors import TryOnError
 
+from .security import loggable
+
 log = logging.getLogger("fastfit.server")
 
 
@@ -66,5 +68,5 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", loggable(request.method), loggable(request.path))
         return error_response(500, "internal_error", "internal server error")

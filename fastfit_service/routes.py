@@ -1,4 +1,4 @@
-"""The service's routes, as a Flask blueprint: `/prompt`, `/health`, `/ready`, `/metrics`.
+"""The service's routes, as a Flask blueprint: `/prompt`, `/progress/<id>`, `/health`, `/ready`, `/metrics`.
 
 Each is thin: read the body into a `PromptRequest`, hand it to the Flask-free core
 (`core.handle`), and shape the outcome as the answer. The per-app state (`admission.Service`)
@@ -7,12 +7,14 @@ and the form limits live in `app.extensions["fastfit"]`, set up by `create_app`.
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import NotFound
 
 from .admission import Service
 from .answer import answer
 from .core import handle
 from .jsonbody import json_body_limit, read_prompt_json
 from .multipart import FormLimits, read_prompt_form
+from .security import current_request_id
 
 bp = Blueprint("fastfit", __name__)
 
@@ -43,6 +45,14 @@ def metrics() -> Response:
     return svc.metrics.exposition()
 
 
+@bp.get("/progress/<request_id>")
+def progress(request_id: str) -> Response:
+    state = _service().progress.get(request_id)
+    if state is None:
+        raise NotFound()
+    return jsonify(state)
+
+
 @bp.post("/prompt")
 def prompt() -> Response:
     svc = _service()
@@ -52,8 +62,6 @@ def prompt() -> Response:
         req = read_prompt_json(request, upload_limit)
     else:
         req = read_prompt_form(request, FormLimits.from_config(svc.config))  # undecoded: refusals cost no decoding
-    outcome = handle(svc, req, svc.control(request.environ))
-    resp = answer(request, outcome.image, req.options, outcome.seed, outcome.timings, outcome.peak_vram_mb)
-    if outcome.synthetic_weights:
-        resp.headers["X-FastFit-Synthetic-Weights"] = "true"
-    return resp
+    outcome = handle(svc, req, svc.control(request.environ), current_request_id())
+    return answer(request, outcome.image, req.options, outcome.seed, outcome.timings, outcome.peak_vram_mb,
+                  outcome.synthetic_weights)

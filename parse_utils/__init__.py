@@ -19,6 +19,7 @@ _EXPORTS = {
     "DensePose": "parse_utils.densepose",
     "multi_ref_cloth_agnostic_mask": "parse_utils.automasker",
     "cloth_agnostic_mask": "parse_utils.automasker",
+    "grow_mask": "parse_utils.automasker",
 }
 
 __all__ = sorted(_EXPORTS)

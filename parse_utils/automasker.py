@@ -9,6 +9,9 @@ that the diffusion model sees the masks it was trained with. Two deliberate diff
   which is exactly the reference's computation when the sides are multiples of 4.
 Randomness (only the optional horizontal widening of the box mask) comes from an explicit
 numpy Generator.
+
+`grow_mask` is ours, not the reference's: a caller's `mask_grow` for garments that outgrow a
+mask that follows the body (flared skirts, long coats), an elliptical dilation that keeps the face.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ __all__ = [
     "PROTECT_CLOTH_PARTS",
     "PUBLIC_ACCESSORY_PARTS",
     "cloth_agnostic_mask",
+    "grow_mask",
     "multi_ref_cloth_agnostic_mask",
 ]
 
@@ -315,3 +319,14 @@ def cloth_agnostic_mask(
         mask = _bounding_box(mask, weak & (1 - mask), k, None) & (1 - face)
     mask = _dilate(mask, k, iterations=2)
     return _to_image(mask & (1 - face))
+
+
+def grow_mask(mask: Image.Image, pixels: int, lip: np.ndarray) -> Image.Image:
+    """`mask` grown by `pixels` in every direction (OpenCV dilation with an elliptical kernel of
+    radius `pixels`), never into the pixels SCHP-LIP labels Face; 0 returns it unchanged."""
+    if pixels <= 0:
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
+    grown = cv2.dilate((np.asarray(mask.convert("L")) >= 128).astype(np.uint8), kernel)
+    face = _labels(np.asarray(lip), ["Face"], LIP_MAPPING)
+    return _to_image(grown & (1 - face))

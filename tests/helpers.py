@@ -6,14 +6,16 @@ from __future__ import annotations
 import io
 import math
 import struct
+import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastfit_engine.synthetic import write_fastfit_model
 from fastfit_engine.model.unet import FastFitUNet
@@ -203,6 +205,47 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def runs_after_lock_is_released(
+    lock, module: torch.nn.Module, call: Callable[[], object], hold_s: float = 1.0
+) -> tuple[object, bool]:
+    """``call()`` on a second thread while this thread holds ``lock`` for ``hold_s`` seconds.
+
+    Asserts that ``module``'s forward pass (the parser's network) starts only once the lock is
+    released; returns what ``call()`` gave and cuDNN's TF32 switch as the forward pass saw it.
+    ``hold_s`` is far longer than the tiny parsers' preparation, so a parser that ignored the
+    lock would reach its network inside the hold."""
+    order: list[str] = []
+    started = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def mark(_module, _args):
+        order.append("forward")
+        outcome["tf32"] = torch.backends.cudnn.allow_tf32
+        started.set()
+
+    def work():
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # re-raised on the test's thread
+            outcome["error"] = exc
+
+    hook = module.register_forward_pre_hook(mark)
+    try:
+        with lock:
+            worker = threading.Thread(target=work)
+            worker.start()
+            assert not started.wait(hold_s), "the network ran while the lock was held"
+            order.append("released")
+        worker.join(timeout=120)
+    finally:
+        hook.remove()
+    assert not worker.is_alive(), "the call did not finish after the lock was released"
+    if "error" in outcome:
+        raise outcome["error"]
+    assert order[:2] == ["released", "forward"], order
+    return outcome["value"], outcome["tf32"]
+
+
 class NoDiffusion:
     """The real pipeline's preparation methods, but no denoising run (for the mask preview tests)."""
 
@@ -250,3 +293,33 @@ def multipart_body(files: dict[str, bytes | Path], fields: dict[str, str]) -> tu
         out.write(b"\r\n")
     out.write(f"--{boundary}--\r\n".encode())
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """float64 softmax(q k^T / sqrt(d)) v over (batch, tokens, heads, dim)."""
+    q, k, v = (t.double().permute(0, 2, 1, 3) for t in (q, k, v))
+    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    return (w @ v).permute(0, 2, 1, 3)
+
+
+def attention_qkv(head_dim: int, dtype=torch.float32, q_tokens=12, kv_tokens=20, heads=2, seed=0):
+    """Random (batch 2, tokens, heads, head_dim) q, k, v; q a view into a fused projection output,
+    like the attention processor's."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(2, q_tokens, 3 * heads * head_dim, generator=g).to(dtype)
+    q = qkv[..., : heads * head_dim].view(2, q_tokens, heads, head_dim)
+    k = torch.randn(2, kv_tokens, heads, head_dim, generator=g).to(dtype)
+    v = torch.randn(2, kv_tokens, heads, head_dim, generator=g).to(dtype)
+    return q, k, v
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records the name of every ATen/custom op dispatched inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from flask import request
 
 from fastfit_service import auth
 from helpers import make_garment, png_bytes, stop_process
@@ -124,16 +125,16 @@ def test_keys_from_a_file(engine, tmp_path):
 # -- headers on every response ------------------------------------------------------------------------
 def test_nosniff_and_request_id_on_every_response(keyed):
     responses = [keyed.get("/health"), keyed.get("/metrics"), _no_garment_post(keyed),
-                 _no_garment_post(keyed, _bearer(KEYS[0])), keyed.get("/health", headers={"X-Request-ID": "x" * 129})]
+                 _no_garment_post(keyed, _bearer(KEYS[0])), keyed.get("/health", headers={"X-Request-ID": "x" * 65})]
     ids = set()
     for resp in responses:
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
         assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["X-Request-ID"]), resp.headers
         ids.add(resp.headers["X-Request-ID"])
     assert len(ids) == len(responses)  # a fresh id per request
-    for sane in ("abc-123", "0f8e:trace.7_x", "A" * 128):
+    for sane in ("abc-123", "0f8e:trace.7_x", "A" * 64):
         assert keyed.get("/health", headers={"X-Request-ID": sane}).headers["X-Request-ID"] == sane
-    for insane in ("has space", "semi;colon", "<script>", "A" * 129, ""):
+    for insane in ("has space", "semi;colon", "<script>", "A" * 65, ""):  # no answer echoes more than 64
         got = keyed.get("/health", headers={"X-Request-ID": insane}).headers["X-Request-ID"]
         assert got != insane and re.fullmatch(r"[0-9a-f]{32}", got)
 
@@ -147,6 +148,47 @@ def test_request_id_reaches_the_log_lines(keyed, caplog):
     assert resp.status_code == 401
     refused = [r for r in caplog.records if "refused GET /metrics: missing API key" in r.getMessage()]
     assert [r.request_id for r in refused] == ["req-42"]
+
+
+def test_client_text_in_log_lines_is_escaped(engine, caplog):
+    """A newline in the path cannot start a forged line; nor can an unhandled error's line."""
+    app = _app(engine, FASTFIT_API_KEYS=KEYS[0])
+    keyed = app.test_client()
+    forged = "/x%0a%5b2026-01-01%2000%3a00%3a00%20%2b0000%5d%20%5bCRITICAL%5d%20FORGED%1b[2J"  # the issue's URL
+
+    @app.before_request
+    def _fail():  # an unhandled error (none of the real routes has one left)
+        if request.path.startswith("/fail"):
+            raise RuntimeError("boom")
+
+    with caplog.at_level("INFO", logger="fastfit"):
+        assert _error(keyed.get(forged), 401)[0] == "unauthorized"
+        assert _error(keyed.get("/fail" + forged, headers=_bearer(KEYS[0])), 500)[0] == "internal_error"
+    messages = [r.getMessage() for r in caplog.records]
+    escaped = "/x\\n[2026-01-01 00:00:00 +0000] [CRITICAL] FORGED\\x1b[2J"
+    assert f"refused GET {escaped}: missing API key" in messages, messages
+    assert f"unhandled error on GET /fail{escaped}" in messages, messages
+    assert not any("\n" in m or "\x1b" in m for m in messages), messages
+    from fastfit_service.security import loggable
+
+    assert loggable("a\\b\u2028" + "z" * 300) == "a\\\\b\\u2028" + "z" * 196 + "..."
+
+
+def test_page_and_docs_forbid_framing_and_inline_script(keyed):
+    for path in ("/", "/docs/", "/openapi.json", "/health"):
+        resp = keyed.get(path)
+        assert resp.status_code == 200, path
+        csp = dict(d.strip().split(" ", 1) for d in resp.headers["Content-Security-Policy"].split(";"))
+        assert csp["default-src"] == "'self'" and csp["frame-ancestors"] == "'none'", csp
+        assert not any("unsafe" in v for v in csp.values()), csp  # no inline script, no eval
+        assert resp.headers["X-Frame-Options"] == "DENY"
+    for page in ("/", "/docs/"):
+        assert "<script>" not in keyed.get(page).get_data(as_text=True)  # every script is a file
+
+
+def test_metrics_content_type_names_its_charset_once(keyed):
+    resp = keyed.get("/metrics", headers=_bearer(KEYS[0]))
+    assert resp.headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
 
 
 # -- CORS ---------------------------------------------------------------------------------------------
@@ -181,6 +223,25 @@ def test_cors_headers_on_answers_only_for_listed_origins(cors):
         resp = cors.options("/prompt", headers={"Origin": other, "Access-Control-Request-Method": "POST"})
         assert "Access-Control-Allow-Origin" not in resp.headers, other
         assert "Access-Control-Allow-Origin" not in cors.get("/health", headers={"Origin": other}).headers
+
+
+def test_one_listed_origin_still_varies_by_origin(engine):
+    """With one origin flask-cors sends it as a constant, yet other origins get no CORS header:
+    the answer depends on Origin, and a shared cache must know (Vary: Origin, once)."""
+    one = _app(engine, FASTFIT_CORS_ORIGINS=SHOP).test_client()
+    answers = [one.get("/health", headers={"Origin": SHOP}), one.get("/health", headers={"Origin": "https://evil.example"}),
+               one.get("/health"), one.options("/prompt", headers={"Origin": SHOP, "Access-Control-Request-Method": "POST"}),
+               _no_garment_post(one, {"Origin": SHOP})]
+    for resp in answers:
+        assert resp.headers.getlist("Vary") == ["Origin"], resp.headers
+    assert answers[0].headers["Access-Control-Allow-Origin"] == SHOP and "Access-Control-Allow-Origin" not in answers[1].headers
+    assert "Vary" not in _app(engine).test_client().get("/health", headers={"Origin": SHOP}).headers  # no CORS: no Vary
+    # any origin: a literal `*`, the same for every caller, never the caller's Origin echoed back
+    star = _app(engine, FASTFIT_CORS_ORIGINS="*").test_client()
+    for origin in (SHOP, "https://" + "x" * 200 + ".example"):
+        for resp in (star.get("/health", headers={"Origin": origin}),
+                     star.options("/prompt", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})):
+            assert resp.headers["Access-Control-Allow-Origin"] == "*" and "Vary" not in resp.headers, resp.headers
 
 
 def test_no_cors_without_origins_and_bad_origins_refused(engine):
@@ -222,8 +283,15 @@ def test_gunicorn_enforces_keys_and_logs_request_ids(models_dir, tmp_path):
         status, body, headers = _request(base + "/metrics", {**_bearer(KEYS[1]), "X-Request-ID": "probe-200"})
         assert status == 200 and b"fastfit_http_requests_total" in body and headers["X-Request-ID"] == "probe-200"
         assert _get(base + "/health")[0] == 200
+        # the issue's forged line, and control bytes in a header: nothing a client sends starts a line
+        status, _, _ = _request(base + "/x%0a%5b2026-01-01%2000%3a00%3a00%20%2b0000%5d%20%5bCRITICAL%5d%20FORGED",
+                                {"X-Request-ID": "forge", "User-Agent": "ua\x85[2026-01-01] [CRITICAL] UA\x9b[2J"})
+        assert status == 401
     finally:
         _, output = stop_process(proc, log)
+    assert not re.search(r"^\[2026-01-01", output, re.M) and "\x85" not in output and "\x9b" not in output, output
+    assert r"[forge] fastfit.server: refused GET /x\n[2026-01-01 00:00:00 +0000] [CRITICAL] FORGED: missing API key" in output
+    assert r'"ua\x85[2026-01-01] [CRITICAL] UA\x9b[2J" forge' in output, output
     assert re.search(r"\[probe-401\] fastfit\.server: refused GET /metrics: missing API key", output), output
     assert re.search(r'"GET /metrics HTTP/1\.1" 401 .* probe-401$', output, re.M), output
     assert re.search(r'"GET /metrics HTTP/1\.1" 200 .* probe-200$', output, re.M), output

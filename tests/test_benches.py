@@ -30,7 +30,8 @@ def run_bench(module: str, *args: str) -> dict:
 
 def test_every_bench_script_is_covered():
     scripts = sorted(p.stem for p in (ROOT / "bench").glob("bench_*.py"))
-    assert scripts == ["bench_densepose", "bench_diffusion", "bench_dwpose", "bench_output_formats", "bench_request",
+    # bench_attention --quick runs in test_triton_attention.py (the kernel's interpreter check)
+    assert scripts == ["bench_attention", "bench_densepose", "bench_diffusion", "bench_dwpose", "bench_output_formats", "bench_request",
                        "bench_schp", "bench_sha256"]
 
 
@@ -77,11 +78,17 @@ def test_bench_request_quick(models_dir):
 
 
 def test_bench_dwpose_quick():
-    report = run_bench("bench_dwpose", "--devices", "cpu")
+    report = run_bench("bench_dwpose", "--runtimes", "onnxruntime:cpu,torch:cpu")
     assert report["models"] == "synthetic" and report["repeats"] == 2
-    (result,) = report["results"]
-    assert result["device"] == "cpu" and result["total_ms_median"] > 0
-    assert {"detector_session", "pose_session", "render"} <= set(result["stages_ms_median"])
+    reference, converted = report["results"]
+    assert reference["runtime"] == "onnxruntime:cpu" and reference["providers"] == ["CPUExecutionProvider"]
+    assert converted["runtime"] == "torch:cpu:float32" and converted["providers"] == ["torch:cpu:float32"]
+    for result in (reference, converted):
+        assert result["total_ms_median"] > 0
+        assert {"detector_session", "pose_session", "render"} <= set(result["stages_ms_median"])
+    parity = converted["parity_vs_first"]
+    assert parity["keypoints_max_abs_px"] == 0 and parity["drawing_pixels_differing"] == 0
+    assert parity["simcc_argmax_same_fraction_xy"] == [1.0, 1.0] and parity["body_visibility_same"] is True
 
 
 def test_bench_schp_quick():

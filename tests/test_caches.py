@@ -219,7 +219,7 @@ def test_garment_cache_eviction_and_prepared_references(tmp_path_factory):
     assert hit == (True,) and np.array_equal(out, plain["shirt"])
     out, hit = cached(skirt)  # same slot and size, other image: a miss that evicts the shirt
     assert hit == (False,) and np.array_equal(out, plain["skirt"])
-    assert cache.stats() | {"max_bytes": 0} == {"hits": 1, "misses": 2, "evictions": 1, "entries": 1, "bytes": one, "max_bytes": 0}
+    assert cache.stats() | {"max_bytes": 0} == {"hits": 1, "misses": 2, "evictions": 1, "expired": 0, "entries": 1, "bytes": one, "max_bytes": 0}
     out, hit = cached(shirt)
     assert hit == (False,) and np.array_equal(out, plain["shirt"]) and cache.evictions == 2
 
@@ -248,7 +248,7 @@ def test_lru_cache_bounds():
     assert list(cache._entries) == ["c", "d"] and cache.bytes == 100
     cache.put("e", 6, 95)  # c and d go
     assert list(cache._entries) == ["e"] and cache.bytes == 95
-    assert cache.stats() == {"hits": 1, "misses": 1, "evictions": 4, "entries": 1, "bytes": 95, "max_bytes": 100}
+    assert cache.stats() == {"hits": 1, "misses": 1, "evictions": 4, "expired": 0, "entries": 1, "bytes": 95, "max_bytes": 100}
     off = LRUCache("garment", 0)
     assert not off.enabled and not off.put("a", 1, 1) and off.get("a") is None and off.misses == 0
 

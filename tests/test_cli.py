@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_cli_writes_a_768x1024_png(models_dir, sample_files, tmp_path):
     out = tmp_path / "result.png"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FASTFIT_RESOLUTION": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FASTFIT_RESOLUTION": "768x1024"}  # a CPU's default is smaller
     cmd = [sys.executable, "inference.py", "--person", str(sample_files["person"]), "--shoe", str(sample_files["shoe"]),
            "--steps", "1", "--seed", "9", "--guidance", "1", "--models-dir", str(models_dir), "--output", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -36,7 +36,8 @@ def test_cli_writes_a_768x1024_png(models_dir, sample_files, tmp_path):
     assert lines[1] == "seed: 9"
     assert lines[2] == "peak VRAM: n/a (cpu)"
     assert lines[3].startswith("timings: pose ")
-    assert len(lines) == 4
+    assert lines[4] == "synthetic weights: no"  # conftest's tree carries no synthetic marker
+    assert len(lines) == 5
     # stderr is a pipe: no progress bars; the CPU estimate once, measured at the full size itself
     assert "denoising:" not in proc.stderr and "preparing:" not in proc.stderr
     assert proc.stderr.count("running on the CPU") == 1
@@ -47,7 +48,7 @@ def test_cli_writes_a_768x1024_png(models_dir, sample_files, tmp_path):
 
 def test_cli_resolution_flag_and_forced_progress(models_dir, sample_files, tmp_path):
     """--resolution beats FASTFIT_RESOLUTION and sets the output size; --progress shows the bars on a
-    pipe (stage and step counts, time left) while stdout keeps its four lines."""
+    pipe (stage and step counts, time left) while stdout keeps its result lines."""
     out = tmp_path / "small.png"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FASTFIT_RESOLUTION": "768x1024"}
     cmd = [sys.executable, "inference.py", "--person", str(sample_files["person"]), "--upper", str(sample_files["upper"]),
@@ -58,7 +59,7 @@ def test_cli_resolution_flag_and_forced_progress(models_dir, sample_files, tmp_p
     with Image.open(out) as img:
         assert img.size == (192, 256)
     lines = proc.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["output", "seed", "peak VRAM", "timings"]
+    assert [line.split(":")[0] for line in lines] == ["output", "seed", "peak VRAM", "timings", "synthetic weights"]
     assert lines[1] == "seed: 3"
     assert re.search(r"preparing: 100%\|[^|]*\| 5/5 ", proc.stderr), proc.stderr
     assert re.search(r"denoising: 100%\|[^|]*\| 2/2 \[[0-9:]+<00:00", proc.stderr), proc.stderr
@@ -96,6 +97,14 @@ ERRORS = [
      "error: --resolution must be WIDTHxHEIGHT in positive multiples of 64, e.g. 384x512, got '100x100'"),
     (lambda f, t: ["--person", f["person"], "--upper", f["upper"], "--resolution", "big"], 2,
      "error: --resolution must be WIDTHxHEIGHT in positive multiples of 64, e.g. 384x512, got 'big'"),
+    (lambda f, t: ["--person", f["person"], "--upper", f["upper"], "--mask", f["upper"], "--mask-grow", "4"], 2,
+     "error: --mask-grow cannot be combined with mask: it grows the automatic mask"),
+    (lambda f, t: ["--person", f["person"], "--upper", f["upper"], "--mask-grow", "200"], 2,
+     "error: --mask-grow must be between 0 and 128, got 200"),
+    (lambda f, t: ["--person", f["person"], "--upper", f["upper"], "--mask", t / "none.png"], 2,
+     "error: --mask: file not found: {t}/none.png"),
+    (lambda f, t: ["--person", f["person"], "--upper", f["upper"], "--mask", t / "garbage.png"], 2,
+     "error: --mask is not a decodable image..."),
     (lambda f, t: ["--person", f["person"], "--upper", f["upper"], "--output", t], 2,
      "error: --output is a folder, give a file name: {t}"),
     (lambda f, t: ["--person", f["person"], "--upper", f["upper"], "--output", t / "no" / "dir" / "o.png"], 2,
@@ -164,7 +173,7 @@ def test_bad_fastfit_resolution_is_a_usage_error(sample_files, capsys, monkeypat
 
 
 @pytest.mark.parametrize("argv, env, expected", [
-    ([], {}, "768x1024"),
+    ([], {}, None),  # the engine's default for its device
     ([], {"FASTFIT_RESOLUTION": "384x512"}, "384x512"),
     (["--resolution", "192X256"], {"FASTFIT_RESOLUTION": "384x512"}, "192x256"),
     (["--resolution", "192x256"], {"FASTFIT_RESOLUTION": "bad"}, "192x256"),

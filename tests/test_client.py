@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import io
 import socket
+import threading
 import sys
 from pathlib import Path
 
@@ -160,8 +161,99 @@ def test_ready_and_server_timing_parser(live):
     assert parse_server_timing("pose;dur=12.5, total;desc=\"x\";dur=80") == {"pose": 12.5, "total": 80.0}
 
 
-def test_the_client_is_one_file_with_the_standard_library_only():
+def test_the_client_is_one_file_with_urllib3_and_tqdm_only():
     tree = ast.parse((ROOT / "fastfit_client.py").read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported and imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+    assert imported - set(sys.stdlib_module_names) - {"__future__"} == {"urllib3", "tqdm"}, imported
+
+
+def test_a_keyed_service_with_the_api_key(engine, sample_files, tmp_path, monkeypatch):
+    app = create_app(engine, {"API_KEYS": ["k-0123456789"]})
+    slept: list[float] = []
+    with serve(app) as url:
+        with pytest.raises(RequestRejected) as info:
+            FastFitClient(url, sleep=slept.append).try_on(sample_files["person"], bag=sample_files["bag"], steps=1)
+        assert info.value.status == 401 and info.value.code == "unauthorized" and slept == []
+        with pytest.raises(RequestRejected):
+            FastFitClient(url, api_key="wrong").try_on(sample_files["person"], bag=sample_files["bag"], steps=1)
+        monkeypatch.setattr(engine, "synthetic_weights", True)  # as for a tree the synthetic writer marked
+        result = FastFitClient(url, api_key="k-0123456789").try_on(
+            sample_files["person"], bag=sample_files["bag"], steps=1, seed=8)
+        assert result.seed == 8 and result.synthetic_weights is True
+        monkeypatch.setattr(engine, "synthetic_weights", False)
+
+        # the batch command reads the key from a file
+        (tmp_path / "key.txt").write_text("k-0123456789\n")
+        (tmp_path / "rows.csv").write_text(f"person,bag,steps,seed\n{sample_files['person']},{sample_files['bag']},1,8\n")
+        from fastfit_client import main
+
+        assert main(["batch", str(tmp_path / "rows.csv"), "--out", str(tmp_path / "o"), "--url", url,
+                     "--api-key-file", str(tmp_path / "key.txt"), "--no-progress"]) == 0
+        assert (tmp_path / "o" / "row00001.png").read_bytes() == result.image
+        assert main(["batch", str(tmp_path / "rows.csv"), "--out", str(tmp_path / "o2"), "--url", url,
+                     "--no-progress"]) == 1
+        assert '"code": "unauthorized"' in (tmp_path / "o2" / "failures.jsonl").read_text()
+
+
+def test_429_and_503_answers_are_followed_by_their_retry_after():
+    """A stand-in for any server in front (a rate limiter answers 429): the client waits what it asks."""
+    from flask import Flask
+
+    answers = [(429, "2"), (503, "1"), (200, None)]
+    seen: list[str | None] = []
+    app = Flask("limiter")
+
+    @app.post("/prompt")
+    def prompt():
+        from flask import request
+
+        seen.append(request.headers.get("Authorization"))
+        status, wait = answers[len(seen) - 1]
+        if status != 200:
+            return {"error": {"code": "slow_down", "message": "later"}}, status, {"Retry-After": wait}
+        return b"PNG", 200, {"Content-Type": "image/png", "X-Seed": "4"}
+
+    slept: list[float] = []
+    with serve(app) as url:
+        result = FastFitClient(url, sleep=slept.append, api_key="abc").try_on(b"p", upper=b"u")
+        assert result.image == b"PNG" and result.attempts == 3 and slept == [2, 1]
+        assert seen == ["Bearer abc"] * 3
+        seen.clear()
+        answers[:] = [(429, "1")] * 3
+        with pytest.raises(ServiceBusy) as info:
+            FastFitClient(url, sleep=slept.append, max_retries=2).try_on(b"p", upper=b"u")
+        assert info.value.status == 429 and info.value.retry_after == 1.0 and len(seen) == 3
+
+
+def test_every_try_on_through_the_full_front_succeeds_by_following_retry_after(models_dir, sample_files, tmp_path):
+    """The nginx front with its one instance full answers 503 with Retry-After; four client threads
+    x three try-ons all succeed by waiting as asked."""
+    from _front_helpers import Stack
+
+    s = Stack(tmp_path, models_dir, "cpu", {"FASTFIT_QUEUE_SIZE": "0", "FASTFIT_RETRY_AFTER": "1"})
+    results: list = []
+    errors: list = []
+    try:
+        s.wait("/ready", 200, 120)
+        client = FastFitClient(s.front, timeout=120, max_retries=200, pool_size=4)
+
+        def work(i: int) -> None:
+            for j in range(3):
+                try:
+                    results.append(client.try_on(sample_files["person"], bag=sample_files["bag"], steps=1, seed=10 * i + j))
+                except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+    finally:
+        s.stop()
+    assert errors == [] and len(results) == 12
+    assert sorted(r.seed for r in results) == sorted(10 * i + j for i in range(4) for j in range(3))
+    assert sum(r.attempts for r in results) > 12  # some were refused as full and came back
+    refused = [e for e in s.access_entries() if str(e.get("status")) == "503"]
+    assert refused, "the front never answered 503"

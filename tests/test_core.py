@@ -27,7 +27,7 @@ def _request(sample_files, **values):
 def test_handle_runs_a_try_on_without_flask(service, engine, sample_files):
     req = _request(sample_files, steps="1", seed="7", guidance_scale="1")
     assert list(req.garments) == ["upper", "lower"]  # reference order, whatever the body's order
-    outcome = handle(service, req, RequestControl(service, None, lambda: False))
+    outcome = handle(service, req, RequestControl(service, None, lambda: False), "core-test")
     direct = engine.process(sample_files["person"], {"upper": sample_files["upper"], "lower": sample_files["lower"]},
                             steps=1, seed=7, guidance_scale=1.0)
     assert outcome.seed == 7 and outcome.peak_vram_mb is None and outcome.synthetic_weights == engine.synthetic_weights
@@ -36,9 +36,9 @@ def test_handle_runs_a_try_on_without_flask(service, engine, sample_files):
 
 
 def test_handle_preview_and_a_passed_deadline(service, sample_files):
-    prep = handle(service, _request(sample_files, preview="mask", seed="3"), RequestControl(service, None, lambda: False))
+    prep = handle(service, _request(sample_files, preview="mask", seed="3"), RequestControl(service, None, lambda: False), "p")
     assert prep.seed == 3 and prep.image.mode == "L" and list(prep.timings)[-1] == "total"
     expired = RequestControl(service, 1e-9, lambda: False)
     with pytest.raises(DeadlineExceeded):
-        handle(service, _request(sample_files, steps="1"), expired)
+        handle(service, _request(sample_files, steps="1"), expired, "e")
     assert service.metrics.expired._value.get() == 1 and not service.gpu_lock.locked()

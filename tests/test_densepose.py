@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import runs_after_lock_is_released
 from parse_utils import DensePose
+from parse_utils.base import FLOAT32_GPU_WORK
 from parse_utils.densepose import DensePoseRCNNConfig, WEIGHTS_NAME, build_model
 from parse_utils.densepose.checkpoint import load_detectron2_pickle, restricted_loads
 from parse_utils.densepose.config_files import BASE_YAML, MODEL_YAML, check_config_folder
@@ -179,6 +181,17 @@ def test_detectable_forward_paints_top_person(tiny_model):
     assert ys.min() >= y and ys.max() < y + h and xs.min() >= x and xs.max() < x + w
     # deterministic
     np.testing.assert_array_equal(np.asarray(tiny_model(img)), arr)
+
+
+def test_forward_waits_for_the_float32_gpu_lock_and_keeps_tf32(tiny_model, monkeypatch):
+    """The lock DWPose's torch modules hold while cuDNN's TF32 is off (parse_utils/base.py):
+    DensePose launches no network work inside that window, and leaves the switch alone."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    img = _person_image()
+    expected = np.asarray(tiny_model(img))
+    got, tf32 = runs_after_lock_is_released(FLOAT32_GPU_WORK, tiny_model.model, lambda: tiny_model(img))
+    assert tf32 is True
+    np.testing.assert_array_equal(np.asarray(got), expected)
 
 
 def test_downscale_then_nearest_upscale(tiny_model):

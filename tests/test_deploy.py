@@ -57,6 +57,27 @@ def test_kubernetes_probes_gpu_and_autoscaler_are_the_documented_ones():
     assert selector == docs["Deployment"]["spec"]["selector"]["matchLabels"] == docs["Service"]["spec"]["selector"]
 
 
+def test_kubernetes_pod_is_restricted_pinned_on_gpu_nodes_with_a_persistent_compile_cache():
+    """The "restricted" Pod Security Standard's requirements, GPU scheduling, a pinned image tag
+    and a compile cache that outlives the pod."""
+    docs = _k8s_docs()
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    name, _, tag = container["image"].rpartition(":")
+    assert name and tag and tag != "latest", container["image"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["cache"] == "/app/cache"  # the image's FASTFIT_COMPILE_CACHE
+    assert volumes["cache"]["persistentVolumeClaim"]["claimName"] in claims
+
+
 def _check_jsonschema() -> str:
     exe = shutil.which("check-jsonschema") or str(Path(sys.executable).parent / "check-jsonschema")
     assert Path(exe).exists(), "check-jsonschema is not installed (requirements-dev.txt)"
@@ -92,6 +113,9 @@ def test_dockerfile_is_one_cuda_stack_pinned_with_writable_volumes():
     assert "cuda" not in base  # torch's wheels bring CUDA; no second stack
     assert "-c constraints.txt" in text and "requirements-gpu.txt" in text
     assert re.search(r"apt-get install[^\n]*nginx", text)
+    # torch.compile's toolchain: Triton's driver stub (C, with libc headers) and Inductor's C++
+    packages = re.search(r"apt-get install ([^\n]*)", text).group(1).split()
+    assert {"gcc", "g++", "libc6-dev"} <= set(packages)
     assert "COPY examples/ examples/" in text and "COPY fastfit_service/" in text
     assert "chown app:app /app/Models /app/cache" in text and "USER 1000:1000" in text
     assert "FASTFIT_COMPILE_CACHE=/app/cache" in text
@@ -113,6 +137,40 @@ def test_ci_runs_exactly_the_readme_test_command_with_the_constraints():
     pins = [line for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")]
     names = {p.split("==")[0].lower() for p in pins}
     assert all("==" in p for p in pins) and {"torch", "gunicorn", "flask", "diffusers"} <= names
+
+
+def _requirements(name: str) -> list[str]:
+    lines = (ROOT / name).read_text().splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
+
+def test_gpu_extra_is_its_whole_closure_pinned_and_installed_without_dependencies():
+    """nvidia-cutlass-dsl requires the CUDA 12 DSL libraries unconditionally: the image installs
+    the extra with --no-deps, so the file must name everything the extra needs, pinned."""
+    gpu = _requirements("requirements-gpu.txt")
+    constraints = {p.split("==")[0].lower().replace("_", "-") for p in _requirements("constraints.txt")}
+    names = set()
+    for req in gpu:
+        name = req.split("==")[0].lower().replace("_", "-")
+        names.add(name)
+        assert "==" in req or name in constraints, f"{req}: neither pinned here nor in constraints.txt"
+    # what flash-attn-4, quack-kernels and the DSL libraries require (their wheels' metadata)
+    assert {"einops", "nvidia-cutlass-dsl-libs-base", "nvidia-cutlass-dsl-libs-core", "nvidia-cutlass-dsl-libs-cu13",
+            "apache-tvm-ffi", "torch-c-dlpack-ext", "quack-kernels", "cuda-bindings", "protobuf"} <= names
+    assert not any("cu12" in n for n in names)
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "pip install --no-deps -r requirements-gpu.txt -c constraints.txt" in docker
+    assert "pip install --no-deps -r requirements-gpu.txt -c constraints.txt" in " ".join((ROOT / "README.md").read_text().split())
+
+
+def test_onnx_is_required_for_dwpose_on_the_gpu_and_cpu_users_have_a_route():
+    run = {r.split(">")[0].split("=")[0].split("<")[0].lower() for r in _requirements("requirements.txt")}
+    # onnx is read at run time by onnx2torch (DWPose's graphs as torch modules on a GPU)
+    assert {"onnx", "onnx2torch", "onnxruntime"} <= run
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "PyTorch's CPU-only wheel index" in readme
+    quick = readme.split("**1. Install and run**", 1)[1].split("**2. Install and test**", 1)[0]
+    assert "pip install -r requirements.txt -c constraints.txt" in quick
 
 
 def test_licence_is_apache_2():

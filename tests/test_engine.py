@@ -1,6 +1,8 @@
 """FastFitEngine end to end on CPU with the synthetic Models tree (real loaders, random weights)."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -130,6 +132,22 @@ def test_resolution_option():
             parse_resolution(bad)
 
 
+def test_cpu_default_working_size_is_small_and_said(models_dir, caplog):
+    """No size asked for: the trained 768x1024 on CUDA, CPU_RESOLUTION on a CPU, with one WARNING
+    naming the setting; an asked-for size is taken as it is, silently."""
+    from fastfit_engine.runtime.engine import CPU_RESOLUTION
+
+    with caplog.at_level(logging.WARNING, logger="fastfit.engine"):
+        eng = FastFitEngine(models_dir, device="cpu", download=False)
+    assert eng.resolution == CPU_RESOLUTION == (192, 256)
+    said = [r.getMessage() for r in caplog.records if r.name == "fastfit.engine"]
+    assert len(said) == 1 and said[0].startswith("no GPU: working size 192x256") and "FASTFIT_RESOLUTION" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastfit.engine"):
+        asked = FastFitEngine(models_dir, device="cpu", resolution="768x1024", download=False)
+    assert asked.resolution == (768, 1024) and not [r for r in caplog.records if r.name == "fastfit.engine"]
+
+
 def test_missing_models_are_named(tmp_path):
     with pytest.raises(ModelsNotFoundError, match=r"FastFit-MR-1024 is missing unet/config.json"):
         FastFitEngine(tmp_path, device="cpu", download=False)
@@ -140,7 +158,7 @@ def test_warmup_covers_every_layout_and_garment_slot(models_dir):
     eng = FastFitEngine(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
     pipe = eng.pipeline
     eng.pipeline = recorder = RecordingPipeline(pipe)
-    seconds = eng.warmup()
+    seconds = eng.warmup(eng.WARMUP_SETS)  # a CUDA engine's default (a CPU's: the first layout only)
     assert seconds > 0
     # every layout of reference sizes (0-2 person-size x 0-2 half-size items, not none) once
     full = eng.reference_sizes["upper"]

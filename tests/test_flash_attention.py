@@ -1,45 +1,17 @@
 """FlashAttention-4 dispatch: fallback, per-shape choice, the custom op under dynamo; compile switches."""
 from __future__ import annotations
 
-import math
 import os
 import sys
 
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from helpers import OpRecorder, attention_qkv, attention_reference
 from fastfit_engine.model import flash_attention as fa
 from fastfit_engine.model.compile_cache import compile_cache_dir, compile_enabled, use_compile_cache
 from fastfit_engine.model.flash_attention import FlashAttentionPolicy, attention_bshd, enable_fa4
-
-
-def _reference(q, k, v):
-    """float64 softmax(q k^T / sqrt(d)) v over (batch, tokens, heads, dim)."""
-    q, k, v = (t.double().permute(0, 2, 1, 3) for t in (q, k, v))
-    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-    return (w @ v).permute(0, 2, 1, 3)
-
-
-def _qkv(head_dim, dtype=torch.float32, q_tokens=12, kv_tokens=20, heads=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    # q as a view into a fused projection output, like the attention processor's
-    qkv = torch.randn(2, q_tokens, 3 * heads * head_dim, generator=g).to(dtype)
-    q = qkv[..., : heads * head_dim].view(2, q_tokens, heads, head_dim)
-    k = torch.randn(2, kv_tokens, heads, head_dim, generator=g).to(dtype)
-    v = torch.randn(2, kv_tokens, heads, head_dim, generator=g).to(dtype)
-    return q, k, v
-
-
-class _OpRecorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture
@@ -87,9 +59,9 @@ def test_package_absent_or_old_gpu_is_reported(monkeypatch, fresh_fa4_checks):
 )
 def test_backend_choice_per_shape(head_dim, dtype, devices, enabled, expected):
     policy = FlashAttentionPolicy(fa4=enabled, devices=devices)
-    q, k, v = _qkv(head_dim, dtype)
+    q, k, v = attention_qkv(head_dim, dtype)
     assert policy.use_fa4(q, k) is expected
-    rec = _OpRecorder()
+    rec = OpRecorder()
     with rec:
         out = attention_bshd(q, k, v, policy)
     took_fa4 = any("fastfit.fa4_attention" in op for op in rec.ops)
@@ -97,13 +69,13 @@ def test_backend_choice_per_shape(head_dim, dtype, devices, enabled, expected):
     assert took_fa4 is expected and took_sdpa is not expected, rec.ops
     assert out.shape == q.shape
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
-    torch.testing.assert_close(out.double(), _reference(q, k, v), atol=tol, rtol=tol)
+    torch.testing.assert_close(out.double(), attention_reference(q, k, v), atol=tol, rtol=tol)
 
 
 def test_fa4_max_head_dim_matches_the_documented_rule():
     assert fa.FA4_MAX_HEAD_DIM == 80
     policy = FlashAttentionPolicy(fa4=True, devices=("cpu",))
-    assert [d for d in (40, 80, 160) if policy.use_fa4(*_qkv(d, torch.bfloat16)[:2])] == [40, 80]
+    assert [d for d in (40, 80, 160) if policy.use_fa4(*attention_qkv(d, torch.bfloat16)[:2])] == [40, 80]
 
 
 # ------------------------------------------------------------- custom op
@@ -116,16 +88,22 @@ def test_fake_implementation_shapes_under_fake_tensor_mode():
         assert out.shape == (2, 16, 3, 8) and out.is_contiguous() and out.dtype == q.dtype
 
 
-def test_custom_op_passes_opcheck_and_matches_reference():
-    q, k, v = _qkv(8)
-    torch.library.opcheck(torch.ops.fastfit.fa4_attention.default, (q, k, v, 0, 0))
-    out = torch.ops.fastfit.fa4_attention(q, k, v, 0, 0)
-    torch.testing.assert_close(out.double(), _reference(q, k, v), atol=1e-5, rtol=1e-5)
+# each custom op of the policy: FA4's (head 8 here) and our Triton kernel's (head 40)
+OPS = [({"fa4": True}, 8, "fa4_attention", (0, 0)), ({"triton": True}, 40, "triton_attention", ())]
 
 
-def test_custom_op_stays_in_one_dynamo_graph():
+@pytest.mark.parametrize("switch, head_dim, op, extra", OPS)
+def test_custom_op_passes_opcheck_and_matches_reference(switch, head_dim, op, extra):
+    q, k, v = attention_qkv(head_dim)
+    torch.library.opcheck(getattr(torch.ops.fastfit, op).default, (q, k, v, *extra))
+    out = getattr(torch.ops.fastfit, op)(q, k, v, *extra)
+    torch.testing.assert_close(out.double(), attention_reference(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("switch, head_dim, op, extra", OPS)
+def test_custom_op_stays_in_one_dynamo_graph(switch, head_dim, op, extra):
     """fullgraph=True fails on any graph break; the recording backend shows the op in the graph."""
-    policy = FlashAttentionPolicy(fa4=True, devices=("cpu",))
+    policy = FlashAttentionPolicy(devices=("cpu",), **switch)
     graphs = []
 
     def backend(gm, example_inputs):
@@ -135,13 +113,13 @@ def test_custom_op_stays_in_one_dynamo_graph():
     def block(q, k, v):
         return attention_bshd(q * 2, k, v, policy).reshape(q.shape[0], q.shape[1], -1) + 1
 
-    q, k, v = _qkv(8, torch.bfloat16)
+    q, k, v = attention_qkv(head_dim, torch.bfloat16)
     torch._dynamo.reset()
     compiled = torch.compile(block, backend=backend, fullgraph=True, dynamic=False)
     out = compiled(q, k, v)
     assert len(graphs) == 1
     targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
-    assert any("fastfit.fa4_attention" in t for t in targets), targets
+    assert any(f"fastfit.{op}" in t for t in targets), targets
     torch.testing.assert_close(out, block(q, k, v))
     # and through AOTAutograd, which runs the fake implementation
     torch._dynamo.reset()
@@ -160,7 +138,7 @@ def test_pipeline_attention_backend_names(models_dir):
     assert pipe.unet.kv_cache.sdpa_backends is policy.sdpa_backends
     with pytest.raises(ValueError, match="cannot run here: not a CUDA device"):
         pipe.set_attention_backend("fa4")
-    with pytest.raises(ValueError, match=r"expected one of \['auto', 'cudnn', 'fa4', 'flash', 'sdpa'\]"):
+    with pytest.raises(ValueError, match=r"expected one of \['auto', 'cudnn', 'fa4', 'flash', 'sdpa', 'triton'\]"):
         pipe.set_attention_backend("fa3")
 
 

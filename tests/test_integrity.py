@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +203,15 @@ def test_synthetic_writer_refuses_a_folder_with_other_files(tmp_path, capsys):
     assert not (tmp_path / "Models" / "Human-Toolkit").exists()
 
 
+def test_synthetic_writer_without_onnx_says_what_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # an install from requirements.txt alone
+    assert synthetic_main([str(tmp_path / "Models"), "--tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: writing synthetic models needs the onnx package (requirements-dev.txt): "
+                   "pip install -r requirements-dev.txt -c constraints.txt"]
+    assert not (tmp_path / "Models").exists()  # nothing half-written
+
+
 def test_synthetic_writer_marks_what_it_writes(marked_root):
     # its own earlier output is not foreign; the stray file it was forced over still is
     assert foreign_files(marked_root) == [marked_root / "notes.txt"]
@@ -222,12 +232,36 @@ def test_service_marks_responses_served_by_synthetic_weights(tree, engine, sampl
 
     from server import create_app
 
-    def post(eng):
-        data = {n: (io.BytesIO(sample_files[n].read_bytes()), f"{n}.png") for n in ("person", "upper")}
-        data["steps"] = "1"
-        return create_app(engine=eng).test_client().post("/prompt", data=data, content_type="multipart/form-data")
+    shop = "https://shop.example"
 
-    r = post(_engine(tree))
-    assert r.status_code == 200 and r.headers["X-FastFit-Synthetic-Weights"] == "true"
+    def post(eng, **fields):
+        data = {n: (io.BytesIO(sample_files[n].read_bytes()), f"{n}.png") for n in ("person", "upper")}
+        data.update(steps="1", guidance_scale="1", **fields)
+        client = create_app(engine=eng, config={"CORS_ORIGINS": (shop,)}).test_client()
+        return client.post("/prompt", data=data, content_type="multipart/form-data", headers={"Origin": shop})
+
+    synthetic = _engine(tree)
+    for fields in ({}, {"response_format": "json"}, {"preview": "mask", "response_format": "json"}):
+        r = post(synthetic, **fields)
+        assert r.status_code == 200 and r.headers["X-FastFit-Synthetic-Weights"] == "true", fields
+        # a page on a listed origin may read the flag
+        exposed = {h.strip().lower() for h in r.headers["Access-Control-Expose-Headers"].split(",")}
+        assert "x-fastfit-synthetic-weights" in exposed
+        if fields:
+            assert r.get_json()["synthetic_weights"] is True
     r = post(engine)  # conftest's tree carries no marker
     assert r.status_code == 200 and "X-FastFit-Synthetic-Weights" not in r.headers
+    r = post(engine, response_format="json")
+    assert r.status_code == 200 and r.get_json()["synthetic_weights"] is False
+
+
+def test_cli_says_synthetic_weights_on_stdout(tree, sample_files, tmp_path, capsys, monkeypatch):
+    import inference
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out.png"
+    argv = ["--person", str(sample_files["person"]), "--upper", str(sample_files["upper"]), "--steps", "1",
+            "--guidance", "1", "--resolution", "192x256", "--models-dir", str(tree), "--output", str(out)]
+    assert inference.run(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"output: {out}" and lines[-1] == "synthetic weights: yes"

@@ -99,7 +99,7 @@ def test_response_headers(doc):
     assert {"X-Seed", "Server-Timing", "X-Peak-VRAM-MB"} <= set(headers)
     assert all(stage in headers["Server-Timing"]["description"] for stage in STAGES)
     assert "Retry-After" in doc["components"]["headers"]
-    assert set(doc["paths"]) == {"/prompt", "/health", "/ready", "/metrics", "/openapi.json"}
+    assert set(doc["paths"]) == {"/prompt", "/progress/{request_id}", "/health", "/ready", "/metrics", "/openapi.json"}
 
 
 def test_json_result_schema(doc):
@@ -156,7 +156,9 @@ def test_docs_page_is_served_from_the_package(app):
     r = c.get("/docs/")
     assert r.status_code == 200 and "text/html" in r.content_type
     html = r.get_data(as_text=True)
-    assert '"url": "/openapi.json"' in html and '"validatorUrl": null' in html
+    assert 'data-openapi-url="/openapi.json"' in html
+    start = c.get("/docs/docs.js").get_data(as_text=True)  # Swagger UI is started from a file, no inline script
+    assert "SwaggerUIBundle(" in start and "validatorUrl: null" in start
     parser = _Refs()
     parser.feed(html)
     assert len(parser.refs) >= 4
@@ -173,3 +175,34 @@ def test_build_openapi_without_a_config_is_valid():
     doc = build_openapi()
     validate(doc)
     assert "MB" not in doc["paths"]["/prompt"]["post"]["description"]
+
+
+@pytest.mark.parametrize("metrics_public", [False, True])
+def test_bearer_security_matches_the_live_service(engine, metrics_public):
+    """Keys configured: a bearer scheme (the Authorize button of /docs) required on /prompt and on
+    /metrics (unless public), whose 401 is documented; probes and docs stay open, as live."""
+    app = create_app(engine, {"API_KEYS": ("k1",), "METRICS_PUBLIC": metrics_public})
+    client = app.test_client()
+    doc = client.get("/openapi.json").get_json()
+    validate(doc)
+    (name, scheme), = doc["components"]["securitySchemes"].items()
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    paths = doc["paths"]
+    assert paths["/prompt"]["post"]["security"] == [{name: []}]
+    assert "401" in paths["/prompt"]["post"]["responses"]
+    for path, method in (("/health", "get"), ("/ready", "get"), ("/openapi.json", "get")):
+        assert "security" not in paths[path][method], path
+    metrics = paths["/metrics"]["get"]
+    live = client.get("/metrics")
+    if metrics_public:
+        assert "security" not in metrics and "401" not in metrics["responses"] and live.status_code == 200
+    else:
+        assert metrics["security"] == [{name: []}] and live.status_code == 401
+        assert "`unauthorized`" in metrics["responses"]["401"]["description"]
+        assert client.get("/metrics", headers={"Authorization": "Bearer k1"}).status_code == 200
+
+
+def test_bearer_is_optional_without_keys(doc):
+    (name,) = doc["components"]["securitySchemes"]
+    assert doc["paths"]["/prompt"]["post"]["security"] == [{}, {name: []}]  # anonymous allowed
+    assert doc["paths"]["/metrics"]["get"]["security"] == [{}, {name: []}]

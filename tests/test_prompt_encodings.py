@@ -167,3 +167,32 @@ def test_upload_limit_applies_to_the_decoded_images(client, sample_files):
     r = client.post("/prompt", json={"person": "A" * (2 * 2**20)})
     assert r.status_code == 413 and _error(r)[0] == "payload_too_large"
     assert client.get("/health").status_code == 200
+
+
+def test_json_nesting_duplicates_and_echoes_are_refused_like_the_form(client, sample_files):
+    ok = {"person": _b64(sample_files["person"]), "upper": _b64(sample_files["upper"])}
+    # nesting deeper than Python's recursion limit: a 400, not a RecursionError (500)
+    for raw in ("[" * 5000 + "]" * 5000, '{"a":' * 2000 + "1" + "}" * 2000):
+        r = client.post("/prompt", data=raw, content_type="application/json")
+        assert r.status_code == 400 and _error(r) == ("invalid_json", "the body is not valid JSON: nested too deeply")
+    # a key given twice is the form's duplicate_field, whichever value would have won
+    head = '{"person": "%s", "upper": "%s", ' % (ok["person"], ok["upper"])
+    for raw, field in ((head + '"steps": 1, "steps": 500}', "steps"), (head + '"person": "x"}', "person")):
+        r = client.post("/prompt", data=raw, content_type="application/json")
+        assert r.status_code == 400 and _error(r) == ("duplicate_field", f"field {field!r} is given more than once")
+    # what a client sent is echoed at most 64 characters long, however long it was
+    for body, code in (({**ok, "k" * 1_000_000: 1}, "unknown_field"), ({**ok, "output_format": "q" * 1_000_000}, "invalid_choice")):
+        r = client.post("/prompt", json=body)
+        assert r.status_code == 400 and _error(r)[0] == code and len(r.data) < 400, r.data[:200]
+        assert ("k" if code == "unknown_field" else "q") * 63 + "…" in _error(r)[1]
+
+
+def test_a_data_url_must_have_an_image_media_type(client, sample_files):
+    person = _b64(sample_files["person"])
+    for prefix in ("data:text/html;base64,", "data:application/javascript;base64,", "data:TEXT/plain;charset=x;base64,"):
+        r = client.post("/prompt", json={"person": prefix + person, "upper": _b64(sample_files["upper"])})
+        media = prefix[5:].split(";")[0]
+        assert r.status_code == 400 and _error(r) == ("invalid_image", f"person is a data: URL of {media!r}, not of an image type")
+    r = client.post("/prompt", json={"person": "data:image/png;base64," + person, "upper": _b64(sample_files["upper"]),
+                                     "steps": 1, "preview": "mask"})
+    assert r.status_code == 200

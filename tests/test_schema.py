@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults():
-    assert parse_numbers({}) == TryOnParams(steps=30, seed=None, guidance_scale=2.5)
+    assert parse_numbers({}) == TryOnParams(steps=30, seed=None, guidance_scale=2.5, mask_grow=0)
     assert parse_numbers({"steps": "", "seed": " ", "guidance_scale": None}).steps == 30
 
 
@@ -92,7 +92,7 @@ def test_cli_flags_come_from_the_schema():
     flags = {opt for a in parser._actions for opt in a.option_strings if opt.startswith("--")}
     expected = {"--person", "--output", "--upper", "--lower", "--dress", "--shoe", "--bag", "--steps", "--seed",
                 "--guidance", "--quality", "--save-mask", "--models-dir", "--help", "--resolution", "--progress",
-                "--no-progress"}
+                "--no-progress", "--mask", "--mask-grow"}
     assert flags == expected
     assert {f.cli_flag for f in schema.NUMBER_FIELDS} <= flags
 
@@ -130,7 +130,7 @@ def test_a_missing_seed_is_drawn_once_by_the_params():
 
 
 def test_unknown_parameters_are_refused():
-    with pytest.raises(RequestError, match=r"^unknown parameter 'step'; expected one of steps, seed, guidance_scale$") as info:
+    with pytest.raises(RequestError, match=r"^unknown parameter 'step'; expected one of steps, seed, guidance_scale, mask_grow$") as info:
         parse_numbers({"step": 3})
     assert info.value.code == "unknown_field" and info.value.field == "step"
 
@@ -148,8 +148,8 @@ def test_number_errors_name_the_field_or_its_flag(field):
 
 def test_cli_flag_of_every_field():
     assert [schema.cli_flag(f) for f in schema.ALL_FIELDS] == [
-        "--person", "--upper", "--lower", "--dress", "--shoe", "--bag", "--steps", "--seed", "--guidance",
-        None, "--quality", None, None]  # output_format comes from --output's extension; preview, response_format: service only
+        "--person", "--upper", "--lower", "--dress", "--shoe", "--bag", "--mask", "--steps", "--seed",
+        "--guidance", "--mask-grow", None, "--quality", None, None]  # output_format comes from --output's extension; preview, response_format: service only
     assert schema.cli_flag(None) is None and schema.cli_flag("hat") is None
 
 

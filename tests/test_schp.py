@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 
 import parse_utils
+from helpers import runs_after_lock_is_released
+from parse_utils.base import FLOAT32_GPU_WORK
 from parse_utils.schp import LIP_LABELS, ATR_LABELS, dataset_from_filename, label_palette
 from parse_utils.schp.checkpoint import build_network, config_from_state_dict, expected_state_shapes
 from parse_utils.schp.network import AugmentCE2P, SCHPNetworkConfig
@@ -414,3 +416,14 @@ def test_logits_are_at_quarter_resolution(lip_parser, atr_parser):
         assert atr_parser.network(torch.zeros(2, 3, 512, 512)).shape == (2, 18, 128, 128)
     layer4 = lip_parser.network.layer4[0]
     assert layer4.conv2.stride == (1, 1) and layer4.conv2.dilation == (2, 2) and layer4.conv2.padding == (2, 2)
+
+
+def test_forward_waits_for_the_float32_gpu_lock_and_keeps_tf32(lip_parser, monkeypatch):
+    """The lock DWPose's torch modules hold while cuDNN's TF32 is off (parse_utils/base.py):
+    SCHP launches no network work inside that window, and leaves the switch alone."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    image = _smooth_image(96, 128)
+    expected = np.asarray(lip_parser(image))
+    got, tf32 = runs_after_lock_is_released(FLOAT32_GPU_WORK, lip_parser.network, lambda: lip_parser(image))
+    assert tf32 is True
+    np.testing.assert_array_equal(np.asarray(got), expected)

@@ -256,8 +256,18 @@ def test_default_app_uses_models_dir_env(monkeypatch, models_dir, caplog):
     monkeypatch.setenv("FASTFIT_MODELS_DIR", str(models_dir))
     monkeypatch.setenv("FASTFIT_RESOLUTION", "128x192")
     monkeypatch.setenv("FASTFIT_DEVICE", "cpu")
-    monkeypatch.setenv("FASTFIT_WARMUP", "1")  # on by default on CUDA only; exercised here on CPU
+    monkeypatch.delenv("FASTFIT_WARMUP", raising=False)  # on by default, on a CPU too (one layout)
     caplog.set_level("INFO", logger="fastfit")
+    layouts = []
+    from fastfit_engine.runtime.engine import FastFitEngine
+
+    real_process = FastFitEngine.process
+
+    def counted(self, person, garments, *args, **kwargs):
+        layouts.append(tuple(garments))
+        return real_process(self, person, garments, *args, **kwargs)
+
+    monkeypatch.setattr(FastFitEngine, "process", counted)
     mod = importlib.reload(server)
     assert mod._app is None
     app = mod.app
@@ -266,6 +276,7 @@ def test_default_app_uses_models_dir_env(monkeypatch, models_dir, caplog):
     eng = app.extensions["fastfit"].engine
     assert eng is not None and eng.resolution == (128, 192) and eng.device.type == "cpu"
     assert any(rec.getMessage().startswith("warm-up request took") for rec in caplog.records)
+    assert layouts == [FastFitEngine.WARMUP_SETS[0]]  # a CPU pays one-time start-up, not per layout
     assert app.test_client().get("/ready").status_code == 200
     assert mod.create_app is not None
     np.testing.assert_equal(app.config["MAX_CONTENT_LENGTH"], 20 * 1024 * 1024)

@@ -46,7 +46,7 @@ def test_blank_is_unset_and_values_are_typed():
     assert read("FASTFIT_QUEUE_SIZE", {"FASTFIT_QUEUE_SIZE": "  "}) == 2
     assert read("FASTFIT_QUEUE_TIMEOUT", {"FASTFIT_QUEUE_TIMEOUT": "1.5"}) == 1.5
     assert read("FASTFIT_API_KEYS", {"FASTFIT_API_KEYS": " a, ,b "}) == ("a", "b")
-    assert read("FASTFIT_WARMUP", {}) is None and read("FASTFIT_DWPOSE_DEVICE", {}) == "cpu"
+    assert read("FASTFIT_WARMUP", {}) is None and read("FASTFIT_DWPOSE_DEVICE", {}) == "auto"
     for s in settings.SETTINGS:  # every default is what its own parser would give
         if s.default is not None and s.kind in ("count", "number", "int"):
             assert s.parse(str(s.default)) == s.default, s.name

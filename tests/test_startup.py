@@ -245,3 +245,43 @@ def test_gunicorn_worker_exits_and_is_restarted_when_the_engine_cannot_load(tmp_
     assert text.count("exited with code 1") >= 2, text[-3000:]
     assert "engine failed to load: ModelsNotFoundError: " in text and "HF_HUB_OFFLINE is set" in text
     assert "exiting the worker with code 1 so that it is restarted" in text
+
+
+def _readme_first_command() -> str:
+    block = (ROOT / "README.md").read_text().split("**1. Install and run**", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    (run,) = [line.strip() for line in block.strip().splitlines() if line.startswith("python ")]
+    return run
+
+
+def test_first_run_without_the_hub_names_the_synthetic_route(tmp_path):
+    """A fresh clone (no Models/), the README's first command, no Hub to reach (connection refused):
+    exit 1, and the last line says how to go on with synthetic weights, a command that works."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("inference.py", "fastfit_engine", "parse_utils", "fastfit_service", "examples"):
+        (clone / name).symlink_to(ROOT / name)
+    with socket.socket() as closed:  # a port nobody listens on: connections are refused at once
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    command = _readme_first_command().split()
+    assert command[:2] == ["python", "inference.py"]
+    env = {**_env(endpoint, tmp_path), "PYTHONPATH": str(clone)}
+    proc = subprocess.run([sys.executable, *command[1:]], cwd=clone, env=env, capture_output=True, text=True,
+                          timeout=HANG_LIMIT)
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ModelsNotFoundError: could not download zhengchong/FastFit-MR-1024 (")
+    hint = "python -m fastfit_engine.synthetic Models --tiny"
+    assert last.endswith(f"(the images are noise; needs requirements-dev.txt): {hint} (README: Synthetic models)"), last
+    assert "Traceback" not in proc.stderr
+    # the route it names is the README's and works in that very folder (the failed download left it empty)
+    assert hint in (ROOT / "README.md").read_text()
+    from fastfit_engine.synthetic import main as synthetic_main
+
+    cwd = os.getcwd()
+    os.chdir(clone)
+    try:
+        assert synthetic_main(hint.split()[3:]) == 0
+    finally:
+        os.chdir(cwd)
+    assert not assets.missing_files(assets.REPOS[0], clone / "Models" / "FastFit-MR-1024")

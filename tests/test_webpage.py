@@ -12,6 +12,7 @@ import base64
 import io
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console: CSP violations land there
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1200,1400", "--disable-extensions", "--no-first-run"):
         options.add_argument(arg)
@@ -66,6 +68,11 @@ def _open_page(driver, url):
     driver.get(url + "/")
     _wait(driver, lambda d: d.execute_script("return document.body.dataset.state") == "idle")
     return driver
+
+
+def _csp_violations(driver) -> list[str]:
+    """Console messages since the last call that say the Content-Security-Policy blocked something."""
+    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
 
 
 def _by_id(driver, element_id):
@@ -141,6 +148,7 @@ def test_page_try_on_end_to_end(browser, live, sample_files, tmp_path, capsys):
     direct = app.test_client().post("/prompt", data={**files, "steps": "1", "seed": "7", "guidance_scale": "1"},
                                     content_type="multipart/form-data")
     assert direct.status_code == 200 and downloaded == direct.data
+    assert _csp_violations(d) == []  # the whole try-on ran under the strict policy
 
     shot = _screenshot_dir(tmp_path) / "tryon_page.png"
     assert d.save_screenshot(str(shot))
@@ -174,3 +182,67 @@ def test_docs_render_from_our_own_server(browser, live):
     assert any(r.endswith("/docs/swagger-ui-bundle.js") for r in resources)
     assert any(r.endswith("/openapi.json") for r in resources)
     assert all(r.startswith(url + "/") for r in resources), resources
+    assert _csp_violations(browser) == []  # it all runs under the strict policy (no inline script)
+
+
+def test_page_tells_what_it_is_doing_synthetic_weights_progress_and_the_mask(browser, live, sample_files, monkeypatch):
+    app, url = live
+    engine = app.extensions["fastfit"].engine
+    monkeypatch.setattr(engine, "synthetic_weights", True)  # as for a tree the synthetic writer marked
+    _csp_violations(browser)  # forget earlier messages
+    d = _open_page(browser, url)
+    assert not _by_id(d, "synthetic").is_displayed()  # nothing said before the service has said it
+    _by_id(d, "input-person").send_keys(str(sample_files["person"]))
+    _by_id(d, "input-upper").send_keys(str(sample_files["upper"]))
+    _set_number(d, "steps", 30)
+    _set_number(d, "seed", 9)
+    _by_id(d, "show-mask").click()
+    # every text the progress line shows, recorded as it changes
+    d.execute_script("""window.seenStages = [];
+        new MutationObserver(() => window.seenStages.push(document.getElementById('stage').textContent))
+          .observe(document.getElementById('stage'), {childList: true, characterData: true, subtree: true});""")
+    svc = app.extensions["fastfit"]
+    svc.gpu_lock.acquire()
+    try:
+        _by_id(d, "submit").click()
+        _wait(d, lambda d: _by_id(d, "stage").text == "waiting for the GPU")
+    finally:
+        svc.gpu_lock.release()
+    _wait(d, lambda d: d.execute_script(
+        "const i = document.getElementById('result-mask'); return i.complete && i.naturalWidth > 0"), 90)
+    seen = d.execute_script("return window.seenStages")
+    steps = [s for s in seen if s.startswith("diffusion: step ")]
+    assert steps and all(s.endswith(" of 30") for s in steps), seen
+    assert d.execute_script("return document.getElementById('progress').max") == 30
+
+    notice = _by_id(d, "synthetic")
+    assert notice.is_displayed() and "synthetic weights" in notice.text and "noise" in notice.text
+    # the mask beside the result is the service's mask preview of the same request
+    assert _by_id(d, "mask-figure").is_displayed() and _by_id(d, "result-image").is_displayed()
+    data_url = d.execute_async_script(
+        "const done = arguments[0]; fetch(document.getElementById('result-mask').src).then(r => r.blob())"
+        ".then(b => { const f = new FileReader(); f.onload = () => done(f.result); f.readAsDataURL(b); });")
+    shown = base64.b64decode(data_url.split(",", 1)[1])
+    files = {n: (io.BytesIO(sample_files[n].read_bytes()), f"{n}.png") for n in ("person", "upper")}
+    direct = app.test_client().post("/prompt", data={**files, "seed": "9", "preview": "mask"},
+                                    content_type="multipart/form-data")
+    assert direct.status_code == 200 and shown == direct.data
+    assert not _by_id(d, "error").is_displayed()
+    assert _csp_violations(d) == []
+
+
+def test_page_and_docs_run_under_the_strict_policy_and_refuse_framing(browser, live, sample_files):
+    _, url = live
+    _csp_violations(browser)  # forget earlier messages
+    d = _open_page(browser, url)  # the page's script ran: it built the form from /openapi.json
+    _by_id(d, "input-person").send_keys(str(sample_files["person"]))  # a preview from an object URL
+    _wait(d, lambda d: d.execute_script(
+        "const i = document.querySelector('img'); return i && i.complete && i.naturalWidth > 0"))
+    assert _csp_violations(d) == []
+    # another site framing the page or the docs: Chromium refuses (frame-ancestors 'none')
+    for path in ("/", "/docs/"):
+        d.get("data:text/html,<iframe id=f src='%s%s'></iframe>" % (url, path))
+        time.sleep(1.0)
+        d.switch_to.frame(_by_id(d, "f"))
+        assert d.execute_script("return document.getElementById('tryon') || document.getElementById('swagger-ui')") is None
+        d.switch_to.default_content()

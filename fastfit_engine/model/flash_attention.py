@@ -32,19 +32,25 @@ import logging
 import os
 import site
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
+from fastfit_engine.model import triton_attention as _triton_attention  # registers fastfit::triton_attention
+
 __all__ = [
     "FA4_MAX_HEAD_DIM",
     "FlashAttentionPolicy",
     "attention_bshd",
+    "enable_fa4",
+    "enable_triton",
     "fa4_available",
     "fa4_attention",
     "fa4_unavailable_reason",
+    "triton_unavailable_reason",
 ]
 
 log = logging.getLogger("fastfit.attention")
@@ -74,19 +80,30 @@ def _import_fa4():
     return _flash_attn_fwd
 
 
-@functools.lru_cache(maxsize=None)
-def fa4_unavailable_reason(device_index: int = 0) -> str | None:
-    """None when FA4 can run on this CUDA device, else why not (package, GPU, import error)."""
+def _sm90_unavailable_reason(device_index: int, kernel: str, package: str, load: Callable[[], object]) -> str | None:
+    """None when an SM90+ kernel can run on this CUDA device, else why not (GPU, import error)."""
     if not torch.cuda.is_available():
         return "no CUDA device"
     major, minor = torch.cuda.get_device_capability(device_index)
     if major < 9:
-        return f"FlashAttention-4 needs an SM90+ GPU, this one is SM{major}{minor}"
+        return f"{kernel} needs an SM90+ GPU, this one is SM{major}{minor}"
     try:
-        _import_fa4()
-    except Exception as exc:  # ImportError, or a DSL library that fails to load
-        return f"flash-attn-4 is not importable ({type(exc).__name__}: {exc})"
+        load()
+    except Exception as exc:  # ImportError, or a library that fails to load
+        return f"{package} is not importable ({type(exc).__name__}: {exc})"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def fa4_unavailable_reason(device_index: int = 0) -> str | None:
+    """None when FA4 can run on this CUDA device, else why not (package, GPU, import error)."""
+    return _sm90_unavailable_reason(device_index, "FlashAttention-4", "flash-attn-4", _import_fa4)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_unavailable_reason(device_index: int = 0) -> str | None:
+    """None when our Triton kernel can run on this CUDA device (SM90+: TMA tensor descriptors)."""
+    return _sm90_unavailable_reason(device_index, "The Triton attention kernel", "triton", _triton_attention.kernel)
 
 
 def fa4_available(device: torch.device | str | None = None) -> bool:
@@ -127,16 +144,30 @@ def _fa4_attention_fake(q, k, v, tile_m=0, tile_n=0):
 class FlashAttentionPolicy:
     """Which kernel each self-attention call takes.
 
-    ``fa4``: FA4 may be used (set only after :func:`fa4_available` said yes). ``max_head_dim``:
-    FA4 for head sizes up to this. ``devices``: device types FA4 may see (tests add "cpu" to
-    route through the op's reference kernel). ``sdpa_backends``: SDPA priority for the rest.
+    ``triton``: our Triton kernel (triton_attention.py) for the head sizes it is built for,
+    before anything else (set only after :func:`enable_triton` said yes; off by default: it is
+    slower than FA4, see triton_attention.py). ``fa4``: FA4 may be used (set only after
+    :func:`fa4_available` said yes). ``max_head_dim``: FA4 for head sizes up to this.
+    ``devices``: device types the custom ops may see (tests add "cpu" to route through the ops'
+    reference kernels). ``sdpa_backends``: SDPA priority for the rest.
     """
 
+    triton: bool = False
+    triton_head_dims: tuple[int, ...] = _triton_attention.TRITON_HEAD_DIMS
     fa4: bool = False
     max_head_dim: int = FA4_MAX_HEAD_DIM
     tiles: dict[int, tuple[int, int] | None] = field(default_factory=lambda: dict(FA4_TILES))
     devices: tuple[str, ...] = ("cuda",)
     sdpa_backends: list | None = None
+
+    def use_triton(self, q: torch.Tensor, k: torch.Tensor) -> bool:
+        return (
+            self.triton
+            and q.device.type in self.devices
+            and q.dtype in (torch.bfloat16, torch.float16)
+            and q.shape[-1] in self.triton_head_dims
+            and k.shape[-1] == q.shape[-1]
+        )
 
     def use_fa4(self, q: torch.Tensor, k: torch.Tensor) -> bool:
         return (
@@ -152,8 +183,11 @@ class FlashAttentionPolicy:
 def attention_bshd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, policy: FlashAttentionPolicy) -> torch.Tensor:
     """Attention over (batch, tokens, heads, head size) tensors; returns the same layout.
 
-    FA4 where ``policy`` allows it for this shape, else SDPA (with the policy's backend priority).
+    Our Triton kernel, else FA4, where ``policy`` allows it for this shape, else SDPA (with the
+    policy's backend priority).
     """
+    if policy.use_triton(q, k):
+        return torch.ops.fastfit.triton_attention(q, k, v)
     if policy.use_fa4(q, k):
         tile = policy.tiles.get(q.shape[-1]) or (0, 0)
         return torch.ops.fastfit.fa4_attention(q, k, v, tile[0], tile[1])
@@ -169,19 +203,29 @@ def attention_bshd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, policy: Fl
 _warned: set[str] = set()
 
 
-def enable_fa4(policy: FlashAttentionPolicy, device: torch.device | str, required: bool = False) -> bool:
-    """Turn FA4 on in ``policy`` if it can run on ``device``; otherwise log the reason once
-    (or raise ValueError when ``required``). Returns whether FA4 is on."""
+def _enable(policy: FlashAttentionPolicy, flag: str, label: str, reason_of: Callable[[int], str | None],
+            device: torch.device | str, required: bool) -> bool:
     device = torch.device(device)
     reason = "not a CUDA device" if device.type != "cuda" else None
     if reason is None:
         index = device.index if device.index is not None else torch.cuda.current_device()
-        reason = fa4_unavailable_reason(index)
-    policy.fa4 = reason is None
+        reason = reason_of(index)
+    setattr(policy, flag, reason is None)
     if reason is not None:
         if required:
-            raise ValueError(f"attention_backend 'fa4' cannot run here: {reason}")
+            raise ValueError(f"attention_backend {flag!r} cannot run here: {reason}")
         if reason not in _warned and device.type == "cuda":
             _warned.add(reason)
-            log.warning("FlashAttention-4 off, using PyTorch SDPA: %s", reason)
-    return policy.fa4
+            log.warning("%s off, using PyTorch SDPA: %s", label, reason)
+    return reason is None
+
+
+def enable_fa4(policy: FlashAttentionPolicy, device: torch.device | str, required: bool = False) -> bool:
+    """Turn FA4 on in ``policy`` if it can run on ``device``; otherwise log the reason once
+    (or raise ValueError when ``required``). Returns whether FA4 is on."""
+    return _enable(policy, "fa4", "FlashAttention-4", fa4_unavailable_reason, device, required)
+
+
+def enable_triton(policy: FlashAttentionPolicy, device: torch.device | str, required: bool = False) -> bool:
+    """Turn our Triton kernel on in ``policy`` if it can run on ``device`` (as :func:`enable_fa4`)."""
+    return _enable(policy, "triton", "The Triton attention kernel", triton_unavailable_reason, device, required)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fastfit_engine.model.compile_fallback import EagerFallback
 from fastfit_engine.model.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, draw_seed, guidance_runs
 from fastfit_engine.model.garment_store import GarmentStore, image_digest, snapshot_nbytes
 from fastfit_engine.errors import NonFiniteOutputError
@@ -127,6 +128,8 @@ class FastFitPipeline:
         self.dtype = dtype
         self.vae_scale = float(vae.config.scaling_factor)
         self._denoise = unet.forward_denoise
+        # compiled calls (compile_unet, compile_vae) turn eager together if compiling ever fails
+        self.compile_fallback = EagerFallback()
         # K/V of the zero reference latent (the unconditional row) depend only on the weights,
         # the label and the latent size, so they are computed once and reused across requests
         self.unconditional_memo_size = 10
@@ -192,17 +195,20 @@ class FastFitPipeline:
     def set_attention_backend(self, name: str) -> None:
         """"auto": FlashAttention-4 where it is faster (head size <= 80) and cuDNN first for the
         rest when FA4 can run here (package installed, SM90+ GPU), else PyTorch's SDPA choice;
-        "fa4": the same, an error where FA4 cannot run; "sdpa": PyTorch's SDPA choice, no FA4;
-        "cudnn"/"flash": SDPA with that priority."""
+        "fa4": the same, an error where FA4 cannot run; "triton": our Triton kernel for head
+        sizes 40 and 80 (triton_attention.py; slower than FA4 today, so not the default), cuDNN
+        first for the rest, an error where it cannot run (no SM90+ GPU); "sdpa": PyTorch's SDPA
+        choice, no FA4; "cudnn"/"flash": SDPA with that priority."""
         from torch.nn.attention import SDPBackend
 
-        from fastfit_engine.model.flash_attention import enable_fa4
+        from fastfit_engine.model.flash_attention import enable_fa4, enable_triton
 
         cudnn = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
         orders = {
             "auto": None,
             "sdpa": None,
             "fa4": cudnn,
+            "triton": cudnn,
             "cudnn": cudnn,
             "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
         }
@@ -211,8 +217,11 @@ class FastFitPipeline:
         policy = self.unet.kv_cache.attention_policy
         policy.sdpa_backends = orders[name]
         policy.fa4 = False
+        policy.triton = False
         if name in ("auto", "fa4") and enable_fa4(policy, self.device, required=name == "fa4"):
             policy.sdpa_backends = cudnn
+        if name == "triton":
+            enable_triton(policy, self.device, required=True)
 
     @staticmethod
     def _compile_options(kwargs: dict) -> dict:
@@ -228,10 +237,12 @@ class FastFitPipeline:
         return {"dynamic": False, **kwargs}
 
     def compile_vae(self, **kwargs: Any) -> None:
-        """torch.compile the VAE encoder and decoder (GPU option; one graph per image batch shape)."""
+        """torch.compile the VAE encoder and decoder (GPU option; one graph per image batch shape);
+        eager again if compiling fails (``compile_fallback``)."""
         options = self._compile_options(kwargs)
-        self.vae.encoder.compile(**options)
-        self.vae.decoder.compile(**options)
+        for name, module in (("VAE encoder", self.vae.encoder), ("VAE decoder", self.vae.decoder)):
+            eager = module.forward
+            module.forward = self.compile_fallback.guard(name, torch.compile(eager, **options), eager)
 
     def compile_unet(self, batch_sizes: tuple[int, ...] = (2,), **kwargs: Any) -> None:
         """torch.compile the denoising forward (GPU option; the reference pass stays eager).
@@ -247,17 +258,23 @@ class FastFitPipeline:
 
         Only steps of ``batch_sizes`` rows run compiled (default: 2, classifier-free guidance);
         others (guidance 1.0: one row) stay eager, so such a request never waits minutes for a
-        shape the warm-up did not compile.
+        shape the warm-up did not compile. A failed compilation turns the step eager
+        (``compile_fallback``).
         """
         self.unet.kv_cache.dynamic_tokens = True
         compiled = torch.compile(self.unet.forward, **self._compile_options(kwargs))
         forward_denoise = self.unet.forward_denoise
         batch_sizes = tuple(batch_sizes)
 
+        def compiled_step(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            return forward_denoise(sample, timestep, forward=compiled)
+
+        guarded = self.compile_fallback.guard("denoising step", compiled_step, forward_denoise)
+
         def denoise(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             if sample.shape[0] not in batch_sizes:
                 return forward_denoise(sample, timestep)
-            return forward_denoise(sample, timestep, forward=compiled)
+            return guarded(sample, timestep)
 
         self._denoise = denoise
 

@@ -23,12 +23,17 @@ __all__ = [
     "ALL_FIELDS", "GARMENT_DESCRIPTIONS", "GARMENT_FIELDS", "GARMENT_LABELS", "GARMENT_SLOTS", "IMAGE_FIELDS",
     "OUTPUT_FIELDS", "OUTPUT_FORMAT", "PREVIEW", "QUALITY", "RESPONSE_FORMAT", "VALUE_FIELDS_BY_NAME",
     "ChoiceField", "parse_output_options",
-    "MODEL_LABEL_INDEX", "NUMBER_FIELDS", "NUMBER_FIELDS_BY_NAME", "PERSON_FIELD", "SEED_MAX", "GarmentSlot",
-    "NumberField", "RequestError", "TryOnParams", "check_garments", "check_images", "cli_flag",
+    "MASK_FIELD", "MODEL_LABEL_INDEX", "NUMBER_FIELDS", "NUMBER_FIELDS_BY_NAME", "PERSON_FIELD", "SEED_MAX", "GarmentSlot",
+    "NumberField", "RequestError", "TryOnParams", "check_garments", "check_images", "check_mask", "cli_flag",
     "garment_set_per_size_layout", "markdown_table", "parse_numbers", "shorten",
 ]
 
 PERSON_FIELD = "person"
+# The caller's own cloth-agnostic mask (white = repaint): centre-cropped to 3:4 and resized with
+# the person, it replaces the automatic one.
+MASK_FIELD = "mask"
+MASK_DESCRIPTION = ("your own cloth-agnostic mask, white = repaint (an edited mask preview, say); cropped and "
+                    "resized like the person; replaces the automatic mask, so DensePose and SCHP are skipped")
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ GARMENT_FIELDS = tuple(s.name for s in GARMENT_SLOTS)
 GARMENT_LABELS = {s.name: s.label for s in GARMENT_SLOTS}  # slot -> model label
 GARMENT_DESCRIPTIONS = {s.name: s.description for s in GARMENT_SLOTS}
 
-IMAGE_FIELDS = (PERSON_FIELD,) + GARMENT_FIELDS
+IMAGE_FIELDS = (PERSON_FIELD,) + GARMENT_FIELDS + (MASK_FIELD,)
 
 
 
@@ -145,6 +150,9 @@ NUMBER_FIELDS = (
     NumberField("steps", "--steps", int, 1, 100, DEFAULT_STEPS, "denoising steps; more is slower"),
     NumberField("seed", "--seed", int, 0, SEED_MAX, None, "random seed; the same seed and inputs give the same image"),
     NumberField("guidance_scale", "--guidance", float, 1.0, 10.0, DEFAULT_GUIDANCE, "classifier-free guidance strength"),
+    NumberField("mask_grow", "--mask-grow", int, 0, 128, 0,
+                "grow the automatic mask by this many pixels at the working size (for flared skirts, long "
+                "coats); never into the face; not with mask"),
 )
 NUMBER_FIELDS_BY_NAME = {f.name: f for f in NUMBER_FIELDS}
 
@@ -168,7 +176,7 @@ class ChoiceField:
         text = value.strip().lower() if isinstance(value, str) else value
         if text not in self.choices:
             raise RequestError.for_field(
-                self.name, f"must be one of {', '.join(self.choices)}, got {value!r}", code="invalid_choice"
+                self.name, f"must be one of {', '.join(self.choices)}, got {shorten(repr(value))}", code="invalid_choice"
             )
         return text
 
@@ -191,7 +199,7 @@ VALUE_FIELDS_BY_NAME: dict[str, NumberField | ChoiceField] = {**NUMBER_FIELDS_BY
 
 ALL_FIELDS = IMAGE_FIELDS + tuple(VALUE_FIELDS_BY_NAME)
 
-_CLI_FLAGS = {PERSON_FIELD: "--person"} | {s.name: s.cli_flag for s in GARMENT_SLOTS} | {
+_CLI_FLAGS = {PERSON_FIELD: "--person", MASK_FIELD: "--mask"} | {s.name: s.cli_flag for s in GARMENT_SLOTS} | {
     f.name: f.cli_flag for f in VALUE_FIELDS_BY_NAME.values() if f.cli_flag
 }
 
@@ -211,6 +219,7 @@ class TryOnParams:
     steps: int
     seed: int | None
     guidance_scale: float
+    mask_grow: int  # pixels at the working size; 0 keeps the automatic mask as it is
 
     def with_seed(self) -> TryOnParams:
         """These parameters with a concrete seed: the given one, or a fresh random one."""
@@ -271,12 +280,19 @@ def check_garments(present: Iterable[str]) -> list[str]:
 
 
 def check_images(present: Iterable[str]) -> list[str]:
-    """The image rules: the person is required, then the garment rules; returns the garments in
-    reference order."""
+    """The image rules: the person is required, then the garment rules (a `mask` is no garment);
+    returns the garments in reference order."""
     names = set(present)
     if PERSON_FIELD not in names:
         raise RequestError("the person image is required", code="missing_person", field=PERSON_FIELD)
-    return check_garments(names - {PERSON_FIELD})
+    return check_garments(names - {PERSON_FIELD, MASK_FIELD})
+
+
+def check_mask(has_mask: bool, params: TryOnParams) -> None:
+    """`mask_grow` grows the automatic mask: with the caller's own `mask` it has nothing to grow."""
+    if has_mask and params.mask_grow:
+        raise RequestError.for_field("mask_grow", "cannot be combined with mask: it grows the automatic mask",
+                                     code="mask_conflict")
 
 
 def garment_set_per_size_layout() -> tuple[tuple[str, ...], ...]:
@@ -313,6 +329,7 @@ def markdown_table() -> str:
     ]
     for s in GARMENT_SLOTS:
         rows.append(f"| `{s.name}` | `{s.cli_flag}` | image file | | | {s.description} |")
+    rows.append(f"| `{MASK_FIELD}` | `{cli_flag(MASK_FIELD)}` | image file | | | {MASK_DESCRIPTION} |")
     for f in VALUE_FIELDS_BY_NAME.values():
         flag = f"`{f.cli_flag}`" if f.cli_flag else ""
         if isinstance(f, ChoiceField):

@@ -12,13 +12,45 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from ..errors import PixelBudgetExceeded
-from .images import PERSON_ASPECT, ImageSource, decode_image, open_image
-from .schema import GARMENT_SLOTS_BY_NAME, PERSON_FIELD, TryOnParams
+from .images import PERSON_ASPECT, ImageSource, decode_image, open_image, prepare_person
+from .schema import GARMENT_SLOTS_BY_NAME, MASK_FIELD, PERSON_FIELD, TryOnParams
 
-__all__ = ["GarmentInput", "TryOnRequest", "decode_request"]
+__all__ = ["CPU_RESOLUTION", "DEFAULT_RESOLUTION", "GarmentInput", "TryOnRequest", "decode_mask", "decode_request",
+           "parse_resolution", "working_size"]
+
+DEFAULT_RESOLUTION = (768, 1024)  # the size the models were trained at
+# The working size when none is asked for and there is no GPU: a request at 768x1024 takes tens of
+# minutes on a CPU (cpu_estimate.py). At 192x256 the README's HTTP quick start (upper + lower,
+# 30 steps, guidance 2.5) took 40-43 s on the tiny synthetic models after a 5 s (CPU time)
+# one-layout warm-up (2 shared Xeon cores at load average 4-9, 2026-12-04).
+CPU_RESOLUTION = (192, 256)
+
+
+def parse_resolution(value: str | tuple[int, int] | list[int] | None) -> tuple[int, int]:
+    """(W, H) from a tuple or a 'WxH' string; both multiples of 64 (the UNet's total downsampling)."""
+    if value is None or value == "":
+        return DEFAULT_RESOLUTION
+    if isinstance(value, str):
+        parts = value.lower().replace(" ", "").split("x")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"resolution must look like 768x1024, got {value!r}")
+        value = (int(parts[0]), int(parts[1]))
+    w, h = (int(v) for v in value)
+    if w <= 0 or h <= 0 or w % 64 or h % 64:
+        raise ValueError(f"resolution must be positive multiples of 64 (W, H), got {w}x{h}")
+    return (w, h)
+
+
+def working_size(resolution: str | tuple[int, int] | None, device_type: str) -> tuple[int, int]:
+    """The size asked for; else 768x1024 on CUDA and CPU_RESOLUTION elsewhere (the engine's
+    working size and the size a front door decodes for: the same function)."""
+    if resolution is not None and resolution != "":
+        return parse_resolution(resolution)
+    return DEFAULT_RESOLUTION if device_type == "cuda" else CPU_RESOLUTION
 
 
 @dataclass(frozen=True)
@@ -39,6 +71,7 @@ class TryOnRequest:
     garments: tuple[GarmentInput, ...]
     params: TryOnParams  # seed is never None here
     working_size: tuple[int, int]  # (W, H) the images were decoded for: the engine's
+    mask: Image.Image | None = None  # the caller's own cloth-agnostic mask (L, 0/255), else the automatic one
     options: Mapping[str, Any] = field(default_factory=dict)  # output_format, quality, preview, response_format
 
 
@@ -51,6 +84,7 @@ def decode_request(
     max_pixels: int | None,
     max_total_pixels: int | None = None,
     options: Mapping[str, Any] | None = None,
+    mask: ImageSource | None = None,
 ) -> TryOnRequest:
     """Decode a request whose fields the schema has checked (``garments`` in reference order).
 
@@ -65,7 +99,19 @@ def decode_request(
     decoded = decode_images(plans, max_pixels, max_total_pixels)
     person_img = decoded.pop(PERSON_FIELD)
     items = tuple(GarmentInput(g, GARMENT_SLOTS_BY_NAME[g].class_index, img) for g, img in decoded.items())
-    return TryOnRequest(person_img, items, params.with_seed(), tuple(working_size), dict(options or {}))
+    mask_img = None if mask is None else decode_mask(mask, working_size, max_pixels)
+    return TryOnRequest(person_img, items, params.with_seed(), tuple(working_size), mask_img, dict(options or {}))
+
+
+def decode_mask(mask: ImageSource, working_size: tuple[int, int], max_pixels: int | None) -> Image.Image:
+    """A caller's cloth-agnostic mask as the engine uses it: transparency counts as black (keep),
+    centre-cropped to 3:4 and resized to the working size like the person (a mask of another
+    shape is stretched, not refused), then 255 where it is at least half white, else 0. Decoding
+    a decoded mask again returns the same pixels."""
+    opened = open_image(mask, name=MASK_FIELD, max_pixels=max_pixels, cover=working_size, crop_aspect=PERSON_ASPECT)
+    rgb = decode_image(opened, name=MASK_FIELD, background=(0, 0, 0), cover=working_size, crop_aspect=PERSON_ASPECT)
+    gray = np.asarray(prepare_person(rgb, working_size).convert("L"))
+    return Image.fromarray(np.where(gray >= 128, 255, 0).astype(np.uint8), "L")
 
 
 def decode_images(

@@ -13,13 +13,17 @@ request's image is bit-identical to an uncached one.
   count), with hit/miss/eviction counters that the service exports to Prometheus.
 - Garment cache (GPU memory): ``FASTFIT_GARMENT_CACHE_MB``, default 1024; 0 disables.
 - Person cache (CPU memory): ``FASTFIT_PERSON_CACHE_MB``, default 256, and
-  ``FASTFIT_PERSON_CACHE_ITEMS``, default 64; 0 in either disables.
+  ``FASTFIT_PERSON_CACHE_ITEMS``, default 64; 0 in either disables. Its entries are derived from
+  a customer's photo, so they also expire: ``FASTFIT_PERSON_CACHE_TTL`` seconds after they were
+  stored (default 600; a hit does not extend it), whether or not requests come.
 """
 from __future__ import annotations
 
 import threading
+import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +35,7 @@ from ..model.garment_store import image_digest, snapshot_nbytes
 __all__ = [
     "LRUCache",
     "PersonMaps",
+    "expire_in_background",
     "image_digest",
     "snapshot_nbytes",
 ]
@@ -67,24 +72,55 @@ class PersonMaps:
 class LRUCache:
     """Least-recently-used map bounded by ``max_bytes`` (and ``max_items`` when given).
 
-    An entry larger than the whole budget is not stored. Thread-safe: the engine fills it under
-    its request lock while the metrics endpoint reads the counters from another thread.
+    An entry larger than the whole budget is not stored. With ``ttl`` (seconds) an entry is
+    dropped that long after it was stored, used or not (`expire`, which every access runs too;
+    a TTL of 0 turns the cache off). Thread-safe: the engine fills it under its request lock
+    while the metrics endpoint reads the counters from another thread.
     """
 
-    def __init__(self, name: str, max_bytes: int, max_items: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        max_bytes: int,
+        max_items: int | None = None,
+        *,
+        ttl: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name
         self.max_bytes = max(0, int(max_bytes))
         self.max_items = None if max_items is None else max(0, int(max_items))
-        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self.ttl = None if ttl is None else max(0.0, float(ttl))
+        self._clock = clock
+        self._entries: OrderedDict[Hashable, tuple[Any, int, float]] = OrderedDict()  # value, bytes, stored at
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        self.expired = 0
         self.bytes = 0
 
     @property
     def enabled(self) -> bool:
-        return self.max_bytes > 0 and self.max_items != 0
+        return self.max_bytes > 0 and self.max_items != 0 and self.ttl != 0
+
+    def expire(self) -> int:
+        """Drop the entries older than the TTL; returns how many went."""
+        if self.ttl is None:
+            return 0
+        with self._lock:
+            return self._expire_locked()
+
+    def _expire_locked(self) -> int:
+        if self.ttl is None:
+            return 0
+        oldest = self._clock() - self.ttl
+        stale = [key for key, (_, _, stored) in self._entries.items() if stored <= oldest]
+        for key in stale:
+            _, size, _ = self._entries.pop(key)
+            self.bytes -= size
+        self.expired += len(stale)
+        return len(stale)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -97,6 +133,7 @@ class LRUCache:
         if not self.enabled:
             return None
         with self._lock:
+            self._expire_locked()
             entry = self._entries.get(key)
             if entry is None:
                 self.misses += 1
@@ -111,13 +148,14 @@ class LRUCache:
         if not self.enabled or nbytes > self.max_bytes:
             return False
         with self._lock:
+            self._expire_locked()
             old = self._entries.pop(key, None)
             if old is not None:
                 self.bytes -= old[1]
-            self._entries[key] = (value, nbytes)
+            self._entries[key] = (value, nbytes, self._clock())
             self.bytes += nbytes
             while self.bytes > self.max_bytes or (self.max_items is not None and len(self._entries) > self.max_items):
-                _, (_, size) = self._entries.popitem(last=False)
+                _, (_, size, _) = self._entries.popitem(last=False)
                 self.bytes -= size
                 self.evictions += 1
         return True
@@ -130,11 +168,32 @@ class LRUCache:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
+            self._expire_locked()
             return {
                 "hits": self.hits,
                 "misses": self.misses,
                 "evictions": self.evictions,
+                "expired": self.expired,
                 "entries": len(self._entries),
                 "bytes": self.bytes,
                 "max_bytes": self.max_bytes,
             }
+
+
+def expire_in_background(cache: LRUCache, every: float) -> threading.Thread | None:
+    """A daemon thread that runs ``cache.expire()`` every ``every`` seconds, so entries go at
+    their TTL even when no request comes; it ends when the cache is garbage. None without a TTL."""
+    if cache.ttl is None or not cache.enabled:
+        return None
+    ref = weakref.ref(cache)
+    del cache
+
+    def loop() -> None:
+        while (alive := ref()) is not None:
+            alive.expire()
+            del alive
+            time.sleep(every)
+
+    thread = threading.Thread(target=loop, name="fastfit-cache-expiry", daemon=True)
+    thread.start()
+    return thread

@@ -6,12 +6,18 @@ needs: a request checked and decoded once at the front door (`request/tryon.py`,
 here), a seed that is always reported, per-stage timings and peak VRAM, and the GPU lock so one
 engine can be shared by threads.
 
-Off the critical path: as soon as the person is prepared, DWPose starts on the pose thread and
-DensePose, SCHP and the mask on the parser thread (its own CUDA stream), while this thread does
+Off the critical path: as soon as the person is prepared, DWPose (on the engine's GPU as torch
+modules when it has the memory, else on the CPU with onnxruntime; FASTFIT_DWPOSE_DEVICE) starts
+on the pose thread and DensePose, SCHP and the mask on the parser thread (its own CUDA stream), while this thread does
 the garment half (VAE encodes and conditional reference passes): the garment half is mostly
 eager kernel launches, so the GPU has room for the parsers beside it (bench/README.md has the
 measurements). On a CPU the parsers run on this thread after the garments (the two would compete
 for the same cores). Every thread, stream and lock: runtime/concurrency.py.
+
+Mask control (not in the reference): a caller's own mask replaces the automatic one, and then
+DensePose and SCHP, which only feed the mask, are skipped (DWPose still runs: its drawing
+conditions the model); `mask_grow` dilates the automatic mask after the person cache, which
+keeps the mask ungrown, so a cached entry serves every grow setting with the mask a miss makes.
 
 Exact caches across requests (fastfit_engine/runtime/caches.py): a garment's conditional reference K/V
 (GPU) and a person's parser maps and mask (CPU); neither changes a pixel, and neither touches
@@ -21,6 +27,7 @@ mask's own generator from the seed).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -43,16 +50,26 @@ from ..request.schema import (
     PERSON_FIELD,
     TryOnParams,
     check_images,
+    check_mask,
     garment_set_per_size_layout,
     parse_numbers,
 )
-from ..request.tryon import GarmentInput, TryOnRequest, decode_request
+from ..request.tryon import (  # noqa: F401 - DEFAULT_RESOLUTION, parse_resolution: the engine's public names too
+    CPU_RESOLUTION,
+    DEFAULT_RESOLUTION,
+    GarmentInput,
+    TryOnRequest,
+    decode_mask,
+    decode_request,
+    parse_resolution,
+    working_size,
+)
 from ..weights.assets import ModelPaths, ensure_models
-from .caches import LRUCache, PersonMaps, image_digest
+from .caches import LRUCache, PersonMaps, expire_in_background, image_digest
 from .concurrency import WorkerJob, holding
 from .cpu_estimate import with_cpu_estimate
 
-DEFAULT_RESOLUTION = (768, 1024)
+log = logging.getLogger("fastfit.engine")
 # Seconds per stage. "garments": VAE encodes and reference passes (or garment-cache restores), on
 # the request thread. "pose" is DWPose on its worker thread; "densepose", "schp" and "mask" run on
 # the parser thread (on CUDA) beside "garments"; "pose_wait" is what is left of them on the
@@ -100,24 +117,15 @@ class _Parsed:
     mask: Image.Image
     timings: dict[str, float]
 
+    def grown(self, pixels: int) -> Image.Image:
+        """The mask grown by `pixels` (the caller's `mask_grow`), never into the face."""
+        from parse_utils import grow_mask
+
+        return grow_mask(self.mask, pixels, self.lip)
+
     def maps(self, pose: Image.Image) -> PersonMaps:
         """The person-cache entry: the maps and the mask."""
         return PersonMaps.frozen(pose, self.densepose, self.lip, self.atr, self.mask)
-
-
-def parse_resolution(value: str | tuple[int, int] | list[int] | None) -> tuple[int, int]:
-    """(W, H) from a tuple or a 'WxH' string; both multiples of 64 (the UNet's total downsampling)."""
-    if value is None or value == "":
-        return DEFAULT_RESOLUTION
-    if isinstance(value, str):
-        parts = value.lower().replace(" ", "").split("x")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"resolution must look like 768x1024, got {value!r}")
-        value = (int(parts[0]), int(parts[1]))
-    w, h = (int(v) for v in value)
-    if w <= 0 or h <= 0 or w % 64 or h % 64:
-        raise ValueError(f"resolution must be positive multiples of 64 (W, H), got {w}x{h}")
-    return (w, h)
 
 
 def _default_device() -> torch.device:
@@ -132,30 +140,43 @@ class FastFitEngine:
         models_dir: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
-        dwpose_device: str = "cpu",
+        dwpose_device: str = "auto",
         *,
-        resolution: str | tuple[int, int] | None = DEFAULT_RESOLUTION,
+        resolution: str | tuple[int, int] | None = None,
         download: bool = True,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         compile: bool | None = None,
         garment_cache_mb: float | None = None,
         person_cache_mb: float | None = None,
         person_cache_items: int | None = None,
+        person_cache_ttl: float | None = None,
     ):
         self.device = torch.device(device) if device is not None else _default_device()
         if dtype is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.dtype = dtype
-        self.resolution = parse_resolution(resolution)
+        self.resolution = working_size(resolution, self.device.type)
+        if not resolution and self.device.type != "cuda":
+            log.warning(
+                "no GPU: working size %dx%d so that a request takes seconds, not the tens of minutes of the "
+                "trained size on a CPU; FASTFIT_RESOLUTION (or --resolution) sets another, e.g. 768x1024",
+                *CPU_RESOLUTION,
+            )
         self.max_pixels = max_pixels
         self.paths: ModelPaths = ensure_models(models_dir, download=download)
         from ..weights.integrity import verify_models
         from ..weights.startup import log_loading
 
         self.synthetic_weights: bool = verify_models(self.paths.root).synthetic_weights  # a WARNING was logged
-        log_loading(self.paths, self.device, self.dtype, dwpose_device, requested=device)
 
         from parse_utils import SCHP, DensePose, DWposeDetector
+        from parse_utils.dwpose import auto_device
+
+        # "auto": the engine's own GPU when it has the memory and the diffusion is not float32
+        # (parse_utils/dwpose/wholebody.py)
+        if dwpose_device == "auto":
+            dwpose_device = str(auto_device(self.device, self.dtype))
+        log_loading(self.paths, self.device, self.dtype, dwpose_device, requested=device)
 
         from ..model.pipeline import FastFitPipeline
 
@@ -173,12 +194,15 @@ class FastFitEngine:
             compile_unet=self.compiled, compile_vae=self.compiled,
         )
         self.gpu_lock = threading.Lock()  # the one lock around model work (see runtime/concurrency.py)
-        self._init_caches(garment_cache_mb, person_cache_mb, person_cache_items)
+        self._init_caches(garment_cache_mb, person_cache_mb, person_cache_items, person_cache_ttl)
 
     # ------------------------------------------------------------------ caches
-    def _init_caches(self, garment_mb: float | None, person_mb: float | None, person_items: int | None) -> None:
+    def _init_caches(
+        self, garment_mb: float | None, person_mb: float | None, person_items: int | None, person_ttl: float | None
+    ) -> None:
         """Caches sized by the arguments, else FASTFIT_GARMENT_CACHE_MB, FASTFIT_PERSON_CACHE_MB and
-        FASTFIT_PERSON_CACHE_ITEMS (0 disables); a single pose worker thread."""
+        FASTFIT_PERSON_CACHE_ITEMS (0 disables); persons kept at most FASTFIT_PERSON_CACHE_TTL
+        seconds; a single pose worker thread."""
         if garment_mb is None:
             garment_mb = settings.read("FASTFIT_GARMENT_CACHE_MB")
         if person_mb is None:
@@ -186,7 +210,10 @@ class FastFitEngine:
         if person_items is None:
             person_items = int(settings.read("FASTFIT_PERSON_CACHE_ITEMS"))
         self.garment_cache = LRUCache("garment", int(garment_mb * 2**20))
-        self.person_cache = LRUCache("person", int(person_mb * 2**20), max_items=person_items)
+        if person_ttl is None:
+            person_ttl = settings.read("FASTFIT_PERSON_CACHE_TTL")
+        self.person_cache = LRUCache("person", int(person_mb * 2**20), max_items=person_items, ttl=person_ttl)
+        expire_in_background(self.person_cache, every=min(person_ttl, 30.0))
         self._caches_on = True
         self._pose_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastfit-pose")
         self._parse_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastfit-parse")
@@ -195,6 +222,11 @@ class FastFitEngine:
         # module docstring); a CPU has no idle units for them, so there they follow the garments
         self.parse_beside = self.device.type == "cuda"
         self._parse_stream: torch.cuda.Stream | None = None
+
+    @property
+    def compile_fallbacks(self) -> int:
+        """Compilations that failed and turned the pipeline eager (0 or 1; see compile_fallback.py)."""
+        return self.pipeline.compile_fallback.failures
 
     def cache_stats(self) -> dict[str, dict[str, int]]:
         """Hits, misses, evictions, entries and bytes per cache ("garment", "person")."""
@@ -227,6 +259,7 @@ class FastFitEngine:
         params: TryOnParams | None = None,
         *,
         max_total_pixels: int | None = None,
+        mask: ImageSource | None = None,
         **numbers: Any,
     ) -> TryOnRequest:
         """The Python front door: a `TryOnRequest` from raw inputs, checked by the schema once.
@@ -235,14 +268,16 @@ class FastFitEngine:
         keywords (`steps=`, `seed=`, `guidance_scale=`), which the schema parses here; absent ones
         get the schema's defaults and an absent seed is drawn. `garments` maps upper/lower/dress/
         shoe/bag to a path, bytes or PIL image; the images are decoded as the service decodes
-        them (`request/tryon.py`)."""
+        them (`request/tryon.py`). `mask`: the caller's own cloth-agnostic mask instead of the
+        automatic one (see `request.tryon.decode_mask`)."""
         if params is None:
             params = parse_numbers(numbers)
         elif numbers:
             raise TypeError(f"takes params or keywords, not both (got {', '.join(sorted(numbers))})")
+        check_mask(mask is not None, params)
         given = [k for k, v in garments.items() if v is not None]
         order = check_images(given + ([PERSON_FIELD] if person is not None else []))
-        return self.decode(person, {g: garments[g] for g in order}, params, max_total_pixels=max_total_pixels)
+        return self.decode(person, {g: garments[g] for g in order}, params, max_total_pixels=max_total_pixels, mask=mask)
 
     def decode(
         self,
@@ -252,11 +287,16 @@ class FastFitEngine:
         *,
         max_total_pixels: int | None = None,
         options: Mapping[str, Any] | None = None,
+        mask: ImageSource | None = None,
     ) -> TryOnRequest:
         """Decode a request whose fields a front door has checked (garments in reference order)
         at this engine's working size and pixel limit."""
         return decode_request(person, garments, params, working_size=self.resolution, max_pixels=self.max_pixels,
-                              max_total_pixels=max_total_pixels, options=options)
+                              max_total_pixels=max_total_pixels, options=options, mask=mask)
+
+    def load_mask(self, mask: ImageSource) -> Image.Image:
+        """A caller's mask as this engine uses it (`request.tryon.decode_mask` at its working size)."""
+        return decode_mask(mask, self.resolution, self.max_pixels)
 
     # One garment set per layout of reference sizes a request can have (0-2 person-size items
     # x 0-2 half-size ones); together they touch all five slots.
@@ -270,7 +310,9 @@ class FastFitEngine:
         bf16, 768x1024, 2026-11-25), nor compilation, nor the first computation of a slot's
         unconditional reference K/V; returns the seconds taken. A compiled engine on CUDA first
         captures the reference pass of each garment size as a CUDA graph. The service runs it
-        before reporting ready on CUDA. ``sets`` limits it to some garment sets (benchmarks)."""
+        before reporting ready. ``sets`` limits it to some garment sets (benchmarks); by default
+        a CPU runs the first layout only: what a CPU's first request pays is one-time start-up
+        (allocators, thread pools, onnxruntime's first run), not a per-layout cost."""
         w, h = self.resolution
         person = Image.new("RGB", (w, h), (128, 128, 128))
         garment = Image.new("RGB", (w, h), (200, 200, 200))
@@ -279,7 +321,9 @@ class FastFitEngine:
             with self.gpu_lock:
                 self.pipeline.capture_reference_graphs(sorted(set(self.reference_sizes.values())))
         with self.caches_bypassed():  # every layout runs every stage; no grey garment is cached
-            for slots in self.WARMUP_SETS if sets is None else sets:
+            if sets is None:
+                sets = self.WARMUP_SETS if self.device.type == "cuda" else self.WARMUP_SETS[:1]
+            for slots in sets:
                 self.process(person, {slot: garment for slot in slots}, self._WARMUP_PARAMS)
         return time.perf_counter() - t0
 
@@ -294,10 +338,11 @@ class FastFitEngine:
         progress: ProgressCallback | None = None,
         stage: StageCallback | None = None,
         check: Callable[[], None] | None = None,
+        mask: ImageSource | None = None,
         **numbers: Any,
     ) -> TryOnResult:
-        """Run one try-on from raw inputs: `run(request(person, garments, params, **numbers))`."""
-        return self.run(self.request(person, garments, params, **numbers), output_path=output_path,
+        """Run one try-on from raw inputs: `run(request(person, garments, params, mask=mask, **numbers))`."""
+        return self.run(self.request(person, garments, params, mask=mask, **numbers), output_path=output_path,
                         progress=progress, stage=stage, check=check)
 
     def run(
@@ -332,22 +377,9 @@ class FastFitEngine:
     def preview(self, request: TryOnRequest, *, lock_held: bool = False) -> Preparation:
         """The stages before diffusion of a decoded request (its garments play no part);
         `lock_held` as for `run`."""
-        return self._preview(request.person, request.params.seed, lock_held)
-
-    def preprocess(self, person: ImageSource, seed: int | None = None) -> Preparation:
-        """The stages before diffusion alone (pose, DensePose, SCHP parsing, the cloth-agnostic
-        mask) for one person photo: what a mask preview shows, without the diffusion model. The
-        mask is the one a try-on of the same photo uses; `seed` is only reported (the preview
-        answers carry it like a try-on's)."""
-        params = parse_numbers({"seed": seed})
-        if person is None:
-            check_images([])  # the schema's "person is required"
-        return self.preview(self.decode(person, {}, params))
-
-    def _preview(self, person_img: Image.Image, seed: int, lock_held: bool) -> Preparation:
         t_start = time.perf_counter()
         with holding(self.gpu_lock, lock_held), torch.inference_mode():
-            prep = self._preprocess(person_img, seed)
+            prep = self._preprocess(request.person, request.params.seed, request.params.mask_grow, request.mask)
             # The pipeline's own composite (person outside the mask, pose skeleton inside), in 8 bits.
             masked = self.pipeline.prepare_person_inputs(prep.person, prep.mask, prep.pose).masked
             pixels = ((masked[0].float().permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255)
@@ -355,15 +387,35 @@ class FastFitEngine:
         prep.timings["total"] = time.perf_counter() - t_start
         return prep
 
-    def _preprocess(self, person_img: Image.Image, seed: int) -> Preparation:
+    def preprocess(
+        self, person: ImageSource, seed: int | None = None, *, mask: ImageSource | None = None, mask_grow: int = 0
+    ) -> Preparation:
+        """The stages before diffusion alone (pose, DensePose, SCHP parsing, the cloth-agnostic
+        mask) for one person photo: what a mask preview shows, without the diffusion model. The
+        mask is the one a try-on of the same photo uses (`mask_grow` grows it, and a caller's
+        `mask` replaces it, as in `process`); `seed` is only reported (the preview answers carry
+        it like a try-on's)."""
+        params = parse_numbers({"seed": seed, "mask_grow": mask_grow})
+        check_mask(mask is not None, params)
+        if person is None:
+            check_images([])  # the schema's "person is required"
+        return self.preview(self.decode(person, {}, params, mask=mask))
+
+    def _preprocess(
+        self, person_img: Image.Image, seed: int, mask_grow: int = 0, mask: Image.Image | None = None
+    ) -> Preparation:
         """The person's maps (person cache, or DWPose on its thread beside DensePose and SCHP on
-        this one) and the mask a try-on uses."""
+        this one) and the mask a try-on with this mask setting uses; with the caller's `mask`,
+        DWPose alone."""
         person = prepare_person(person_img, self.resolution)
         key = self._person_key(person)
         maps = self.person_cache.get(key) if key is not None else None
         timings = dict.fromkeys(PREVIEW_STAGES, 0.0)  # zeros for what the person cache saves
         pose_job = self._start_pose(person, maps)
         try:
+            if mask is not None:  # nothing to parse: the pose alone (from the cache, or DWPose)
+                pose, timings["pose"] = pose_job.result() if maps is None else (maps.pose, 0.0)
+                return Preparation(person=person, pose=pose, mask=mask, seed=seed, timings=timings)
             parsed = self._parse_and_mask(person, maps)
             if maps is None:
                 maps, timings["pose"] = self._new_person_maps(key, pose_job, parsed)
@@ -371,7 +423,7 @@ class FastFitEngine:
             if pose_job is not None:
                 pose_job.settle()  # DWPose never outlives its request (runtime/concurrency.py)
         timings.update(parsed.timings)
-        return Preparation(person=person, pose=maps.pose, mask=parsed.mask, seed=seed, timings=timings)
+        return Preparation(person=person, pose=maps.pose, mask=parsed.grown(mask_grow), seed=seed, timings=timings)
 
     def _new_person_maps(self, key: tuple | None, pose_job: WorkerJob, parsed: _Parsed) -> tuple[PersonMaps, float]:
         """A parsed person's maps with DWPose's drawing once it is done (into the person cache
@@ -434,7 +486,8 @@ class FastFitEngine:
         person_key = self._person_key(person)
         maps: PersonMaps | None = self.person_cache.get(person_key) if person_key is not None else None
         pose_job = self._start_pose(person, maps)
-        parse_job = self._start_parsing(person, maps)
+        # the caller's mask leaves nothing to parse: DensePose and SCHP feed only the mask
+        parse_job = self._start_parsing(person, maps) if request.mask is None else None
         t = time.perf_counter()
         try:
             with torch.inference_mode():
@@ -445,23 +498,28 @@ class FastFitEngine:
                     references, person.size, params.guidance_scale, garment_cache=garment_cache, keys=keys
                 ) as prepared:
                     t = lap("garments", t)
-                    parsed = parse_job.result()
-                    if parse_job.ran_here:
-                        t = time.perf_counter()  # its stages timed themselves; the wait is for DWPose
                     hit = maps is not None
-                    if not hit:
-                        maps, timings["pose"] = self._new_person_maps(person_key, pose_job, parsed)
-                        announce("densepose")
-                        announce("schp")
-                    t = lap("pose_wait", t, quiet=hit)
-                    timings.update(parsed.timings)
+                    if parse_job is None:  # the caller's mask: wait for DWPose alone (none on a hit)
+                        pose, timings["pose"] = pose_job.result() if not hit else (maps.pose, 0.0)
+                        t = lap("pose_wait", t, quiet=hit)
+                        mask = request.mask
+                    else:
+                        parsed = parse_job.result()
+                        if parse_job.ran_here:
+                            t = time.perf_counter()  # its stages timed themselves; the wait is for DWPose
+                        if not hit:
+                            maps, timings["pose"] = self._new_person_maps(person_key, pose_job, parsed)
+                            announce("densepose")
+                            announce("schp")
+                        t = lap("pose_wait", t, quiet=hit)
+                        timings.update(parsed.timings)
+                        pose, mask = maps.pose, parsed.grown(params.mask_grow)
                     announce("mask")
-                    mask = parsed.mask
                     image = self.pipeline.generate(
                         person,
                         mask,
                         prepared,
-                        pose=maps.pose,
+                        pose=pose,
                         num_inference_steps=params.steps,
                         guidance_scale=params.guidance_scale,
                         seed=params.seed,
@@ -473,7 +531,8 @@ class FastFitEngine:
             # waits here for DWPose and the parsers, so the next request's start at once
             if pose_job is not None:
                 pose_job.settle()
-            parse_job.settle()
+            if parse_job is not None:
+                parse_job.settle()
         timings["total"] = time.perf_counter() - t_start
         peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None
         return TryOnResult(image=image, seed=params.seed, timings=timings, peak_vram_mb=peak, mask=mask)

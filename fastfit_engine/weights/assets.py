@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -167,6 +168,14 @@ def _describe(missing: Sequence[str], limit: int = 3) -> str:
     return shown + (f" and {len(missing) - limit} more" if len(missing) > limit else "")
 
 
+def synthetic_hint(root: Path) -> str:
+    """The way on without the Hub, for the end of a missing-models message (one line): random
+    weights in the published formats (fastfit_engine/synthetic.py), enough to try the plumbing."""
+    return (f"; or, to try the plumbing without downloading, write random weights (the images are noise; "
+            f"needs requirements-dev.txt): python -m fastfit_engine.synthetic {shlex.quote(str(root))} --tiny "
+            f"(README: Synthetic models)")
+
+
 def ensure_repo(
     repo: ModelRepo,
     root: Path,
@@ -180,7 +189,7 @@ def ensure_repo(
     missing = missing_files(repo, folder)
     if not missing:
         return folder
-    place = f"place the files of https://huggingface.co/{repo.repo_id} in {folder}"
+    place = f"place the files of https://huggingface.co/{repo.repo_id} in {folder}{synthetic_hint(root)}"
     if not download:
         raise ModelsNotFoundError(f"{folder} is missing {_describe(missing)}; {place}")
     if hub_offline():

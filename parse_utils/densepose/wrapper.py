@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..base import PersonParser, resolve_device
+from ..base import PersonParser, float32_gpu_work, resolve_device
 from .checkpoint import load_detectron2_pickle, load_into_model
 from .config_files import check_config_folder
 from .model import DensePoseRCNN, DensePoseRCNNConfig, build_model, resize_for_network
@@ -85,7 +85,8 @@ class DensePose(PersonParser[ImageInput, Image.Image]):
         h, w = image_bgr.shape[:2]
         net = resize_for_network(np.ascontiguousarray(image_bgr))
         tensor = torch.from_numpy(net.astype(np.float32).transpose(2, 0, 1).copy()).to(self.device)
-        det = self.model(tensor, output_hw=(h, w), densepose_instances="first")
+        with float32_gpu_work():  # TF32 as PyTorch's default has it, as in the reference
+            det = self.model(tensor, output_hw=(h, w), densepose_instances="first")
         if det.chart is None:
             return np.zeros((h, w), dtype=np.uint8)
         return paint_first_instance((h, w), det.boxes, det.chart.coarse_segm, det.chart.fine_segm)

@@ -3,8 +3,10 @@
 The graphs have the real tensor shapes and are run by the real loading and decoding code.
 The detector reports exactly one confident person, centred on the centroid of the
 pixels that differ both from the image's top-left (background) colour and from the
-letterbox fill 114; the pose model puts all 133 keypoints
-in a fixed human-like layout inside that person's crop, shifted by the crop's mean value.
+letterbox fill 114 (summed row by row and rounded to 1/16 pixel, so onnxruntime and the torch
+modules of ``torch_session.py`` find the same box); the pose model puts all 133 keypoints
+in a fixed human-like layout inside that person's crop, shifted by the crop's mean value
+(likewise reduced axis by axis and rounded to 1/16 bin).
 So outputs depend on the input, and the whole pipeline runs end to end.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ PERSON_CLASS_PROB = 0.95
 OTHER_CLASS_PROB = 0.01
 KEYPOINT_PEAK = 0.9
 SIMCC_SIGMA = 2.0
+CENTRE_STEPS_PER_PIXEL = 16
 
 
 def _const(name: str, value) -> onnx.NodeProto:
@@ -44,6 +47,25 @@ def _model(nodes, inputs, outputs, name: str) -> onnx.ModelProto:
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
+
+
+def _sum_rows_then_columns(value: str, out: str) -> list[onnx.NodeProto]:
+    """Sum of a [1, 1, H, W] map, each row first: short float32 sums, so that runtimes that order
+    their additions differently (onnxruntime, PyTorch) agree to about 1e-6 instead of 1e-4."""
+    return [
+        helper.make_node("ReduceSum", [value, "row_axis"], [f"{out}_rows"], keepdims=1),
+        helper.make_node("ReduceSum", [f"{out}_rows", "column_axis"], [out], keepdims=1),
+    ]
+
+
+def _snap(value: str, out: str) -> list[onnx.NodeProto]:
+    """Round a position to 1/CENTRE_STEPS_PER_PIXEL pixel (or SimCC bin), so that the last-bit
+    differences of two float32 runtimes rarely move a box or a keypoint."""
+    return [
+        helper.make_node("Mul", [value, "snap_steps"], [f"{out}_steps"]),
+        helper.make_node("Round", [f"{out}_steps"], [f"{out}_rounded"]),
+        helper.make_node("Div", [f"{out}_rounded", "snap_steps"], [out]),
+    ]
 
 
 def build_detector_model(rng: np.random.Generator) -> onnx.ModelProto:
@@ -83,6 +105,9 @@ def build_detector_model(rng: np.random.Generator) -> onnx.ModelProto:
         _const("range_limit", np.float32(anchors)),
         _const("range_delta", np.float32(1)),
         _const("anchor_index", np.float32(anchor_index)),
+        _const("row_axis", np.array([3], dtype=np.int64)),
+        _const("column_axis", np.array([2], dtype=np.int64)),
+        _const("snap_steps", np.float32(CENTRE_STEPS_PER_PIXEL)),
         helper.make_node("ReduceMean", ["images"], ["gray"], axes=[1], keepdims=1),
         helper.make_node("Slice", ["gray", "corner_start", "corner_end"], ["corner"]),
         helper.make_node("Sub", ["gray", "fill"], ["off_fill_signed"]),
@@ -91,14 +116,16 @@ def build_detector_model(rng: np.random.Generator) -> onnx.ModelProto:
         helper.make_node("Abs", ["off_corner_signed"], ["off_corner"]),
         helper.make_node("Mul", ["off_fill", "off_corner"], ["contrast"]),
         helper.make_node("Add", ["contrast", "eps"], ["weight"]),
-        helper.make_node("ReduceSum", ["weight"], ["total"], keepdims=1),
+        *_sum_rows_then_columns("weight", "total"),
         helper.make_node("Mul", ["weight", "ramp_x"], ["wx"]),
-        helper.make_node("ReduceSum", ["wx"], ["sum_x"], keepdims=1),
-        helper.make_node("Div", ["sum_x", "total"], ["cx4"]),
+        *_sum_rows_then_columns("wx", "sum_x"),
+        helper.make_node("Div", ["sum_x", "total"], ["cx_exact"]),
+        *_snap("cx_exact", "cx4"),
         helper.make_node("Reshape", ["cx4", "scalar_shape"], ["cx"]),
         helper.make_node("Mul", ["weight", "ramp_y"], ["wy"]),
-        helper.make_node("ReduceSum", ["wy"], ["sum_y"], keepdims=1),
-        helper.make_node("Div", ["sum_y", "total"], ["cy4"]),
+        *_sum_rows_then_columns("wy", "sum_y"),
+        helper.make_node("Div", ["sum_y", "total"], ["cy_exact"]),
+        *_snap("cy_exact", "cy4"),
         helper.make_node("Reshape", ["cy4", "scalar_shape"], ["cy"]),
         helper.make_node("Mul", ["cx", "unit_x"], ["row_x"]),
         helper.make_node("Mul", ["cy", "unit_y"], ["row_y"]),
@@ -158,10 +185,15 @@ def build_pose_model(rng: np.random.Generator) -> onnx.ModelProto:
         _const("shift_min", np.float32(-8.0)),
         _const("shift_max", np.float32(8.0)),
         _const("scalar_shape", np.array([1, 1, 1], dtype=np.int64)),
-        helper.make_node("ReduceMean", ["input"], ["mean4"], keepdims=1),
+        _const("snap_steps", np.float32(CENTRE_STEPS_PER_PIXEL)),
+        # the mean one axis at a time (short float32 sums, see _sum_rows_then_columns)
+        helper.make_node("ReduceMean", ["input"], ["mean_rows"], axes=[3], keepdims=1),
+        helper.make_node("ReduceMean", ["mean_rows"], ["mean_planes"], axes=[2], keepdims=1),
+        helper.make_node("ReduceMean", ["mean_planes"], ["mean4"], axes=[1], keepdims=1),
         helper.make_node("Reshape", ["mean4", "scalar_shape"], ["mean"]),
         helper.make_node("Mul", ["mean", "shift_gain"], ["shift_raw"]),
-        helper.make_node("Clip", ["shift_raw", "shift_min", "shift_max"], ["shift"]),
+        helper.make_node("Clip", ["shift_raw", "shift_min", "shift_max"], ["shift_exact"]),
+        *_snap("shift_exact", "shift"),
     ]
     for axis in ("x", "y"):
         nodes += [

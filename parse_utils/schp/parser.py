@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..base import PersonParser, resolve_device
+from ..base import PersonParser, float32_gpu_work, resolve_device
 from .checkpoint import build_network, read_schp_checkpoint, strip_prefix
 from .device_warp import opencv_float_kernels, warp_argmax_labels
 from .labels import DATASETS, SCHPDataset, dataset_from_filename, label_palette
@@ -102,7 +102,8 @@ class SCHP(PersonParser[ImageInput, Image.Image]):
         """Label index arrays for a batch of images (one forward pass)."""
         prepared = [self.preprocess(image) for image in images]
         batch = torch.stack([p[0] for p in prepared]).to(self.device)
-        logits = self.network(batch)
+        with float32_gpu_work():  # TF32 as PyTorch's default has it, as in the reference
+            logits = self.network(batch)
         return [self.postprocess(logits[i], inv, size) for i, (_, inv, size) in enumerate(prepared)]
 
     def __call__(self, image: ImageInput | Sequence[ImageInput]) -> Image.Image | list[Image.Image]:

@@ -86,6 +86,76 @@ function parseServerTiming(header) {
   }).filter(([name]) => name);
 }
 
+// What the engine reports while it works (GET /progress/<id>), in words.
+const STAGE_WORDS = {
+  pose: "pose found", garments: "garments encoded", densepose: "body parts found", schp: "clothes parsed",
+  pose_wait: "person ready", mask: "mask made",
+};
+
+function describeProgress(p) {
+  if (p.state === "waiting") return "waiting for the GPU";
+  if (p.stage === "diffusion") return "diffusion: step " + p.step + " of " + p.steps;
+  return p.stage ? (STAGE_WORDS[p.stage] || p.stage) + " (" + p.stage + ")" : "starting";
+}
+
+function watchProgress(requestId, headers) {
+  // polls while the try-on runs; returns a function that stops it
+  let stopped = false;
+  const bar = $("progress");
+  async function poll() {
+    while (!stopped) {
+      try {
+        const resp = await fetch("/progress/" + requestId, { headers, cache: "no-store" });
+        if (resp.ok && !stopped) {
+          const p = await resp.json();
+          $("stage").textContent = describeProgress(p);
+          if (p.stage === "diffusion" && p.steps) {
+            bar.max = p.steps;
+            bar.value = p.step;
+          }
+        }
+      } catch (_) { /* the answer decides; progress is best effort */ }
+      await new Promise((done) => setTimeout(done, 200));
+    }
+  }
+  poll();
+  return () => { stopped = true; };
+}
+
+function newRequestId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function errorMessage(resp) {
+  let message = "the server answered " + resp.status;
+  try {
+    const err = (await resp.json()).error;
+    message = err.message + " (" + err.code + ")";
+  } catch (_) { /* not JSON: keep the status line */ }
+  const retry = resp.headers.get("Retry-After");
+  if (retry) message += "; retry in " + retry + " s";
+  return message;
+}
+
+let maskUrl = null;
+
+async function showMask(form, headers) {
+  // the same request with preview=mask: cheap (the person's maps are cached), beside the result
+  const data = new FormData(form);
+  data.set("preview", "mask");
+  data.set("output_format", "png");
+  const resp = await fetch("/prompt", { method: "POST", body: data, headers });
+  if (!resp.ok) {
+    showError("mask preview: " + await errorMessage(resp));
+    return;
+  }
+  if (maskUrl) URL.revokeObjectURL(maskUrl);
+  maskUrl = URL.createObjectURL(await resp.blob());
+  $("result-mask").src = maskUrl;
+  $("mask-figure").hidden = false;
+}
+
 function showResult(blob, seed, timings) {
   if (resultUrl) URL.revokeObjectURL(resultUrl);
   resultUrl = URL.createObjectURL(blob);
@@ -113,29 +183,36 @@ async function submit(event) {
   showError("");
   button.disabled = true;
   $("working").hidden = false;
+  $("stage").textContent = "sending";
+  $("progress").removeAttribute("value");  // indeterminate until the denoising steps
+  $("mask-figure").hidden = true;
   const t0 = performance.now();
   const timer = setInterval(() => {
     $("elapsed").textContent = ((performance.now() - t0) / 1000).toFixed(1) + " s";
   }, 100);
+  const key = $("apikey").value.trim();
+  const headers = key ? { Authorization: "Bearer " + key } : {};
+  const requestId = newRequestId();
+  const stopWatching = watchProgress(requestId, headers);
   try {
-    const key = $("apikey").value.trim();
-    const headers = key ? { Authorization: "Bearer " + key } : {};
-    const resp = await fetch("/prompt", { method: "POST", body: new FormData(form), headers });
+    const resp = await fetch("/prompt", {
+      method: "POST", body: new FormData(form), headers: { ...headers, "X-Request-ID": requestId },
+    });
+    stopWatching();
+    if (resp.headers.get("X-FastFit-Synthetic-Weights") === "true") $("synthetic").hidden = false;
     if (!resp.ok) {
-      let message = "the server answered " + resp.status;
-      try {
-        const err = (await resp.json()).error;
-        message = err.message + " (" + err.code + ")";
-      } catch (_) { /* not JSON: keep the status line */ }
-      const retry = resp.headers.get("Retry-After");
-      if (retry) message += "; retry in " + retry + " s";
-      showError(message);
+      showError(await errorMessage(resp));
       return;
     }
     showResult(await resp.blob(), resp.headers.get("X-Seed"), parseServerTiming(resp.headers.get("Server-Timing")));
+    if ($("show-mask").checked && $("input-preview").value === "none") {
+      $("stage").textContent = "mask preview";
+      await showMask(form, headers);
+    }
   } catch (exc) {
     showError("the request failed: " + exc.message);
   } finally {
+    stopWatching();
     clearInterval(timer);
     $("working").hidden = true;
     button.disabled = false;
