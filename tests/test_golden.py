@@ -1,7 +1,8 @@
 """Outputs unchanged: today's images, bit for bit, through the command line and the service.
 
-The PNGs in tests/data/golden/ were written by this module's ``--write`` mode (below) before the
-architecture step moved the code into layers, on the tiny synthetic models (seed 0) at 192x256
+The PNGs in tests/data/golden/ were written by this module's ``--write`` mode (below) with the
+code before the architecture step (first the branch point; after the merge of the other branches,
+which changed DWPose and the defaults, main at d5023ba, still in the flat layout), on the tiny synthetic models (seed 0) at 192x256
 with 2 denoising steps and guidance 2.5 (so classifier-free guidance runs), one intra-op thread.
 A refactor that changes one pixel of a try-on, a mask preview or a masked-person preview fails
 here. Floating-point results depend on the CPU's vector unit, so the images are compared only on
