@@ -30,10 +30,10 @@ def box_automask(engine, monkeypatch):
         labels[: H // 6] = LIP_MAPPING["Face"]
         return Image.fromarray(labels.astype(np.uint8), "L")
 
-    def cloth_mask(densepose, lip_map, atr, seed):
+    def cloth_mask(densepose, lip_map, atr):
         m = np.zeros((H, W), np.uint8)
         m[box[1]:box[3], box[0]:box[2]] = 255
-        return Image.fromarray(m, "L"), False
+        return Image.fromarray(m, "L")
 
     monkeypatch.setattr(engine, "schp_lip", lip)
     monkeypatch.setattr(engine, "_cloth_mask", cloth_mask)
