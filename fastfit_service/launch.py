@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastfit_engine.errors import transport_errors
-from fastfit_engine.settings import SETTINGS_BY_NAME, is_set, read
+from fastfit_engine.settings import SETTINGS_BY_NAME, SettingError, is_set, read
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "nginx" / "fastfit.conf.template"
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             return check(env)
         return run(env)
-    except LaunchError as exc:
+    except (LaunchError, SettingError) as exc:  # one line: what to fix
         print(f"fastfit.launch: {exc}", file=sys.stderr)
         return 2
 

@@ -252,9 +252,12 @@ def test_front_closes_a_stalled_body_without_an_answer_as_the_readme_says(stack)
         t0 = time.monotonic()
         assert _answer(s) == b""  # closed, nothing written
         assert FRONT_TIMEOUT - 0.2 < time.monotonic() - t0 < FRONT_TIMEOUT + 2
-    # the front's own answers, as the template writes them and as the README lists them
-    template = (ROOT / "deploy" / "nginx" / "fastfit.conf.template").read_text()
-    pages = dict(re.findall(r'location = /_fastfit_error/\d+ \{.*?return (\d+) \'\{"error": \{"code": "(\w+)"', template))
+    # the front's own answers, as the launcher renders them (from the error catalogue) and as the
+    # README lists them
+    from fastfit_service.launch import nginx_error_locations
+
+    rendered = nginx_error_locations("20", "10")
+    pages = dict(re.findall(r'location = /_fastfit_error/\d+ \{.*?return (\d+) \'\{"error": \{"code": "(\w+)"', rendered))
     readme = (ROOT / "README.md").read_text().split("**The front.**", 1)[1].split("\n\n**", 1)[0]
     rows = {}
     for statuses, codes in re.findall(r"^\| ([\d /]+) \| (`[^|]+`) \|", readme, re.M):

@@ -66,14 +66,24 @@ def test_an_unwritable_access_log_is_one_clear_line(tmp_path, monkeypatch, capsy
 @pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is not installed")
 def test_nginx_refusing_its_configuration_is_one_clear_line(tmp_path, monkeypatch, capsys):
     """Not a CalledProcessError traceback: nginx's own first error line, before any instance starts."""
-    monkeypatch.setenv("FASTFIT_FRONT_MAX_CONNECTIONS", "many")
+    monkeypatch.setenv("FASTFIT_LISTEN", "127.0.0.1:many")  # a valid setting, an address nginx refuses
     monkeypatch.setenv("FASTFIT_DEVICES", "cpu")
     monkeypatch.setenv("FASTFIT_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("FASTFIT_FRONT_ACCESS_LOG", str(tmp_path / "access.log"))
     code = launch.main([])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
-    assert err[0].startswith("fastfit.launch: nginx refused to start: ") and 'invalid number "many"' in err[0]
+    assert err[0].startswith("fastfit.launch: nginx refused to start: ") and '"listen" directive' in err[0], err
+
+
+def test_a_bad_setting_is_one_clear_line_before_anything_starts(tmp_path, monkeypatch, capsys):
+    """A value the settings module refuses (fastfit_engine/settings.py) stops the launcher with its message."""
+    monkeypatch.setenv("FASTFIT_FRONT_MAX_CONNECTIONS", "many")
+    monkeypatch.setenv("FASTFIT_DEVICES", "cpu")
+    monkeypatch.setenv("FASTFIT_RUN_DIR", str(tmp_path / "run"))
+    code = launch.main([])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["fastfit.launch: FASTFIT_FRONT_MAX_CONNECTIONS must be a whole number >= 0, got 'many'"]
 
 
 def test_all_devices_without_a_gpu_is_said_loudly(tmp_path, monkeypatch, capsys):
