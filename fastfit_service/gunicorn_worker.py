@@ -28,11 +28,8 @@ whole request before gunicorn sees it. This worker makes the bare service degrad
   hold bytes such as 0x85, a line break to some log readers, or 0x9b, a terminal escape), as
   the service's own log lines do (security.loggable); gunicorn itself escapes only quotes.
 
-Measured on 2 CPU cores (2026-12-01, gunicorn 27.0.1, 4 threads, `deploy/slow_clients.py`):
-with four connections trickling a header line every 5 s, `/health` gave no answer within 20 s
-with plain gthread (the same with a trickled body or a lying Content-Length); with this worker
-it answered after 9.0 s (the 10 s header deadline) with 4 threads and in 0.02 s with the
-default 8 threads, and the slow clients got 408.
+With slow clients holding threads, `/health` went from no answer at all to an answer at the
+header deadline (bench/README.md, "Slow clients", has the measurement).
 
 This relies on two gunicorn internals (the parser's `SocketUnreader` and the gthread module's
 wait-for-data constant), so gunicorn is pinned in constraints.txt and tests/test_front.py checks

@@ -14,16 +14,10 @@ SDPA disappear on this path. Its CPU kernel is a plain SDPA reference: it exists
 its fake implementation) can be exercised without a GPU; the dispatcher never sends CPU tensors
 to the op.
 
-Measured on one H200 (torch 2.11, cuDNN 9.19, flash-attn-4 4.0.0b36), bf16, batch 2, 8 heads,
-queries x keys of the upper+lower request, CUDA events, 2026-12-01 (``bench_diffusion.py --micro``):
-  12288 x 36864, head 40:  FA4 3.19 ms, SDPA cuDNN 3.80 ms, SDPA flash 7.07 ms
-   3072 x  9216, head 80:  FA4 0.244 ms, cuDNN 0.330 ms
-    768 x  2304, head 160: FA4 0.087 ms, cuDNN 0.047 ms  (cuDNN wins; same H200, an earlier run)
-    192 x   576, head 160: FA4 0.070 ms, cuDNN 0.020 ms  (cuDNN wins)
-Hence FA4 for head size <= 80, SDPA with cuDNN first above. FA4's tile options at head 40
-(12288 x 36864): its default 192x128 3.23 ms, 192x112 3.30, 192x96 3.47, 128x176 3.66,
-128x192 3.77, 128x128 3.80 ms: the default stays. FA4's output is within 3e-3 relative of
-cuDNN's on random inputs (bf16 rounding of the output; cuDNN itself is not exact either).
+FA4 is faster than cuDNN at head sizes up to 80 and slower above, so FA4 for head size <= 80
+and SDPA with cuDNN first above; FA4's default tiles stay (bench/README.md, "Attention kernels",
+has the timings). FA4's output is within 3e-3 relative of cuDNN's on random inputs (bf16
+rounding of the output; cuDNN itself is not exact either).
 """
 from __future__ import annotations
 
@@ -55,7 +49,7 @@ __all__ = [
 
 log = logging.getLogger("fastfit.attention")
 
-# FA4 for head sizes up to this (see the measurements above); SDPA above it.
+# FA4 for head sizes up to this (bench/README.md, "Attention kernels"); SDPA above it.
 FA4_MAX_HEAD_DIM = 80
 # Tile (queries x keys per thread block) per head size; None keeps FA4's own heuristic.
 FA4_TILES: dict[int, tuple[int, int] | None] = {}

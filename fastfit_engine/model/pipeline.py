@@ -253,8 +253,7 @@ class FastFitPipeline:
         over that dimension (attention is an opaque FA4 or SDPA call; the rest only copies the
         person's K/V into the buffer's tail), so the image of a layout does not depend on which
         layout compiled the graph, and the warm-up compiles once instead of once per layout.
-        H200, 2026-12-01, warm-up of all 8 layouts: 60-90 s per layout compiled and about 11 s per
-        layout from a filled cache with static graphs; 134 s and 35 s in all with this one.
+        (bench/README.md, "Compile cache", has the warm-up times both ways.)
 
         Only steps of ``batch_sizes`` rows run compiled (default: 2, classifier-free guidance);
         others (guidance 1.0: one row) stay eager, so such a request never waits minutes for a

@@ -306,8 +306,8 @@ class FastFitEngine:
 
     def warmup(self, sets: Sequence[Sequence[str]] | None = None) -> float:
         """Throw-away 1-step requests, one per reference-size layout, so real requests pay neither
-        CUDA/cuDNN start-up and per-shape set-up (+0.35 s on a layout's first request; H100 80GB,
-        bf16, 768x1024, 2026-11-25), nor compilation, nor the first computation of a slot's
+        CUDA/cuDNN start-up and per-shape set-up (a third of a second on a layout's first request,
+        bench/README.md), nor compilation, nor the first computation of a slot's
         unconditional reference K/V; returns the seconds taken. A compiled engine on CUDA first
         captures the reference pass of each garment size as a CUDA graph. The service runs it
         before reporting ready. ``sets`` limits it to some garment sets (benchmarks); by default

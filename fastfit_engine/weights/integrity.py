@@ -15,13 +15,8 @@ a difference is a ``WeightIntegrityError`` naming the file. A file without a rec
 tree copied by hand) is logged as a warning and loaded anyway, unless ``FASTFIT_REQUIRE_DIGESTS=1``.
 ``FASTFIT_VERIFY_WEIGHTS=0`` skips the hashing (the manifests are still read).
 
-Cost, and why every start re-hashes (bench/bench_sha256.py, 2026-12-01): on the GPU host (16-core
-Intel Xeon with SHA-NI, Python 3.12, an H200 machine) a file set shaped like ours (5.13 GB, the
-UNet 3.44 GB) hashes in 3.4 s with one thread per file (hashlib releases the GIL; the UNet at
-1.0-1.1 GB/s bounds it) against 4.6 s in one thread; from a cold page cache 4.3 s, where merely
-reading the files (which the loaders do anyway, and then find them cached) takes 2.8 s. The
-2-core development VM hashes 1.39 GB/s per core from memory. A few seconds is small next to
-loading the models and the CUDA warm-up (tens of seconds). A size+mtime stamp that skipped
+Why every start re-hashes: it costs a few seconds (bench/README.md, "Weight digests"), small next
+to loading the models and the CUDA warm-up (tens of seconds), and a size+mtime stamp that skipped
 unchanged files would miss exactly the failure this is for: bit rot and a disk returning bad
 blocks change no mtime. So the check runs on every start.
 
