@@ -515,7 +515,7 @@ def run_batch(
             with lock:
                 summary.done += 1
         with lock:
-            bar.set_postfix(done=summary.done, skipped=summary.skipped, failed=summary.failed, refresh=False)
+            bar.set_description_str(f"{summary.done} done, {summary.skipped} skipped, {summary.failed} failed", refresh=False)
             bar.update(1)
 
     try:
