@@ -20,6 +20,32 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
 }
 
 
+References = list[tuple[str, Image.Image]]
+
+
+def random_request_images(
+    person_wh: tuple[int, int], rng: np.random.Generator, names: list[str]
+) -> tuple[Image.Image, Image.Image, Image.Image, dict[str, References]]:
+    """Person, mask, pose and each named scenario's (model label, image) references, all random;
+    the mask is one rectangle (the middle two thirds across, three quarters down)."""
+    from fastfit_engine.request.schema import GARMENT_LABELS, GARMENT_SLOTS_BY_NAME
+
+    def img(w: int, h: int) -> Image.Image:
+        return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+    pw, ph = person_wh
+    person = img(pw, ph)
+    m = np.zeros((ph, pw), np.uint8)
+    m[ph // 8 : ph * 7 // 8, pw // 6 : pw * 5 // 6] = 255
+    mask = Image.fromarray(m)
+    pose = img(pw, ph)
+    scenarios = {
+        name: [(GARMENT_LABELS[slot], img(*GARMENT_SLOTS_BY_NAME[slot].reference_size(person_wh))) for slot in SCENARIOS[name]]
+        for name in names
+    }
+    return person, mask, pose, scenarios
+
+
 def person_image(width: int, height: int) -> Image.Image:
     """Deterministic stand-in photo: a textured figure on a plain background."""
     rng = np.random.default_rng(0)

@@ -6,8 +6,12 @@ Scenarios (bench._common.SCENARIOS) at 768x1024, 30 steps, guidance 2.5, bf16:
   dress_shoe             one 768x1024 "overall" reference and one 384x512 shoe
 
 Prints JSON: seconds per request (median of N after a warm-up), ms per denoising step (CUDA
-events between step callbacks), reference-pass ms, peak VRAM. ``--quick`` runs a tiny model on
-CPU at 48x64 so the script itself can be checked without a GPU.
+events between step callbacks), reference-pass ms, peak VRAM, and each image's distance from
+the image of a reference variant (default ``sdpa``: eager, PyTorch's SDPA) with the same weights
+and seed: mean and max absolute difference inside the mask (0-255 pixel units) and PSNR there.
+Issue 19's bound for the shipped path is a mean of 1.5 (the reference implementation's own bf16
+and fp32 images are 1.33 apart). ``--quick`` runs a tiny model on CPU at 48x64 so the script
+itself can be checked without a GPU. The kernel profile of the step is bench_step.py's.
 
     python -m bench.bench_diffusion [--variants eager,attn_cudnn,attn_cudnn+compile_unet+compile_vae] [--quick]
 """
@@ -17,6 +21,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -27,34 +32,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench._common import SCENARIOS, pick_scenarios, sync
+from bench._common import References, pick_scenarios, random_request_images, sync
 from fastfit_engine.model.pipeline import FastFitPipeline
-from fastfit_engine.request.schema import GARMENT_LABELS, GARMENT_SLOTS_BY_NAME
 from fastfit_engine.synthetic import write_fastfit_model
-
-
-References = list[tuple[str, Image.Image]]
-
-
-def _images(
-    person_wh: tuple[int, int], rng: np.random.Generator, names: list[str]
-) -> tuple[Image.Image, Image.Image, Image.Image, dict[str, References]]:
-    """Person, mask, pose and each named scenario's (model label, image) references, all random."""
-
-    def img(w: int, h: int) -> Image.Image:
-        return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-    pw, ph = person_wh
-    person = img(pw, ph)
-    m = np.zeros((ph, pw), np.uint8)
-    m[ph // 8 : ph * 7 // 8, pw // 6 : pw * 5 // 6] = 255
-    mask = Image.fromarray(m)
-    pose = img(pw, ph)
-    scenarios = {
-        name: [(GARMENT_LABELS[slot], img(*GARMENT_SLOTS_BY_NAME[slot].reference_size(person_wh))) for slot in SCENARIOS[name]]
-        for name in names
-    }
-    return person, mask, pose, scenarios
 
 
 @torch.inference_mode()
@@ -134,6 +114,17 @@ def _pipeline_options(variant: str) -> dict:
     }
 
 
+def build_pipeline(model_dir: Path, device: torch.device, dtype: torch.dtype, variant: str) -> FastFitPipeline:
+    """The variant's pipeline; token ``vae_wide_attn`` gives the VAE the wide-head attention
+    processor (model/vae_attention.py) before its first (compiling) call."""
+    pipe = FastFitPipeline.from_pretrained(model_dir, device=device, dtype=dtype, **_pipeline_options(variant))
+    if "vae_wide_attn" in variant.split("+"):
+        from fastfit_engine.model.vae_attention import use_wide_head_attention
+
+        use_wide_head_attention(pipe.vae)
+    return pipe
+
+
 def run_variant(
     model_dir: Path,
     device: torch.device,
@@ -144,10 +135,11 @@ def run_variant(
     mask: Image.Image,
     pose: Image.Image,
     scenarios: dict[str, References],
-) -> dict:
-    """Every scenario through one pipeline built with the variant's options."""
-    pipe = FastFitPipeline.from_pretrained(model_dir, device=device, dtype=dtype, **_pipeline_options(variant))
-    results = {}
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Every scenario through one pipeline built with the variant's options; the timings and
+    each scenario's last image."""
+    pipe = build_pipeline(model_dir, device, dtype, variant)
+    results, images = {}, {}
     for name, refs in scenarios.items():
         kwargs = dict(pose=pose, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=0)
         first_s = None
@@ -188,6 +180,7 @@ def run_variant(
         ref_ms = statistics.median(_reference_pass_ms(pipe, person, mask, refs, device) for _ in range(runs))
         enc_ms, dec_ms = _vae_ms(pipe, person, refs, device, runs)
         same = bool(np.array_equal(arr, np.asarray(out)))
+        images[name] = np.asarray(out)
         results[name] = {
             "seconds_per_request": round(statistics.median(times), 4),
             "seconds_all": [round(t, 4) for t in times],
@@ -204,7 +197,36 @@ def run_variant(
     del pipe
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return results
+    return results, images
+
+
+def reference_images(
+    model_dir: Path, device: torch.device, dtype: torch.dtype, variant: str, args: argparse.Namespace,
+    person: Image.Image, mask: Image.Image, pose: Image.Image, scenarios: dict[str, References],
+) -> dict[str, np.ndarray]:
+    """One image per scenario from the reference variant (seed 0), nothing timed."""
+    pipe = build_pipeline(model_dir, device, dtype, variant)
+    with _sdpa_context(variant):
+        images = {name: np.asarray(pipe(person, mask, refs, pose=pose, num_inference_steps=args.steps,
+                                        guidance_scale=args.guidance, seed=0))
+                  for name, refs in scenarios.items()}
+    del pipe
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return images
+
+
+def image_distance(image: np.ndarray, reference: np.ndarray, mask: Image.Image) -> dict:
+    """Mean and max absolute pixel difference (0-255 units) and PSNR (dB) inside the mask;
+    PSNR is None for identical images."""
+    inside = np.asarray(mask.convert("L")) > 127
+    diff = np.abs(image.astype(np.int16) - reference.astype(np.int16))[inside].astype(np.float64)
+    mse = float((diff**2).mean())
+    return {
+        "mean_abs_in_mask": round(float(diff.mean()), 4),
+        "max_abs_in_mask": int(diff.max()),
+        "psnr_in_mask_db": None if mse == 0 else round(10 * math.log10(255.0**2 / mse), 2),
+    }
 
 
 def attention_micro(device: torch.device) -> dict:
@@ -298,44 +320,17 @@ def fa4_micro(device) -> dict:
     return out
 
 
-@torch.inference_mode()
-def profile_steps(
-    model_dir: Path,
-    device: torch.device,
-    dtype: torch.dtype,
-    person: Image.Image,
-    mask: Image.Image,
-    refs: References,
-    variant: str,
-) -> str:
-    """Top CUDA kernels over 3 denoising steps of one scenario, as a text table."""
-    from torch.profiler import ProfilerActivity, profile
-
-    options = {**_pipeline_options(variant), "compile_vae": False}  # only the steps are profiled
-    pipe = FastFitPipeline.from_pretrained(model_dir, device=device, dtype=dtype, **options)
-    steps = {"n": 0}
-
-    def cb(i, n):
-        steps["n"] = i
-
-    pipe(person, mask, refs, num_inference_steps=4, callback=cb)
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-        pipe(person, mask, refs, num_inference_steps=3)
-        torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny model on CPU, 2 steps (checks the script)")
-    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager (the defaults), channels_last, nchw (channels_last off), compile_unet, compile_vae, fa4, sdpa (no FA4), attn_cudnn, attn_triton (our Triton kernel), native_gn, fast_gn, sdpa_flash")
+    ap.add_argument("--variants", default="eager", help="comma list; tokens joined by +: eager (the defaults), channels_last, nchw (channels_last off), compile_unet, compile_vae, fa4, sdpa (no FA4), attn_cudnn, attn_triton (our Triton kernel), native_gn, fast_gn, vae_wide_attn, sdpa_flash")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--guidance", type=float, default=2.5)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--model-dir", type=Path, default=None, help="existing model folder (else synthetic)")
+    ap.add_argument("--reference", default="sdpa", help="variant whose image the others are compared with (default: eager SDPA); empty: no comparison")
     ap.add_argument("--micro", action="store_true", help="also time SDPA backends at the denoising shapes")
-    ap.add_argument("--profile", default=None, help="variant to profile over 3 steps of the first scenario (kernel table)")
     ap.add_argument("--scenarios", default=None, help="comma list of scenario names (default: all three)")
     ap.add_argument("--compile-cache", type=Path, default=None, help="persistent compiler cache folder (as FASTFIT_COMPILE_CACHE)")
     args = ap.parse_args()
@@ -363,7 +358,7 @@ def main() -> int:
         model_dir = write_fastfit_model(Path(tmp.name) / "FastFit-MR-1024", tiny=args.quick, seed=0)
     build_s = time.perf_counter() - t0
 
-    person, mask, pose, scenarios = _images(person_wh, np.random.default_rng(0), pick_scenarios(ap, args.scenarios))
+    person, mask, pose, scenarios = random_request_images(person_wh, np.random.default_rng(0), pick_scenarios(ap, args.scenarios))
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -379,13 +374,25 @@ def main() -> int:
         report["fa4_micro"] = fa4_micro(device)
         report["attention_micro"] = attention_micro(device)
         print(json.dumps(report["attention_micro"]), file=sys.stderr, flush=True)
-    if args.profile and device.type == "cuda":
-        print(profile_steps(model_dir, device, dtype, person, mask, next(iter(scenarios.values())), args.profile), file=sys.stderr, flush=True)
-    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    reference = None
+    if args.reference:
+        report["reference_variant"] = args.reference
+        if args.reference in variants:  # timed like the others, its images kept first
+            variants.remove(args.reference)
+            variants.insert(0, args.reference)
+        else:
+            reference = reference_images(model_dir, device, dtype, args.reference, args, person, mask, pose, scenarios)
+    for variant in variants:
         t1 = time.perf_counter()
         try:
             with _sdpa_context(variant):
-                result = run_variant(model_dir, device, dtype, variant, args, person, mask, pose, scenarios)
+                result, images = run_variant(model_dir, device, dtype, variant, args, person, mask, pose, scenarios)
+            if variant == args.reference:
+                reference = images
+            if reference is not None:
+                for name, image in images.items():
+                    result[name]["distance_to_reference"] = image_distance(image, reference[name], mask)
         except Exception as exc:  # report and go on with the next variant
             result = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         result["_wall_s"] = round(time.perf_counter() - t1, 1)

@@ -32,7 +32,7 @@ def test_every_bench_script_is_covered():
     scripts = sorted(p.stem for p in (ROOT / "bench").glob("bench_*.py"))
     # bench_attention --quick runs in test_triton_attention.py (the kernel's interpreter check)
     assert scripts == ["bench_attention", "bench_densepose", "bench_diffusion", "bench_dwpose", "bench_output_formats", "bench_request",
-                       "bench_schp", "bench_sha256"]
+                       "bench_schp", "bench_sha256", "bench_step"]
 
 
 def test_bench_output_formats_quick():
@@ -54,6 +54,56 @@ def test_bench_diffusion_quick(models_dir):
         assert row["deterministic"] is True
         assert row["ms_per_step"] > 0 and row["reference_pass_ms"] > 0
         assert row["vae_encode_ms"] > 0 and row["vae_decode_ms"] > 0
+        # on the CPU "eager" and the reference "sdpa" take the same kernels: the same image
+        assert row["distance_to_reference"] == {"mean_abs_in_mask": 0.0, "max_abs_in_mask": 0, "psnr_in_mask_db": None}
+    assert report["reference_variant"] == "sdpa"
+
+
+def test_image_distance_counts_only_the_mask():
+    import numpy as np
+    from PIL import Image
+
+    from bench.bench_diffusion import image_distance
+
+    ref = np.full((4, 6, 3), 100, np.uint8)
+    img = ref.copy()
+    img[0, 0] = [103, 100, 100]  # inside the mask: |diff| 3, 0, 0
+    img[3, 5] = [0, 0, 0]  # outside: ignored
+    m = np.zeros((4, 6), np.uint8)
+    m[0:2, 0:3] = 255  # 6 pixels, 18 values
+    d = image_distance(img, ref, Image.fromarray(m))
+    assert d["mean_abs_in_mask"] == round(3 / 18, 4) and d["max_abs_in_mask"] == 3
+    assert d["psnr_in_mask_db"] == round(10 * np.log10(255.0**2 / (9 / 18)), 2)
+
+
+def test_bench_step_quick(models_dir):
+    report = run_bench("bench_step", "--model-dir", str(models_dir / "FastFit-MR-1024"))
+    assert report["device"] == "cpu" and report["compiled"] is False
+    assert list(report["parts"]) == ["denoising_step", "whole_step_with_scheduler", "reference_pass_eager", "vae_encode", "vae_decode"]
+    step = report["parts"]["denoising_step"]
+    assert step["kernel_ms_per_call"] > 0 and step["top_kernels"]
+    assert abs(sum(step["by_category_ms"].values()) - step["kernel_ms_per_call"]) < 0.01 * step["kernel_ms_per_call"] + 0.01
+    assert {"convolution", "attention"} <= set(step["by_category_ms"])
+
+
+def test_kernel_categories_by_name():
+    from bench.bench_step import kernel_category
+
+    names = {
+        "kernel_cutlass_kernel_flash_attncuteflash_fwd_sm90FlashAttentionForwardSm90": "attention",
+        "fmha_cutlassF_bf16_aligned_64x128_rf_sm80": "attention",
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc": "convolution",
+        "nvjet_tst_128x256_64x4_1x2_h_bz_coopA_TNT": "matrix product",
+        "void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<c10::BFloat16>": "normalisation",
+        "triton_red_fused_native_group_norm_0": "normalisation",
+        "triton_poi_fused_add_silu_3": "pointwise",
+        "triton_poi_fused_clone_7": "copy",
+        "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>": "copy",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<c10::BFloat16>>": "pointwise",
+        "aten::convolution": "convolution",
+        "aten::copy_": "copy",
+    }
+    assert {name: kernel_category(name) for name in names} == names
 
 
 def test_bench_request_quick(models_dir):
