@@ -64,6 +64,26 @@ def sync(device: Any | None) -> None:
         torch.cuda.synchronize(device)
 
 
+def cuda_ms(fn: Callable[[], Any], rounds: int = 5, calls: int = 10, warmup: int = 3) -> float:
+    """Median over ``rounds`` of the mean ms of ``calls`` back-to-back calls, by CUDA events."""
+    import statistics
+
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return round(statistics.median(times), 4)
+
+
 def time_ms(fn: Callable[[], Any], device: Any | None, warmup: int, repeats: int) -> list[float]:
     """Milliseconds of each of `repeats` calls after `warmup` untimed ones."""
     for _ in range(warmup):

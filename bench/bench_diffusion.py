@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench._common import References, pick_scenarios, random_request_images, sync
+from bench._common import References, cuda_ms, pick_scenarios, random_request_images, sync
 from fastfit_engine.model.pipeline import FastFitPipeline
 from fastfit_engine.synthetic import write_fastfit_model
 
@@ -282,20 +282,6 @@ def fa4_micro(device) -> dict:
              80: [None, (128, 128), (192, 112), (192, 128)], 160: [None]}
     g = torch.Generator(device=device).manual_seed(0)
 
-    def timed(fn):
-        for _ in range(3):
-            fn()
-        rounds = []
-        for _ in range(5):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(10):
-                fn()
-            end.record()
-            torch.cuda.synchronize()
-            rounds.append(start.elapsed_time(end) / 10)
-        return round(statistics.median(rounds), 4)
-
     out = {}
     for name, (p, n, d) in shapes.items():
         q = torch.randn(2, p, 8, d, device=device, dtype=torch.bfloat16, generator=g)
@@ -305,14 +291,14 @@ def fa4_micro(device) -> dict:
         row = {}
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             ref = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2).float()
-            row["cudnn"] = {"ms": timed(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))}
+            row["cudnn"] = {"ms": cuda_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))}
         for tile in tiles[d]:
             label = "fa4" if tile is None else f"fa4_{tile[0]}x{tile[1]}"
             tm, tn = tile or (0, 0)
             try:
                 got = torch.ops.fastfit.fa4_attention(q, k, v, tm, tn).float()
                 err = float((got - ref).norm() / ref.norm())
-                row[label] = {"ms": timed(lambda: torch.ops.fastfit.fa4_attention(q, k, v, tm, tn)), "rel_err_vs_cudnn": round(err, 6)}
+                row[label] = {"ms": cuda_ms(lambda: torch.ops.fastfit.fa4_attention(q, k, v, tm, tn)), "rel_err_vs_cudnn": round(err, 6)}
             except Exception as exc:  # tile not supported for this shape
                 row[label] = f"{type(exc).__name__}: {str(exc)[:100]}"
         out[name] = row

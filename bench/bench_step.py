@@ -17,6 +17,7 @@ kernel, and the UNet's GroupNorm layers as FastGroupNorm in the reference passes
 
     python -m bench.bench_step --model-dir DIR [--candidates] [--out step.json]
     python -m bench.bench_step --quick        # tiny model on CPU, CPU op table (script check)
+    python -m bench.bench_step --census       # FLOP, exponentials, norm elements (no GPU, no weights)
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench._common import random_request_images, sync
+from bench._common import cuda_ms, random_request_images, sync
 from fastfit_engine.model.pipeline import FastFitPipeline
 from fastfit_engine.synthetic import write_fastfit_model
 
@@ -139,17 +140,6 @@ def vae_attention_candidates(device: torch.device, tokens: int = 12288, width: i
     rows = slice(0, 256)
     ref = F.scaled_dot_product_attention(q[:, :, rows].double(), k.double(), v.double()).float()
 
-    def timed(fn: Callable[[], torch.Tensor]) -> float:
-        for _ in range(3):
-            fn()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(10):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return round(start.elapsed_time(end) / 10, 4)
-
     candidates = {
         "sdpa_default": lambda: F.scaled_dot_product_attention(q, k, v),
         "sdpa_efficient": lambda: _with(sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]), F.scaled_dot_product_attention, q, k, v),
@@ -162,7 +152,7 @@ def vae_attention_candidates(device: torch.device, tokens: int = 12288, width: i
     for name, fn in candidates.items():
         try:
             err = float((fn()[:, :, rows].float() - ref).abs().max())
-            out[name] = {"ms": timed(fn), "max_abs_err_vs_fp64": round(err, 6)}
+            out[name] = {"ms": cuda_ms(fn, rounds=1), "max_abs_err_vs_fp64": round(err, 6)}
         except Exception as exc:  # a kernel that cannot take this shape
             out[name] = f"{type(exc).__name__}: {str(exc)[:160]}"
     return out
@@ -175,13 +165,14 @@ def _with(context, fn, *args):
 
 @torch.inference_mode()
 def run(model_dir: Path, device: torch.device, dtype: torch.dtype, person_wh: tuple[int, int], scenario: str,
-        calls: int, top: int, candidates: bool, compiled: bool) -> dict:
+        calls: int, top: int, candidates: bool, compiled: bool, compile_vae: bool = True) -> dict:
     person, mask, pose, scenarios = random_request_images(person_wh, np.random.default_rng(0), [scenario])
     refs = scenarios[scenario]
-    pipe = FastFitPipeline.from_pretrained(model_dir, device=device, dtype=dtype, compile_unet=compiled, compile_vae=compiled)
+    pipe = FastFitPipeline.from_pretrained(model_dir, device=device, dtype=dtype, compile_unet=compiled,
+                                           compile_vae=compiled and compile_vae)
     if compiled:
         pipe.capture_reference_graphs(sorted({image.size for _, image in refs}))
-    report: dict = {"scenario": scenario, "compiled": compiled,
+    report: dict = {"scenario": scenario, "compiled": compiled, "compiled_vae": compiled and compile_vae,
                     "fa4": pipe.unet.kv_cache.attention_policy.fa4, "parts": _Echo()}
     parts = report["parts"]
     native = None
@@ -318,6 +309,59 @@ def fast_group_norm_pass(pipe: FastFitPipeline, label: int, latent: torch.Tensor
     }
 
 
+def census(person_wh: tuple[int, int] = (768, 1024), references: int = 2) -> dict:
+    """Work of one denoising step (batch 2) and of the VAE, counted on the meta device (no GPU,
+    no weights): FLOP of convolutions, linear layers and self-attention (keys: the person plus
+    ``references`` person-size references), exponentials, and GroupNorm/LayerNorm elements."""
+    from diffusers import AutoencoderKL
+
+    from fastfit_engine.model.attention import level_token_count
+    from fastfit_engine.model.unet import FastFitUNet
+    from fastfit_engine.synthetic import UNET_CONFIG, VAE_CONFIG
+
+    def count(module: torch.nn.Module, call: Callable[[], object]) -> dict:
+        totals: dict[str, float] = collections.Counter()
+
+        def hook(m: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+            if isinstance(m, torch.nn.Conv2d):
+                totals["conv_tflop"] += 2 * out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] / 1e12
+            elif isinstance(m, torch.nn.Linear):
+                totals["linear_tflop"] += 2 * out.numel() * m.in_features / 1e12
+            elif isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                kind = "group_norm" if isinstance(m, torch.nn.GroupNorm) else "layer_norm"
+                totals[f"{kind}_calls"] += 1
+                totals[f"{kind}_elements"] += args[0].numel()
+
+        hooks = [m.register_forward_hook(hook) for m in module.modules()]
+        try:
+            with torch.no_grad():
+                call()
+        finally:
+            for h in hooks:
+                h.remove()
+        return {k: round(v, 4) if "tflop" in k else int(v) for k, v in sorted(totals.items())}
+
+    w, h = person_wh[0] // 8, person_wh[1] // 8
+    meta = dict(device="meta", dtype=torch.bfloat16)
+    with torch.device("meta"):
+        unet = FastFitUNet(UNET_CONFIG).to(torch.bfloat16)
+        vae = AutoencoderKL.from_config({k: v for k, v in VAE_CONFIG.items() if not k.startswith("_")}).to(torch.bfloat16)
+    step = count(unet, lambda: unet(torch.empty(2, 9, h, w, **meta), torch.tensor([500], device="meta")))
+    flop = exps = 0
+    for _, attn, level in unet.self_attention_layers():
+        queries = level_token_count(h, w, level)
+        keys = (1 + references) * queries
+        flop += 2 * 2 * 2 * queries * keys * attn.to_q.out_features  # batch 2; QK^T and PV
+        exps += 2 * attn.heads * queries * keys
+    step["attention_tflop"] = round(flop / 1e12, 4)
+    step["exponentials"] = exps
+    return {
+        "step": step,
+        "vae_encode": count(vae, lambda: vae.encoder(torch.empty(1, 3, person_wh[1], person_wh[0], **meta))),
+        "vae_decode": count(vae, lambda: vae.decoder(torch.empty(1, 4, h, w, **meta))),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", type=Path, default=None, help="existing FastFit model folder (else synthetic, full size)")
@@ -325,9 +369,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=5, help="calls per profiled part")
     ap.add_argument("--top", type=int, default=15, help="kernels listed per part")
     ap.add_argument("--candidates", action="store_true", help="also time options that are not shipped (GPU)")
+    ap.add_argument("--eager-vae", action="store_true", help="leave the VAE uncompiled (saves its compilation; not the shipped path)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--quick", action="store_true", help="tiny model on CPU, uncompiled, 2 calls (checks the script)")
+    ap.add_argument("--census", action="store_true", help="only count the work of a full-size step and VAE (meta device, any machine)")
     args = ap.parse_args(argv)
+    if args.census:
+        print(json.dumps(census(), indent=1))
+        return 0
     if args.quick:
         device, dtype, person_wh, compiled, args.calls = torch.device("cpu"), torch.float32, (48, 64), False, 2
     elif not torch.cuda.is_available():
@@ -346,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": str(dtype).replace("torch.", ""),
         "size": f"{person_wh[0]}x{person_wh[1]}",
         "guidance": 2.5,
-        **run(model_dir, device, dtype, person_wh, args.scenario, args.calls, args.top, args.candidates and not args.quick, compiled),
+        **run(model_dir, device, dtype, person_wh, args.scenario, args.calls, args.top, args.candidates and not args.quick, compiled,
+            not args.eager_vae),
     }
     text = json.dumps(report, indent=1)
     print(text)

@@ -168,3 +168,18 @@ def test_bench_sha256_quick():
     report = run_bench("bench_sha256")
     assert report["total_gb"] == round(7 * (8 << 20) / 1e9, 2)
     assert report["all_files_gb_per_s"] > 0 and report["one_thread_gb_per_s"] > 0
+
+
+def test_census_counts_the_step_exponentials():
+    from bench.bench_step import census
+
+    report = census()
+    # batch 2, 8 heads; (queries, layers) per level at 768x1024, keys = 3 x queries (upper+lower)
+    levels = [(12288, 5), (3072, 5), (768, 5), (192, 1)]
+    assert report["step"]["exponentials"] == sum(2 * 8 * q * 3 * q * n for q, n in levels)
+    # FLOP = exponentials x 2 products x 2 FLOP x head size (40, 80, 160, 160)
+    heads = [40, 80, 160, 160]
+    flop = sum(2 * 8 * q * 3 * q * n * 4 * d for (q, n), d in zip(levels, heads))
+    assert report["step"]["attention_tflop"] == round(flop / 1e12, 4)
+    assert report["step"]["group_norm_calls"] == 61 and report["vae_decode"]["group_norm_calls"] == 30
+    assert report["vae_decode"]["conv_tflop"] > report["vae_encode"]["conv_tflop"] > report["step"]["conv_tflop"] > 0

@@ -1,18 +1,25 @@
 """The VAE's mid-block attention (one head, 512 wide) as two matrix products and a softmax on CUDA.
 
 Why: at head size 512 neither FlashAttention nor cuDNN's attention kernel applies, so PyTorch's
-SDPA (diffusers' ``AttnProcessor2_0``) takes its memory-efficient kernel, which is slow at this
-width (bench/README.md, "The rest of the request"). A VAE encode or decode at 768x1024 attends
-over 12288 tokens; the scores of a block of query rows fit in memory, so cuBLAS products do it.
+SDPA (diffusers' ``AttnProcessor2_0``) takes its memory-efficient kernel, which issue 19's
+profile (whole pipeline calls, averaged per step) found at 2.7 ms per step, probably this layer.
+A VAE encode or decode at 768x1024 attends over 12288 tokens; the scores of a block of query rows
+fit in memory, so two cuBLAS products and a softmax do it: about 3.1e11 FLOP, a few tenths of a
+millisecond at the H200's bf16 rate, plus one pass over the 0.6 GB of fp32 scores.
 
 Numerics: the scores are accumulated in fp32 from the bf16/fp16 inputs (cuBLAS, fp32 output),
 the softmax is fp32, and the probabilities are rounded to the input dtype before the product
 with V, as flash kernels round them. Query rows are taken in fixed blocks of
 :data:`QUERY_BLOCK`, so the result does not depend on anything but the inputs.
 
-Used for CUDA tensors in half precision without a mask; everything else (the CPU, float32, a
+Takes CUDA tensors in half precision without a mask; everything else (the CPU, float32, a
 mask, cross-attention) goes to diffusers' processor unchanged, so the CPU's images are the
 reference implementation's. Not in the reference implementation.
+
+Not wired into the pipeline yet: it is a candidate that ``bench_step --candidates`` (speed and
+error against float64 attention) and ``bench_diffusion`` (variant token ``vae_wide_attn``:
+image distance, compiled VAE) have to confirm on the GPU first; no GPU was available when it
+was written (bench/README.md, "The rest of the request").
 """
 from __future__ import annotations
 
