@@ -216,7 +216,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         with logging_redirect_tqdm():  # log lines (the CPU estimate) above the bars, not through them
             print("loading models ...", file=sys.stderr, flush=True)
-            engine = FastFitEngine(**settings.engine_kwargs())
+            engine = FastFitEngine.from_models_dir(**settings.engine_kwargs())
             progress.start()
             try:
                 result = engine.run(request, progress=progress, stage=progress.stage)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def cached_engine(models_dir):
-    return FastFitEngine(
+    return FastFitEngine.from_models_dir(
         models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False,
         garment_cache_mb=64, person_cache_mb=64, person_cache_items=8,
     )
@@ -97,7 +97,7 @@ def test_cached_requests_are_bit_identical(cached_engine, monkeypatch):
 def test_caches_off_by_budget(models_dir, monkeypatch, sample_files):
     monkeypatch.setenv("FASTFIT_GARMENT_CACHE_MB", "0")
     monkeypatch.setenv("FASTFIT_PERSON_CACHE_ITEMS", "0")
-    eng = FastFitEngine(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
+    eng = FastFitEngine.from_models_dir(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
     assert not eng.garment_cache.enabled and not eng.person_cache.enabled
     garments = {"lower": sample_files["lower"]}
     a = eng.process(sample_files["person"], garments, steps=1, seed=3)

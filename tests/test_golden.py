@@ -65,14 +65,14 @@ def _face_on_top(engine) -> None:
     real LIP map as Face so the previews show a two-valued mask (as tests/test_mask_preview.py does)."""
     from parse_utils.automasker import LIP_MAPPING
 
-    real = engine.schp_lip
+    real = engine.parsers.schp_lip
 
     def parse(image):
         labels = np.array(real(image))
         labels[: labels.shape[0] // 5] = LIP_MAPPING["Face"]
         return Image.fromarray(labels.astype(np.uint8), "L")
 
-    engine.schp_lip = parse
+    engine.parsers.schp_lip = parse
     engine.clear_caches()
 
 
@@ -103,7 +103,7 @@ def golden_engine(models_dir):
     """An engine at the golden size, like the CLI's (caches on, as in both front doors)."""
     from fastfit_engine import FastFitEngine
 
-    return FastFitEngine(models_dir, device="cpu", resolution=RESOLUTION, download=False)
+    return FastFitEngine.from_models_dir(models_dir, device="cpu", resolution=RESOLUTION, download=False)
 
 
 @pytest.fixture()
@@ -152,7 +152,7 @@ def _write() -> None:
             files[n] = tmp / f"{n}.png"
             img.save(files[n])
         GOLDEN.mkdir(parents=True, exist_ok=True)
-        engine = FastFitEngine(models, device="cpu", resolution=RESOLUTION, download=False)
+        engine = FastFitEngine.from_models_dir(models, device="cpu", resolution=RESOLUTION, download=False)
         client = _service_client(engine)
         for name, slots, seed in LAYOUTS:
             cli = cli_image(models, files, slots, seed, tmp / "out.png")

@@ -43,12 +43,14 @@ def holding(lock: threading.Lock, held: bool) -> Iterator[None]:
 
 
 class WorkerJob(Generic[T]):
-    """A call that runs on a worker thread once started, else on the first ``result()``."""
+    """A call that runs on a worker thread once started, else here on the first ``result()``
+    (once: a second ``result()`` gives the same value)."""
 
     def __init__(self, fn: Callable[..., T], *args: Any) -> None:
         self._call = (fn, args)
         self._future: Future | None = None
         self.ran_here = False  # result() ran the call on the calling thread
+        self._value: T | None = None
 
     def start(self, worker: ThreadPoolExecutor) -> WorkerJob[T]:
         fn, args = self._call
@@ -57,10 +59,26 @@ class WorkerJob(Generic[T]):
 
     def result(self) -> T:
         if self._future is None:
-            fn, args = self._call
-            self.ran_here = True
-            return fn(*args)
+            if not self.ran_here:
+                fn, args = self._call
+                self.ran_here = True
+                self._value = fn(*args)
+            return self._value  # type: ignore[return-value]
         return self._future.result()
+
+    def wait(self, check: Callable[[], None] | None, poll: float = 0.05) -> None:
+        """Until the call has finished (here, if it was never started), calling ``check()`` every
+        ``poll`` seconds meanwhile; ``check`` may raise to stop waiting (the call keeps running:
+        ``settle`` it). The call's own exception is raised here."""
+        if self._future is None or check is None:
+            self.result()
+            return
+        while True:
+            try:
+                self._future.result(timeout=poll)
+                return
+            except TimeoutError:
+                check()
 
     def settle(self) -> None:
         """Drop the call if it has not started; else wait until it has finished, whatever its outcome."""
