@@ -147,6 +147,10 @@ SETTINGS: tuple[Setting, ...] = (
        "largest image accepted, in pixels (400 above)"),
     _s("FASTFIT_QUEUE_SIZE", "count", 2, "`2`", "service", "requests allowed to wait for the GPU"),
     _s("FASTFIT_QUEUE_TIMEOUT", "number", 120.0, "`120`", "service", "seconds a request may wait in the queue"),
+    _s("FASTFIT_OVERLAP", "flag", True, "`1`", "service",
+       "`1`: the next try-on's person preparation (DWPose, DensePose, SCHP, the mask, the garment resizes) runs "
+       "while the current one denoises, at most one request prepared ahead; `0`: each request's preparation "
+       "waits for the GPU (see \"Performance\")"),
     _s("FASTFIT_MAX_REQUEST_PIXELS", "count", 72_000_000, "`72000000`", "service",
        "pixels all images of one request may decode to together, after reduced decoding (400 "
        "`pixel_budget_exceeded` above, before any decoding)"),

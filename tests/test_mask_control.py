@@ -118,9 +118,9 @@ def test_a_supplied_mask_is_used_as_given_and_skips_densepose_and_schp(engine, s
     def never(image):
         raise AssertionError("a supplied mask needs no DensePose or SCHP")
 
-    monkeypatch.setattr(engine, "densepose", never)
+    monkeypatch.setattr(engine.parsers, "densepose", never)
     monkeypatch.setattr(engine.parsers, "schp_lip", never)
-    monkeypatch.setattr(engine, "schp_atr", never)
+    monkeypatch.setattr(engine.parsers, "schp_atr", never)
     rng = np.random.default_rng(0)
     # a person photo of another shape than 3:4, and a mask drawn on it at half its size
     photo = make_person(400, 300)
