@@ -58,15 +58,24 @@ def test_load_against_the_real_service_counts_repeats_as_person_cache_hits(engin
     with serve(app) as url:
         traffic = loadtest.Traffic(1, (96, 128), 0.5, 0.0, seed=3)
         single = loadtest.run_single(url, 1, traffic, timeout=60)
-        result = loadtest.run_load(url, clients=1, duration=4.0, traffic=traffic, timeout=60)
+        digests: dict[str, str] = {}
+        result = loadtest.run_load(url, clients=1, duration=4.0, traffic=traffic, timeout=60, digests=digests)
+        # a request sent again by name gives the very image the run answered
+        name = sorted(digests)[0]
+        person, garments = map(int, name.split("-"))
+        body, ctype = loadtest.build_request(1, (96, 128), person, garments)
+        again = loadtest.post(url, body, ctype, timeout=60)
     assert len(single) == 1 and single[0] > 0
+    assert again[0] == 200 and again[3] == digests[name]
+    assert 1 <= len(digests) <= result["completed"] and all(len(d) == 64 for d in digests.values())
     assert result["completed"] >= 2 and result["lost"] == 0
     assert result["images_per_hour"] == pytest.approx(result["completed"] / result["duration_s"] * 3600, rel=0.05)
     assert {"diffusion", "total"} <= set(result["stage_median_s"])
     assert 0 < result["gpu_work_median_s"] <= result["stage_median_s"]["total"]
     # one client: a repeated person was answered before, so each repeat is exactly one cache hit
+    # (and the request sent again by name is one more)
     repeats = round(result["repeated_person_share"] * result["completed"])
-    assert engine.cache_stats()["person"]["hits"] - before == repeats
+    assert engine.cache_stats()["person"]["hits"] - before == repeats + 1
 
 
 def test_gpu_sampler_says_why_it_has_no_figure_without_nvml():

@@ -39,7 +39,6 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .. import settings
 from ..request.images import DEFAULT_MAX_PIXELS, ImageSource, prepare_reference
 from ..request.output import encode_image, format_for_path
 from ..request.schema import (
@@ -62,7 +61,7 @@ from ..request.tryon import (  # noqa: F401 - DEFAULT_RESOLUTION, parse_resoluti
     working_size,
 )
 from ..weights.assets import ModelPaths
-from .caches import LRUCache, expire_in_background
+from .caches import caches_from_settings
 from .concurrency import WorkerJob, holding
 from .person import PREVIEW_STAGES, Parsers, PersonPreparer, Preparation  # noqa: F401 - public names too
 from .tryon_run import STAGES, ProgressCallback, StageCallback, StartedRequest, TryOnResult, run_started  # noqa: F401
@@ -109,7 +108,9 @@ class FastFitEngine:
         self.synthetic_weights = synthetic_weights  # a WARNING was logged where they were loaded
         self.paths = paths
         self.gpu_lock = threading.Lock()  # the one lock around model work (see runtime/concurrency.py)
-        self._init_caches(garment_cache_mb, person_cache_mb, person_cache_items, person_cache_ttl)
+        self.garment_cache, self.person_cache = caches_from_settings(
+            garment_cache_mb, person_cache_mb, person_cache_items, person_cache_ttl)
+        self._caches_on = True
         self.person = PersonPreparer(parsers, self.device, self.resolution, self.person_cache)
         self._prep_pool = ThreadPoolExecutor(max_workers=len(GARMENT_SLOTS), thread_name_prefix="fastfit-prep")
 
@@ -138,24 +139,6 @@ class FastFitEngine:
                    paths=parts.paths, **options)
 
     # ------------------------------------------------------------------ caches
-    def _init_caches(
-        self, garment_mb: float | None, person_mb: float | None, person_items: int | None, person_ttl: float | None
-    ) -> None:
-        """Caches sized by the arguments, else FASTFIT_GARMENT_CACHE_MB, FASTFIT_PERSON_CACHE_MB and
-        FASTFIT_PERSON_CACHE_ITEMS (0 disables); persons kept at most FASTFIT_PERSON_CACHE_TTL seconds."""
-        if garment_mb is None:
-            garment_mb = settings.read("FASTFIT_GARMENT_CACHE_MB")
-        if person_mb is None:
-            person_mb = settings.read("FASTFIT_PERSON_CACHE_MB")
-        if person_items is None:
-            person_items = int(settings.read("FASTFIT_PERSON_CACHE_ITEMS"))
-        self.garment_cache = LRUCache("garment", int(garment_mb * 2**20))
-        if person_ttl is None:
-            person_ttl = settings.read("FASTFIT_PERSON_CACHE_TTL")
-        self.person_cache = LRUCache("person", int(person_mb * 2**20), max_items=person_items, ttl=person_ttl)
-        expire_in_background(self.person_cache, every=min(person_ttl, 30.0))
-        self._caches_on = True
-
     @property
     def compile_fallbacks(self) -> int:
         """Compilations that failed and turned the pipeline eager (0 or 1; see compile_fallback.py)."""
