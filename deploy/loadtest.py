@@ -90,12 +90,12 @@ class Traffic:
     """The request sequence: which person and which garment pair request i sends (thread-safe)."""
 
     def __init__(self, steps: int, person_size: tuple[int, int], repeat_person: float, repeat_garments: float,
-                 seed: int):
+                 seed: int, first: int = 0):
         self.steps, self.person_size = steps, person_size
         self.repeat_person, self.repeat_garments = repeat_person, repeat_garments
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._count = 0
+        self._count = first  # the first request's index (another run's images are then new to the caches)
         self._persons: list[int] = []  # numbers sent so far, each once
         self._garments: list[int] = []
 
@@ -356,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat-person", type=_share, default=0.0, help="share of requests reusing a person already sent")
     ap.add_argument("--repeat-garments", type=_share, default=0.0, help="share reusing a garment pair already sent")
     ap.add_argument("--mix-seed", type=int, default=0, help="seed of the repeat draws (same seed, same traffic)")
+    ap.add_argument("--first-index", type=int, default=0,
+                    help="number the requests from here (a run against a warm server then sends images it never saw)")
     ap.add_argument("--single", type=int, default=0, help="first send N requests one at a time (latency without load)")
     ap.add_argument("--gpu-index", type=int, default=0, help="NVML index of the GPU whose busy fraction is sampled")
     ap.add_argument("--digests", default=None,
@@ -395,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps({"error": "the stack did not become ready"}))
                     return 1
                 time.sleep(2)
-        traffic = Traffic(args.steps, person_size, args.repeat_person, args.repeat_garments, args.mix_seed)
+        traffic = Traffic(args.steps, person_size, args.repeat_person, args.repeat_garments, args.mix_seed,
+                          args.first_index)
         single = run_single(args.url, args.single, traffic, args.timeout) if args.single else []
         killer = None
         if args.kill_one_after is not None and launcher is not None:

@@ -14,6 +14,8 @@ def test_cold_traffic_sends_new_images_every_time():
     traffic = loadtest.Traffic(1, (60, 80), 0.0, 0.0, seed=0)
     draws = [traffic.next() for _ in range(50)]
     assert [(i, i, i) for i in range(50)] == draws
+    later = loadtest.Traffic(1, (60, 80), 0.0, 0.0, seed=0, first=1000)
+    assert [later.next() for _ in range(3)] == [(1000, 1000, 1000), (1001, 1001, 1001), (1002, 1002, 1002)]
     a, _ = loadtest.build_request(1, (60, 80), person=3, garments=3)
     b, _ = loadtest.build_request(1, (60, 80), person=4, garments=3)
     assert loadtest.image_bytes(9, (60, 80)) in a and loadtest.image_bytes(9, (60, 80)) not in b
