@@ -8,7 +8,7 @@
   one request allowed to do its host-side work before its GPU turn (`FastFitEngine.prepare`:
   the person's crop, DWPose, DensePose, SCHP and the mask; the garments' resizes and keys) while
   another request holds the GPU lock; it keeps the slot until it has the GPU lock, so at most
-  one prepared request waits (about 13 MiB of host memory at 768x1024: the person photo, the
+  one prepared request waits (about 12 MiB of host memory at 768x1024: the person photo, the
   pose drawing, the parser maps and masks, two garment references). The garments' VAE encodes
   and reference passes are not prepared: they use the pipeline.
 - **The request thread** (the CLI's main thread, or the gunicorn thread holding the lock): the
