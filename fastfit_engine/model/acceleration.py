@@ -34,17 +34,16 @@ def apply_memory_options(
 ) -> None:
     """NHWC conv weights (``channels_last``, default: on CUDA) and the faster GroupNorm
     (``fast_group_norm``, default: the VAE only, on CUDA; True: both models; False: neither)."""
-    # measured on an H100: the swap speeds the VAE (full-resolution, 128-channel norms:
-    # decode 68 -> 41 ms) but slows the eager UNet step (43 -> 47 ms), so by default on CUDA
-    # it applies to the VAE only; True applies it to both, False to neither
+    # the swap speeds the VAE's full-resolution norms but slows the eager UNet step (H100,
+    # 2026-11-24; bench/README.md, "Memory layout and GroupNorm"), so by default the VAE only
     if fast_group_norm is None:
         if device.type == "cuda":
             use_fast_group_norm(vae)
     elif fast_group_norm:
         use_fast_group_norm(unet)
         use_fast_group_norm(vae)
-    # measured on an H100 (eager, 768x1024): channels_last spares cuDNN its layout conversions,
-    # upper+lower 1.54 -> 1.48 s, dress+shoe 1.46 -> 1.33 s; default on CUDA, off on CPU
+    # channels_last spares cuDNN its layout conversions: faster in every scenario measured
+    # (H100, 2026-11-25; bench/README.md, "Memory layout and GroupNorm")
     if channels_last is None:
         channels_last = device.type == "cuda"
     if channels_last:
