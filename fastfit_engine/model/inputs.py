@@ -16,7 +16,7 @@ from PIL import Image
 
 from fastfit_engine.model.labels import GARMENT_LABELS
 
-__all__ = ["check_image", "check_inputs", "check_references", "label_index", "label_name"]
+__all__ = ["check_image", "check_inputs", "check_references", "check_seed", "label_index", "label_name"]
 
 _LABEL_NAMES = {v: k for k, v in GARMENT_LABELS.items()}
 
@@ -82,3 +82,10 @@ def check_inputs(
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
     return check_references(references)
+
+
+def check_seed(seed: Any) -> int:
+    """A seed given to the Python API as a plain int (torch.Generator.manual_seed takes one)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0 or None, got {seed!r}")
+    return int(seed)

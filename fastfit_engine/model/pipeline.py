@@ -34,7 +34,7 @@ from fastfit_engine.errors import NonFiniteOutputError
 from fastfit_engine.model import acceleration
 from fastfit_engine.model.compile_fallback import EagerFallback
 from fastfit_engine.model.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, draw_seed
-from fastfit_engine.model.inputs import check_inputs, check_references
+from fastfit_engine.model.inputs import check_inputs, check_references, check_seed
 from fastfit_engine.model.loading import load_scheduler, load_vae
 from fastfit_engine.model.preparation import PersonInputs, PreparationSteps
 from fastfit_engine.model.references import PreparedReferences, ReferenceSteps
@@ -207,7 +207,7 @@ class FastFitPipeline(PreparationSteps, ReferenceSteps):
         (made for this person size and guidance), whose garment work is then not repeated.
         """
         refs = self.check_inputs(person, mask, references, pose, num_inference_steps)
-        seed = draw_seed() if seed is None else seed
+        seed = draw_seed() if seed is None else check_seed(seed)
         if not isinstance(references, PreparedReferences):
             with self.prepare_references(refs, person.size, guidance_scale) as prepared:
                 return self.generate(person, mask, prepared, pose=pose, num_inference_steps=num_inference_steps,
@@ -235,7 +235,7 @@ class FastFitPipeline(PreparationSteps, ReferenceSteps):
         person_inputs = self.prepare_person_inputs(person, mask, pose)
         (masked_latent,) = self.encode_images([person_inputs.masked])
         latent_size = tuple(person_inputs.latent_mask.shape[-2:])
-        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         scheduler, timesteps, timesteps_device = self.prepare_timesteps(num_inference_steps)
         latents = self.prepare_latents(latent_size, generator, scheduler)
         model_input = self.prepare_model_input(masked_latent, person_inputs.latent_mask, rows=2 if prepared.do_cfg else 1)
