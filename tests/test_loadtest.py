@@ -88,3 +88,36 @@ def test_gpu_sampler_says_why_it_has_no_figure_without_nvml():
         assert report["gpu"] and report["gpu_samples"] >= 0
     else:
         assert report["gpu_busy_fraction"] is None and report["gpu_samples"] == 0
+
+
+def test_load_runs_compares_overlap_off_and_on_image_by_image():
+    """deploy/load_runs.py --quick: bare gunicorn with FASTFIT_OVERLAP=0, then 1, the same requests
+    to each; every request both answered got the very same image, nothing lost, no recompilation."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "deploy/load_runs.py", "--quick"], cwd=root, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert list(report["runs"]) == ["overlap_off", "overlap_on"]
+    for run in report["runs"].values():
+        assert run["completed"] > 0 and run["lost"] == 0 and run["recompiles_during_run"] == 0
+        assert len(run["single_latencies_s"]) == 1
+    same = report["overlap_on_vs_off"]
+    assert same["common_requests"] > 0 and same["identical_images"] == same["common_requests"]
+
+
+def test_load_runs_pairs_requests_by_name():
+    from _front_helpers import ROOT
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fastfit_load_runs", ROOT / "deploy" / "load_runs.py")
+    load_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load_runs)
+    assert load_runs.compare({"0-0": "a", "1-1": "b", "2-2": "c"}, {"1-1": "b", "2-2": "x", "3-3": "d"}) == {
+        "common_requests": 2, "identical_images": 1}
