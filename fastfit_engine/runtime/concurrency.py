@@ -36,9 +36,10 @@
 A request that stops early (a passed deadline, a client gone: an exception from its `check` or
 `progress` callback, also while it is being prepared) waits for the pose and parser work it
 started before it releases the GPU lock or the preparation slot (`settle`), so nothing it left
-behind delays or shares the GPU with the next request. A preview run under the GPU lock while
-another request is prepared calls the same parsers from two threads; inference through them
-keeps no state, so each result is the one it would be alone.
+behind delays or shares the GPU with the next request. Each parser serves one thread at a
+time: DWPose only ever runs on the pose thread, and DensePose, SCHP and the mask run under the
+person preparer's parse lock (on CUDA always on the parser thread; on a CPU on the collecting
+thread, which with the overlap may be a preparing request's beside a preview's).
 """
 from __future__ import annotations
 

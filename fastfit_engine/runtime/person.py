@@ -16,6 +16,7 @@ without the square cloth mask, so it draws nothing from the seed and is cached w
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -166,6 +167,9 @@ class PersonPreparer:
         # idle units for them, so there they run on the thread that collects them
         self.parse_beside = device.type == "cuda"
         self._parse_stream: torch.cuda.Stream | None = None
+        # one person parsed at a time: on a CPU the parsers run on the collecting thread, which
+        # with the service's overlap can be a preparing request's beside a preview's
+        self._parse_lock = threading.Lock()
 
     cloth_mask = staticmethod(cloth_mask)  # an attribute, so a test can give a known mask
 
@@ -190,6 +194,7 @@ class PersonPreparer:
         cuda = self.device.type == "cuda"
         timings: dict[str, float] = {}
         with contextlib.ExitStack() as stack:
+            stack.enter_context(self._parse_lock)
             stack.enter_context(torch.inference_mode())
             if cuda:
                 if self._parse_stream is None:
