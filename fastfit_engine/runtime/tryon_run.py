@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from PIL import Image
@@ -28,9 +28,6 @@ from .caches import LRUCache
 from .concurrency import WorkerJob
 from .cpu_estimate import with_cpu_estimate
 from .person import PersonWork
-
-if TYPE_CHECKING:
-    from .engine import FastFitEngine
 
 # Seconds per stage. "garments": VAE encodes and reference passes (or garment-cache restores), on
 # the request thread. "pose" is DWPose on its worker thread; "densepose", "schp" and "mask" run on
@@ -83,14 +80,15 @@ class StartedRequest:
 
 
 def run_started(
-    engine: FastFitEngine,
+    engine: Any,
     started: StartedRequest,
     progress: ProgressCallback | None = None,
     stage: StageCallback | None = None,
     check: Callable[[], None] | None = None,
 ) -> TryOnResult:
-    """The GPU turn of ``started`` on ``engine`` (the caller holds its GPU lock); settles the
-    request's jobs on every way out."""
+    """The GPU turn of ``started`` on ``engine`` (a FastFitEngine, whose GPU lock the caller
+    holds; typed loosely, as the engine imports this module); settles the request's jobs on
+    every way out."""
     device, pipeline, request = engine.device, engine.pipeline, started.request
     cuda = device.type == "cuda"
     if cuda:

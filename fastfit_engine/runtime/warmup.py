@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 from PIL import Image
 
 from ..request.schema import parse_numbers
 
-if TYPE_CHECKING:
-    from .engine import FastFitEngine
-
 _PARAMS = parse_numbers({"steps": 1, "seed": 0})
 
 
-def warm_up(engine: FastFitEngine, sets: Sequence[Sequence[str]] | None = None) -> float:
-    """Warm ``engine`` up with one request per garment set of ``sets`` (None:
+def warm_up(engine: Any, sets: Sequence[Sequence[str]] | None = None) -> float:
+    """Warm ``engine`` (a FastFitEngine) up with one request per garment set of ``sets`` (None:
     every layout on CUDA, the first on a CPU); the seconds taken. Grey images, caches bypassed
     (every layout runs every stage; no grey garment is cached)."""
     w, h = engine.resolution
