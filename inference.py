@@ -39,6 +39,7 @@ from fastfit_engine.request.schema import (
     check_mask,
     cli_flag,
     parse_numbers,
+    parse_output_options,
 )
 
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ def _validate(args: argparse.Namespace) -> tuple[dict[str, str], TryOnParams]:
     garments = {g: given[g] for g in check_images([PERSON_FIELD, *given])}
     params = parse_numbers({name: getattr(args, name) for name in NUMBER_FIELDS_BY_NAME})
     check_mask(args.mask is not None, params)
-    args.quality = QUALITY.parse(args.quality) if args.quality is not None else int(QUALITY.default)
+    args.quality = parse_output_options({QUALITY.name: args.quality})[QUALITY.name]
     images = [(PERSON_FIELD, args.person)] + list(garments.items()) + ([(MASK_FIELD, args.mask)] if args.mask else [])
     for name, path in images:
         if not Path(path).is_file():
@@ -216,7 +217,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         with logging_redirect_tqdm():  # log lines (the CPU estimate) above the bars, not through them
             print("loading models ...", file=sys.stderr, flush=True)
-            engine = FastFitEngine(**settings.engine_kwargs())
+            engine = FastFitEngine.from_models_dir(**settings.engine_kwargs())
             progress.start()
             try:
                 result = engine.run(request, progress=progress, stage=progress.stage)

@@ -171,7 +171,7 @@ def main() -> int:
     if args.compile_cache is not None:
         os.environ["FASTFIT_COMPILE_CACHE"] = str(args.compile_cache)
     compile_flag = {"auto": None, "on": True, "off": False}[args.compile]
-    engine = FastFitEngine(
+    engine = FastFitEngine.from_models_dir(
         models, device=device, dwpose_device=args.dwpose_device, resolution=resolution, download=False, compile=compile_flag
     )
     load_s = time.perf_counter() - t0
@@ -186,7 +186,7 @@ def main() -> int:
         "steps": args.steps,
         "repeats": args.repeats,
         "dwpose": "proxy" if args.dwpose_proxy else ("synthetic-tiny" if args.models is None else "given"),
-        "dwpose_runtime": engine.pose_detector.detector.session.get_providers()[0],
+        "dwpose_runtime": engine.parsers.pose.detector.session.get_providers()[0],
         "models_build_s": round(build_s, 1),
         "engine_load_s": round(load_s, 1),
         "warmup_s": None if warmup_s is None else round(warmup_s, 2),

@@ -22,7 +22,8 @@ fields at the working size, made from the request's index, so they cost the clie
 Counting. A request is "lost" when it gets no HTTP answer, or an answer other than 200 or a
 503/429 refusal with Retry-After; a refused request is counted and sent again after the
 Retry-After it was given (capped at 2 s), as a client following Retry-After would. Images per
-hour count 200s only. `--single N` first sends N requests one at a time (no load) and reports
+hour count 200s only; `--digests FILE` keeps each answer's image SHA-256 under the request's
+name, so two runs (say, FASTFIT_OVERLAP on and off) can be compared image by image. `--single N` first sends N requests one at a time (no load) and reports
 their median latency, the figure the p99 under load is compared with. From each answer's
 Server-Timing the tool keeps the engine's stages; `gpu_work_s` is a request's engine time less
 the time it waited for the CPU pose ("pose_wait"), and `gpu_bound_images_per_hour` the rate if
@@ -33,6 +34,7 @@ seconds in (the "a worker killed on one GPU does not disturb the other" check).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -88,12 +90,12 @@ class Traffic:
     """The request sequence: which person and which garment pair request i sends (thread-safe)."""
 
     def __init__(self, steps: int, person_size: tuple[int, int], repeat_person: float, repeat_garments: float,
-                 seed: int):
+                 seed: int, first: int = 0):
         self.steps, self.person_size = steps, person_size
         self.repeat_person, self.repeat_garments = repeat_person, repeat_garments
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._count = 0
+        self._count = first  # the first request's index (another run's images are then new to the caches)
         self._persons: list[int] = []  # numbers sent so far, each once
         self._garments: list[int] = []
 
@@ -110,11 +112,12 @@ class Traffic:
         sent.append(i)
         return i
 
-    def body(self) -> tuple[bytes, str, bool]:
-        """The next request's body, its content type and whether it repeats the person."""
+    def body(self) -> tuple[bytes, str, bool, str]:
+        """The next request's body, its content type, whether it repeats the person, and its name
+        ("person-garments": the same name, the same bytes, whatever the run)."""
         i, person, garments = self.next()
         body, ctype = build_request(self.steps, self.person_size, person, garments)
-        return body, ctype, person != i
+        return body, ctype, person != i, f"{person}-{garments}"
 
 
 def parse_server_timing(value: str | None) -> dict[str, float]:
@@ -180,18 +183,19 @@ class GpuSampler:
                 "gpu_unmeasured_because": self.reason}
 
 
-def post(url: str, body: bytes, ctype: str, timeout: float) -> tuple[int | None, dict, str | None]:
-    """One POST /prompt: (status or None, headers, error kind for an answerless failure)."""
+def post(url: str, body: bytes, ctype: str, timeout: float) -> tuple[int | None, dict, str | None, str | None]:
+    """One POST /prompt: (status or None, headers, error kind for an answerless failure, SHA-256
+    of a 200's image)."""
     req = urllib.request.Request(url + "/prompt", data=body, method="POST", headers={"Content-Type": ctype})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            r.read()
-            return r.status, dict(r.headers), None
+            digest = hashlib.sha256(r.read()).hexdigest()
+            return r.status, dict(r.headers), None, digest
     except urllib.error.HTTPError as e:
         e.read()
-        return e.code, dict(e.headers), None
+        return e.code, dict(e.headers), None, None
     except (urllib.error.URLError, OSError) as e:
-        return None, {}, type(e).__name__
+        return None, {}, type(e).__name__, None
 
 
 def _retry_after(headers: dict) -> float | None:
@@ -205,15 +209,17 @@ def run_single(url: str, n: int, traffic: Traffic, timeout: float) -> list[float
     """N requests one at a time: each one's latency (s), without load beside it."""
     out = []
     for _ in range(n):
-        body, ctype, _ = traffic.body()
+        body, ctype, _, _ = traffic.body()
         t0 = time.monotonic()
-        status, _, _ = post(url, body, ctype, timeout)
+        status, _, _, _ = post(url, body, ctype, timeout)
         if status == 200:
             out.append(time.monotonic() - t0)
     return out
 
 
-def run_load(url: str, clients: int, duration: float, traffic: Traffic, timeout: float) -> dict:
+def run_load(url: str, clients: int, duration: float, traffic: Traffic, timeout: float,
+             digests: dict[str, str] | None = None) -> dict:
+    """The closed loop; ``digests`` (if given) gets each answered request's name -> its image's SHA-256."""
     lock = threading.Lock()
     ok: list[float] = []
     stages: list[dict[str, float]] = []
@@ -224,12 +230,14 @@ def run_load(url: str, clients: int, duration: float, traffic: Traffic, timeout:
         body = None
         while time.monotonic() < t_end:
             if body is None:  # a refused request is sent again as it was
-                body, ctype, repeated = traffic.body()
+                body, ctype, repeated, name = traffic.body()
             t0 = time.monotonic()
-            status, headers, failure = post(url, body, ctype, timeout)
+            status, headers, failure, digest = post(url, body, ctype, timeout)
             if status == 200:
                 with lock:
                     ok.append(time.monotonic() - t0)
+                    if digests is not None:
+                        digests[name] = digest
                     stages.append(parse_server_timing(headers.get("Server-Timing")))
                     stats["repeat_person"] += repeated
                 body = None
@@ -348,8 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat-person", type=_share, default=0.0, help="share of requests reusing a person already sent")
     ap.add_argument("--repeat-garments", type=_share, default=0.0, help="share reusing a garment pair already sent")
     ap.add_argument("--mix-seed", type=int, default=0, help="seed of the repeat draws (same seed, same traffic)")
+    ap.add_argument("--first-index", type=int, default=0,
+                    help="number the requests from here (a run against a warm server then sends images it never saw)")
     ap.add_argument("--single", type=int, default=0, help="first send N requests one at a time (latency without load)")
     ap.add_argument("--gpu-index", type=int, default=0, help="NVML index of the GPU whose busy fraction is sampled")
+    ap.add_argument("--digests", default=None,
+                    help="write each answered request's name and image SHA-256 to this JSON file (compare two runs)")
     args = ap.parse_args(argv)
 
     env = dict(os.environ)
@@ -385,15 +397,19 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps({"error": "the stack did not become ready"}))
                     return 1
                 time.sleep(2)
-        traffic = Traffic(args.steps, person_size, args.repeat_person, args.repeat_garments, args.mix_seed)
+        traffic = Traffic(args.steps, person_size, args.repeat_person, args.repeat_garments, args.mix_seed,
+                          args.first_index)
         single = run_single(args.url, args.single, traffic, args.timeout) if args.single else []
         killer = None
         if args.kill_one_after is not None and launcher is not None:
             killer = threading.Timer(args.kill_one_after, kill_instance_worker, (launcher.pid, 0))
             killer.start()
+        digests: dict[str, str] | None = {} if args.digests else None
         with GpuSampler(args.gpu_index) as gpu:
-            result = run_load(args.url, args.clients, args.duration, traffic, args.timeout)
+            result = run_load(args.url, args.clients, args.duration, traffic, args.timeout, digests)
         result.update(gpu.report())
+        if args.digests:
+            Path(args.digests).write_text(json.dumps(digests, sort_keys=True))
         single_median = statistics.median(single) if single else None
         result.update({
             "steps": args.steps, "devices": env.get("FASTFIT_DEVICES"), "killed_worker_after_s": args.kill_one_after,

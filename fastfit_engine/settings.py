@@ -139,14 +139,18 @@ SETTINGS: tuple[Setting, ...] = (
     _s("FASTFIT_LOAD_BACKOFF_MAX", "number", 60.0, "`60`", "weights", "longest pause between attempts, in seconds"),
     # the service
     _s("FASTFIT_WARMUP", "flag", None, "on", "service",
-       "`1`/`0`: run throw-away 1-step requests (one per layout of garment sizes; with compiling, 35 s from a "
-       "filled compile cache on an H200; on a CPU one layout, as the first request's extra time there is one-time "
-       "start-up) before `/ready` turns 200, so no real request is slow"),
+       "`1`/`0`: run throw-away 1-step requests (one per layout of garment sizes, compiling each from the compile "
+       "cache; on a CPU one layout, as the first request's extra time there is one-time start-up) before `/ready` "
+       "turns 200, so no real request is slow (timings: bench/README.md)"),
     _s("FASTFIT_MAX_UPLOAD_MB", "number", 20.0, "`20`", "service", "request body limit (413 above)"),
     _s("FASTFIT_MAX_IMAGE_PIXELS", "count", 36_000_000, "`36000000`", "service",
        "largest image accepted, in pixels (400 above)"),
     _s("FASTFIT_QUEUE_SIZE", "count", 2, "`2`", "service", "requests allowed to wait for the GPU"),
     _s("FASTFIT_QUEUE_TIMEOUT", "number", 120.0, "`120`", "service", "seconds a request may wait in the queue"),
+    _s("FASTFIT_OVERLAP", "flag", True, "`1`", "service",
+       "`1`: the next try-on's person preparation (DWPose, DensePose, SCHP, the mask, the garment resizes) runs "
+       "while the current one denoises, at most one request prepared ahead; `0`: each request's preparation "
+       "waits for the GPU (see \"Performance\")"),
     _s("FASTFIT_MAX_REQUEST_PIXELS", "count", 72_000_000, "`72000000`", "service",
        "pixels all images of one request may decode to together, after reduced decoding (400 "
        "`pixel_budget_exceeded` above, before any decoding)"),

@@ -4,7 +4,10 @@ A request takes a queue slot before anything costly happens to it (its images ar
 undecoded bytes): one that finds the queue full, the process draining or the engine stuck is
 refused at once (503 + Retry-After) instead of piling up threads and memory; one that waits
 longer than QUEUE_TIMEOUT is refused too. Images are decoded one request at a time while the
-request waits for the GPU. Each request carries a `RequestControl` checked before the GPU is
+request waits for the GPU; with OVERLAP (FASTFIT_OVERLAP, on by default) one try-on at a time is
+then prepared (its person side: pose, parsers, mask; its garments resized) while another holds
+the GPU, and keeps its preparation slot until it gets the GPU, so at most one prepared request
+waits. Each request carries a `RequestControl` checked before the GPU is
 taken, between the engine's stages and after every denoising step: a passed deadline
 (REQUEST_TIMEOUT) or a client that closed its connection stops the work there. The same object
 holds the engine, which may still be loading in a background thread, and the watchdog state: a
@@ -109,6 +112,9 @@ class Service:
         self.slots = threading.BoundedSemaphore(1 + max(0, int(self.config["QUEUE_SIZE"])))
         # Images are decoded one request at a time: peak decode memory is one full-size image.
         self.decode_lock = threading.Lock()
+        # OVERLAP: the one request whose person side runs (or waits, prepared) while another holds
+        # the GPU (fastfit_engine/runtime/concurrency.py)
+        self.prepare_slot = threading.Lock()
         self._count_lock = threading.Lock()
         self.waiting = 0
         self.draining = False
@@ -216,33 +222,53 @@ class Service:
         finally:
             self.slots.release()
 
-    def _wait_for_gpu(self, control: RequestControl | None) -> None:
+    def _acquire(self, lock: threading.Lock, limit: float, control: RequestControl | None) -> None:
+        """Take ``lock`` by the monotonic time ``limit`` (else 503 queue_timeout), looking at the
+        client and the deadline every WAIT_POLL_S meanwhile."""
+        while True:
+            wait = limit - time.monotonic()
+            if control is not None and (remaining := control.remaining()) is not None:
+                wait = min(wait, remaining)
+            if lock.acquire(timeout=max(0.0, min(wait, WAIT_POLL_S))):
+                return
+            if control is not None:
+                control.check()  # the client left the queue, or the deadline passed
+            if time.monotonic() >= limit:
+                raise self._busy("queue_timeout")
+
+    def _wait_for_gpu(self, control: RequestControl | None, prepare: Callable[[], Any] | None) -> Any:
+        """Wait for the GPU lock; with ``prepare`` (and OVERLAP on) first take the one preparation
+        slot and run ``prepare()`` while another request may hold the GPU, keeping the slot until
+        the lock is ours, so at most one prepared request waits. What ``prepare`` returned, or None."""
         limit = time.monotonic() + float(self.config["QUEUE_TIMEOUT"])
         self._adjust_waiting(+1)
         try:
-            while True:
-                now = time.monotonic()
-                wait = limit - now
-                if control is not None and (remaining := control.remaining()) is not None:
-                    wait = min(wait, remaining)
-                if self.gpu_lock.acquire(timeout=max(0.0, min(wait, WAIT_POLL_S))):
-                    return
-                if control is not None:
-                    control.check()  # the client left the queue, or the deadline passed
-                if time.monotonic() >= limit:
-                    raise self._busy("queue_timeout")
+            if prepare is None or not self.config.get("OVERLAP"):
+                self._acquire(self.gpu_lock, limit, control)
+                return None
+            self._acquire(self.prepare_slot, limit, control)
+            try:
+                prepared = prepare()  # settles its own work if it fails; a finished one is only memory
+                self._acquire(self.gpu_lock, limit, control)
+                return prepared
+            finally:
+                self.prepare_slot.release()
         finally:
             self._adjust_waiting(-1)
 
-    def run_on_gpu(self, fn: Callable[[], Any], control: RequestControl | None = None) -> Any:
-        """Run fn holding the GPU lock (call inside `admit`); the client is checked once more first."""
-        self._wait_for_gpu(control)
+    def run_on_gpu(
+        self, fn: Callable[..., Any], control: RequestControl | None = None, prepare: Callable[[], Any] | None = None
+    ) -> Any:
+        """Run fn holding the GPU lock (call inside `admit`); the client is checked once more first.
+        With ``prepare``: ``fn(prepared)``, ``prepared`` being what ``prepare()`` made before the
+        GPU turn (OVERLAP on) or None (off: ``fn`` then does all of it under the lock)."""
+        prepared = self._wait_for_gpu(control, prepare)
         try:
             if control is not None:
                 control.check()
             self.metrics.in_flight.set(1)
             self.busy_since = self.last_progress = time.monotonic()
-            return fn()
+            return fn() if prepare is None else fn(prepared)
         finally:
             self.busy_since = None
             self.stuck()  # clears the stuck state once the call came back

@@ -33,7 +33,7 @@ def _default_factory(config: Mapping[str, Any]) -> Callable[[], Any]:
     def build() -> Any:
         from fastfit_engine.runtime.engine import FastFitEngine
 
-        engine = FastFitEngine(**engine_settings(config).engine_kwargs(), max_pixels=config["MAX_IMAGE_PIXELS"])
+        engine = FastFitEngine.from_models_dir(**engine_settings(config).engine_kwargs(), max_pixels=config["MAX_IMAGE_PIXELS"])
         if config["WARMUP"] is not False:  # on by default (on a CPU: one layout, see FastFitEngine.warmup)
             log.info("warm-up request took %.1f s", engine.warmup())
         return engine

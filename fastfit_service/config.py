@@ -52,6 +52,7 @@ def default_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MAX_IMAGE_PIXELS": read("FASTFIT_MAX_IMAGE_PIXELS", environ),
         "QUEUE_SIZE": read("FASTFIT_QUEUE_SIZE", environ),
         "QUEUE_TIMEOUT": read("FASTFIT_QUEUE_TIMEOUT", environ),
+        "OVERLAP": read("FASTFIT_OVERLAP", environ),  # prepare the next try-on while one denoises
         "RETRY_AFTER": read("FASTFIT_RETRY_AFTER", environ),
         "WARMUP": read("FASTFIT_WARMUP", environ),  # None: on (a CPU warms up one garment layout)
         # Decoded pixels of all a request's images together (after JPEG draft decoding), checked

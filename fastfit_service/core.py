@@ -3,8 +3,9 @@
 A body reader (multipart or JSON) turns the HTTP request into a `PromptRequest` (fields checked
 by the schema, images still encoded); the route hands it here with the request's `RequestControl`
 (deadline and client probe) and turns the `Outcome` into an answer. Here: admission (a queue
-slot before any decoding), decoding one request at a time into a `TryOnRequest`, the GPU lock
-(the engine's), the preview or the try-on, and which failures the metrics and the log count.
+slot before any decoding), decoding one request at a time into a `TryOnRequest`, a try-on's
+preparation while another request denoises (OVERLAP), the GPU lock (the engine's), the preview
+or the try-on, and which failures the metrics and the log count.
 """
 from __future__ import annotations
 
@@ -58,9 +59,10 @@ def handle(service: Service, request: PromptRequest, control: RequestControl, re
                     control.step(step, total)
 
                 result = service.run_on_gpu(
-                    lambda: engine.run(tryon, progress=progress, stage=tracker.stage, check=control.check,
-                                       lock_held=True),
+                    lambda prepared: engine.run(tryon, progress=progress, stage=tracker.stage, check=control.check,
+                                                lock_held=True, prepared=prepared),
                     control,
+                    prepare=lambda: engine.prepare(tryon, check=control.check),
                 )
                 outcome = Outcome(result.image, result.seed, result.timings, result.peak_vram_mb, _synthetic(engine))
     except ClientGone:

@@ -34,7 +34,7 @@ def model_dir(tmp_path_factory) -> Path:
 def engine(models_dir):
     from fastfit_engine.runtime.engine import FastFitEngine
 
-    return FastFitEngine(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
+    return FastFitEngine.from_models_dir(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def cached_engine(models_dir):
-    return FastFitEngine(
+    return FastFitEngine.from_models_dir(
         models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False,
         garment_cache_mb=64, person_cache_mb=64, person_cache_items=8,
     )
@@ -61,8 +61,8 @@ def test_cached_requests_are_bit_identical(cached_engine, monkeypatch):
 
     passes = _conditional_passes(eng.pipeline)
     parsed = []
-    real_densepose = eng.densepose
-    monkeypatch.setattr(eng, "densepose", lambda im: parsed.append(1) or real_densepose(im))
+    real_densepose = eng.parsers.densepose
+    monkeypatch.setattr(eng.parsers, "densepose", lambda im: parsed.append(1) or real_densepose(im))
 
     cold = run(person_a, 7)  # new person, new garments
     assert _counts(eng) == {"garment": (0, 2), "person": (0, 1)}
@@ -97,7 +97,7 @@ def test_cached_requests_are_bit_identical(cached_engine, monkeypatch):
 def test_caches_off_by_budget(models_dir, monkeypatch, sample_files):
     monkeypatch.setenv("FASTFIT_GARMENT_CACHE_MB", "0")
     monkeypatch.setenv("FASTFIT_PERSON_CACHE_ITEMS", "0")
-    eng = FastFitEngine(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
+    eng = FastFitEngine.from_models_dir(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
     assert not eng.garment_cache.enabled and not eng.person_cache.enabled
     garments = {"lower": sample_files["lower"]}
     a = eng.process(sample_files["person"], garments, steps=1, seed=3)
@@ -119,7 +119,7 @@ def test_pose_runs_beside_the_garment_and_parser_work(cached_engine, monkeypatch
     eng = cached_engine
     densepose_started = threading.Event()
     seen = {}
-    real_pose, real_densepose = eng.pose_detector, eng.densepose
+    real_pose, real_densepose = eng.parsers.pose, eng.parsers.densepose
 
     def pose(image):
         seen["pose_thread"] = threading.current_thread().name
@@ -131,8 +131,8 @@ def test_pose_runs_beside_the_garment_and_parser_work(cached_engine, monkeypatch
         densepose_started.set()
         return real_densepose(image)
 
-    monkeypatch.setattr(eng, "pose_detector", pose)
-    monkeypatch.setattr(eng, "densepose", densepose)
+    monkeypatch.setattr(eng.parsers, "pose", pose)
+    monkeypatch.setattr(eng.parsers, "densepose", densepose)
     result = eng.process(make_person(seed=5), {"bag": make_garment((10, 10, 200), 60, 80)}, steps=1, seed=1)
     assert seen["overlapped"] and seen["garments_done"]
     assert seen["pose_thread"] != threading.current_thread().name
@@ -151,7 +151,7 @@ def test_parsers_beside_the_garment_work_give_the_same_image(cached_engine, monk
         inline = eng.process(person, garments, steps=2, seed=5)
     densepose_started = threading.Event()
     seen = {}
-    real_densepose, real_pass = eng.densepose, eng.pipeline.unet.forward_reference
+    real_densepose, real_pass = eng.parsers.densepose, eng.pipeline.unet.forward_reference
 
     def densepose(image):
         seen["parse_thread"] = threading.current_thread().name
@@ -162,9 +162,9 @@ def test_parsers_beside_the_garment_work_give_the_same_image(cached_engine, monk
         seen.setdefault("overlapped", densepose_started.wait(timeout=60))
         return real_pass(*args, **kwargs)
 
-    monkeypatch.setattr(eng, "densepose", densepose)
+    monkeypatch.setattr(eng.parsers, "densepose", densepose)
     monkeypatch.setattr(eng.pipeline.unet, "forward_reference", reference_pass)
-    monkeypatch.setattr(eng, "parse_beside", True)
+    monkeypatch.setattr(eng.person, "parse_beside", True)
     stages = []
     with eng.caches_bypassed():
         beside = eng.process(person, garments, steps=2, seed=5, stage=stages.append)

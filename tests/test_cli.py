@@ -231,7 +231,7 @@ def test_cli_and_service_decode_large_jpegs_alike(engine, sample_files, tmp_path
 
     big = tmp_path / "big_person.jpg"
     make_person(900, 1200, seed=3).save(big, format="JPEG", quality=92)
-    monkeypatch.setattr("fastfit_engine.runtime.engine.FastFitEngine", lambda **kwargs: engine)
+    monkeypatch.setattr("fastfit_engine.runtime.engine.FastFitEngine.from_models_dir", lambda **kwargs: engine)
     out = tmp_path / "cli.png"
     code, err = _run(["--person", big, "--upper", sample_files["upper"], "--steps", "1", "--seed", "5",
                       "--resolution", "x".join(map(str, engine.resolution)), "--output", out], capsys)
@@ -258,8 +258,9 @@ def test_cli_exit_code_follows_the_catalogue_status(sample_files, tmp_path, caps
     class Failing:
         device = torch.device("cpu")
 
-        def __init__(self, **kwargs):
-            pass
+        @classmethod
+        def from_models_dir(cls, **kwargs):
+            return cls()
 
         def run(self, *args, **kwargs):
             raise getattr(errors, error)("the model produced NaN")

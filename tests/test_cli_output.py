@@ -17,7 +17,7 @@ from fastfit_engine.request.output import encode_image
 def shared_engine(engine, monkeypatch):
     """The CLI builds a FastFitEngine; hand it the session's (same models, small size: the CLI
     decodes its request for that working size)."""
-    monkeypatch.setattr(engine_module, "FastFitEngine", lambda *a, **k: engine)
+    monkeypatch.setattr(engine_module.FastFitEngine, "from_models_dir", lambda *a, **k: engine)
     monkeypatch.setenv("FASTFIT_RESOLUTION", "x".join(map(str, engine.resolution)))
     return engine
 

@@ -64,7 +64,7 @@ def test_engine_without_a_compiler_serves_eager_images(models_dir, engine, sampl
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
     monkeypatch.setenv("FASTFIT_COMPILE_CACHE", "off")  # leave the libraries' cache settings alone
     torch._dynamo.reset()
-    compiled = FastFitEngine(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False, compile=True)
+    compiled = FastFitEngine.from_models_dir(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False, compile=True)
     assert compiled.compiled and compiled.compile_fallbacks == 0
     app = create_app(compiled, {"WARMUP": False})
     client = app.test_client()

@@ -16,7 +16,7 @@ DWPOSE_SECONDS = 1.5
 def test_an_aborted_request_leaves_no_dwpose_work_for_the_next(engine, sample_files, monkeypatch):
     """Abort a request while its DWPose runs: the next request's pose stage starts at once (it
     is not queued behind the aborted one's DWPose on the single pose thread)."""
-    real = engine.pose_detector
+    real = engine.parsers.pose
     running = threading.Event()
     starts: list[float] = []
 
@@ -26,7 +26,7 @@ def test_an_aborted_request_leaves_no_dwpose_work_for_the_next(engine, sample_fi
         time.sleep(DWPOSE_SECONDS)
         return real(image)
 
-    monkeypatch.setattr(engine, "pose_detector", slow_pose)
+    monkeypatch.setattr(engine.parsers, "pose", slow_pose)
 
     def stop_once_dwpose_runs() -> None:
         if running.wait(timeout=0 if not starts else DWPOSE_SECONDS):

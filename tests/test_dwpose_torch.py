@@ -224,7 +224,7 @@ def test_auto_is_the_default_setting():
     assert EngineSettings.from_env({}).dwpose_device == "auto"
     assert EngineSettings.from_env({"FASTFIT_DWPOSE_DEVICE": "cpu"}).dwpose_device == "cpu"
     assert default_config({})["DWPOSE_DEVICE"] == "auto"
-    assert inspect.signature(FastFitEngine).parameters["dwpose_device"].default == "auto"
+    assert inspect.signature(FastFitEngine.from_models_dir).parameters["dwpose_device"].default == "auto"
 
 
 # ----------------------------------------------------------------------------- TF32 and the lock DensePose and SCHP share

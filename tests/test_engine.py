@@ -138,24 +138,24 @@ def test_cpu_default_working_size_is_small_and_said(models_dir, caplog):
     from fastfit_engine.runtime.engine import CPU_RESOLUTION
 
     with caplog.at_level(logging.WARNING, logger="fastfit.engine"):
-        eng = FastFitEngine(models_dir, device="cpu", download=False)
+        eng = FastFitEngine.from_models_dir(models_dir, device="cpu", download=False)
     assert eng.resolution == CPU_RESOLUTION == (192, 256)
     said = [r.getMessage() for r in caplog.records if r.name == "fastfit.engine"]
     assert len(said) == 1 and said[0].startswith("no GPU: working size 192x256") and "FASTFIT_RESOLUTION" in said[0]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="fastfit.engine"):
-        asked = FastFitEngine(models_dir, device="cpu", resolution="768x1024", download=False)
+        asked = FastFitEngine.from_models_dir(models_dir, device="cpu", resolution="768x1024", download=False)
     assert asked.resolution == (768, 1024) and not [r for r in caplog.records if r.name == "fastfit.engine"]
 
 
 def test_missing_models_are_named(tmp_path):
     with pytest.raises(ModelsNotFoundError, match=r"FastFit-MR-1024 is missing unet/config.json"):
-        FastFitEngine(tmp_path, device="cpu", download=False)
+        FastFitEngine.from_models_dir(tmp_path, device="cpu", download=False)
 
 
 def test_warmup_covers_every_layout_and_garment_slot(models_dir):
     """Warm-up runs each reference-size layout once and leaves every slot's unconditional K/V ready."""
-    eng = FastFitEngine(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
+    eng = FastFitEngine.from_models_dir(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
     pipe = eng.pipeline
     eng.pipeline = recorder = RecordingPipeline(pipe)
     seconds = eng.warmup(eng.WARMUP_SETS)  # a CUDA engine's default (a CPU's: the first layout only)

@@ -51,10 +51,10 @@ def test_gunicorn_worker_answers_from_the_catalogue():
 
 
 def test_nginx_error_pages_come_from_the_catalogue():
-    from fastfit_service import launch
+    from fastfit_service import instances, nginx_front
 
     env = {"FASTFIT_MAX_UPLOAD_MB": "7", "FASTFIT_RETRY_AFTER": "9"}
-    text = launch.render_nginx_config(env, launch.plan_instances({**env, "FASTFIT_DEVICES": "cpu"}), "/tmp/x")
+    text = nginx_front.render_nginx_config(env, instances.plan_instances({**env, "FASTFIT_DEVICES": "cpu"}), "/tmp/x")
     pages = dict(re.findall(r"location = /_fastfit_error/(\d+) \{ (.*?) \}\n", text))
     nginx = transport_errors("nginx")
     assert sorted(int(s) for s in pages) == sorted(nginx)

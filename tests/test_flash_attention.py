@@ -200,13 +200,13 @@ def test_engine_compiles_when_switched_on(models_dir, tmp_path, monkeypatch):
         monkeypatch.setenv(name, "unset-by-test")
     monkeypatch.setenv("FASTFIT_COMPILE", "1")
     monkeypatch.setenv("FASTFIT_COMPILE_CACHE", str(tmp_path / "cc"))
-    engine = FastFitEngine(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
+    engine = FastFitEngine.from_models_dir(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
     assert engine.compiled is True
     assert (tmp_path / "cc").is_dir() and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cc" / "inductor")
     pipe = engine.pipeline
     assert pipe._denoise != pipe.unet.forward_denoise  # the compiled step wrapper
     monkeypatch.setenv("FASTFIT_COMPILE", "0")
-    eager = FastFitEngine(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
+    eager = FastFitEngine.from_models_dir(models_dir, device="cpu", resolution=TEST_RESOLUTION, download=False)
     assert eager.compiled is False and eager.pipeline._denoise == eager.pipeline.unet.forward_denoise
 
 

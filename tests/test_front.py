@@ -254,7 +254,7 @@ def test_front_closes_a_stalled_body_without_an_answer_as_the_readme_says(stack)
         assert FRONT_TIMEOUT - 0.2 < time.monotonic() - t0 < FRONT_TIMEOUT + 2
     # the front's own answers, as the launcher renders them (from the error catalogue) and as the
     # README lists them
-    from fastfit_service.launch import nginx_error_locations
+    from fastfit_service.nginx_front import nginx_error_locations
 
     rendered = nginx_error_locations("20", "10")
     pages = dict(re.findall(r'location = /_fastfit_error/\d+ \{.*?return (\d+) \'\{"error": \{"code": "(\w+)"', rendered))

@@ -46,7 +46,7 @@ def tree(marked_root, tmp_path) -> Path:
 def _engine(root: Path):
     from fastfit_engine.runtime.engine import FastFitEngine
 
-    return FastFitEngine(root, device="cpu", resolution=TEST_RESOLUTION, download=False)
+    return FastFitEngine.from_models_dir(root, device="cpu", resolution=TEST_RESOLUTION, download=False)
 
 
 def _corrupt_middle(path: Path, n: int = 4096, seed: int = 0) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fastfit_service import launch
+from fastfit_service import instances, launch, nginx_front
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -30,13 +30,13 @@ def test_stdout_nginx_cannot_open_falls_back_to_a_file_log(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     env = {"FASTFIT_DEVICES": "cpu", "FASTFIT_FRONT_ACCESS_LOG": ""}
-    instances = launch.plan_instances(env)
-    temp_dir = launch.prepare_temp_dirs(str(run_dir))
+    planned = instances.plan_instances(env)
+    temp_dir = nginx_front.prepare_temp_dirs(str(run_dir))
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        broken = _nginx_test(launch.render_nginx_config(env, instances, str(run_dir), temp_dir), run_dir, theirs)
+        broken = _nginx_test(nginx_front.render_nginx_config(env, planned, str(run_dir), temp_dir), run_dir, theirs)
         assert broken.returncode != 0 and "/dev/stdout" in broken.stderr  # the failure is real
-        code = ("import sys; from fastfit_service.launch import front_access_log; "
+        code = ("import sys; from fastfit_service.nginx_front import front_access_log; "
                 f"sys.stderr.write('CHOSEN=' + front_access_log({{}}, {str(run_dir)!r}))")
         chosen = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=theirs, stderr=subprocess.PIPE,
                                 text=True, timeout=60)
@@ -47,7 +47,7 @@ def test_stdout_nginx_cannot_open_falls_back_to_a_file_log(tmp_path):
     fixed = {**env, "FASTFIT_FRONT_ACCESS_LOG": fallback}
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        ok = _nginx_test(launch.render_nginx_config(fixed, instances, str(run_dir), temp_dir), run_dir, theirs)
+        ok = _nginx_test(nginx_front.render_nginx_config(fixed, planned, str(run_dir), temp_dir), run_dir, theirs)
     assert ok.returncode == 0, ok.stderr
     if temp_dir != str(run_dir):
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -101,6 +101,6 @@ def test_all_devices_without_a_gpu_is_said_loudly(tmp_path, monkeypatch, capsys)
     assert "running ONE instance on the CPU" in err and "nginx is not installed" in err
     for spec in ("cpu", "cpu,cpu"):  # asked for: no warning
         env = {"FASTFIT_DEVICES": spec, "PATH": str(tmp_path)}
-        assert launch.no_gpu_warning(env, launch.plan_instances(env)) is None
+        assert instances.no_gpu_warning(env, instances.plan_instances(env)) is None
     env = {"CUDA_VISIBLE_DEVICES": ""}
-    assert "CUDA_VISIBLE_DEVICES=''" in launch.no_gpu_warning(env, launch.plan_instances(env))
+    assert "CUDA_VISIBLE_DEVICES=''" in instances.no_gpu_warning(env, instances.plan_instances(env))

@@ -22,7 +22,7 @@ def box_automask(engine, monkeypatch):
     """Random weights parse every pixel as clothing (an all-white mask), which leaves nothing to
     grow. The real parsers still run; the automatic mask is then a known box, and the top sixth of
     the LIP map is relabelled Face, so growth has room and a face to keep out of."""
-    real_lip = engine.schp_lip
+    real_lip = engine.parsers.schp_lip
     box = (W // 4, H // 3, 3 * W // 4, 2 * H // 3)  # x0, y0, x1, y1 (exclusive)
 
     def lip(image):
@@ -35,8 +35,8 @@ def box_automask(engine, monkeypatch):
         m[box[1]:box[3], box[0]:box[2]] = 255
         return Image.fromarray(m, "L")
 
-    monkeypatch.setattr(engine, "schp_lip", lip)
-    monkeypatch.setattr(engine, "_cloth_mask", cloth_mask)
+    monkeypatch.setattr(engine.parsers, "schp_lip", lip)
+    monkeypatch.setattr(engine.person, "cloth_mask", cloth_mask)
     return box
 
 
@@ -118,9 +118,9 @@ def test_a_supplied_mask_is_used_as_given_and_skips_densepose_and_schp(engine, s
     def never(image):
         raise AssertionError("a supplied mask needs no DensePose or SCHP")
 
-    monkeypatch.setattr(engine, "densepose", never)
-    monkeypatch.setattr(engine, "schp_lip", never)
-    monkeypatch.setattr(engine, "schp_atr", never)
+    monkeypatch.setattr(engine.parsers, "densepose", never)
+    monkeypatch.setattr(engine.parsers, "schp_lip", never)
+    monkeypatch.setattr(engine.parsers, "schp_atr", never)
     rng = np.random.default_rng(0)
     # a person photo of another shape than 3:4, and a mask drawn on it at half its size
     photo = make_person(400, 300)

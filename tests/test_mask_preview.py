@@ -17,14 +17,14 @@ PREP_STAGES = ["pose", "densepose", "schp", "mask", "total"]
 def face_on_top(engine, monkeypatch):
     """Random weights parse every pixel as clothing, so the mask would be all 255. The real LIP
     parser runs, then its top fifth is relabelled Face: the mask then keeps that area (0)."""
-    real = engine.schp_lip
+    real = engine.parsers.schp_lip
 
     def parse(image):
         labels = np.array(real(image))
         labels[: labels.shape[0] // 5] = LIP_MAPPING["Face"]
         return Image.fromarray(labels.astype(np.uint8), "L")
 
-    monkeypatch.setattr(engine, "schp_lip", parse)
+    monkeypatch.setattr(engine.parsers, "schp_lip", parse)
 
 
 def test_preprocess_gives_the_mask_the_try_on_uses(engine, sample_files, monkeypatch, face_on_top):

@@ -13,37 +13,37 @@ import pytest
 
 from helpers import multipart_body
 from _front_helpers import Stack, get, loadtest, require_nginx, slow_clients
-from fastfit_service import launch
+from fastfit_service import instances, nginx_front
 
 
 def test_fastfit_devices_parsing():
-    assert launch.parse_devices(None, ["0", "1"]) == ["0", "1"]  # default: every visible GPU
-    assert launch.parse_devices("all", ["0", "1", "2"]) == ["0", "1", "2"]
-    assert launch.parse_devices("", []) == ["cpu"]  # no GPU: one CPU instance
-    assert launch.parse_devices("1, 0", ["0", "1"]) == ["1", "0"]
-    assert launch.parse_devices("cpu,cpu", []) == ["cpu", "cpu"]
+    assert instances.parse_devices(None, ["0", "1"]) == ["0", "1"]  # default: every visible GPU
+    assert instances.parse_devices("all", ["0", "1", "2"]) == ["0", "1", "2"]
+    assert instances.parse_devices("", []) == ["cpu"]  # no GPU: one CPU instance
+    assert instances.parse_devices("1, 0", ["0", "1"]) == ["1", "0"]
+    assert instances.parse_devices("cpu,cpu", []) == ["cpu", "cpu"]
     for bad, words in [("0,0", "listed twice"), ("0,,1", "empty entry"), ("cuda:1", "by index"),
                        ("3", "not visible")]:
-        with pytest.raises(launch.LaunchError, match=words):
-            launch.parse_devices(bad, ["0", "1"])
+        with pytest.raises(instances.LaunchError, match=words):
+            instances.parse_devices(bad, ["0", "1"])
 
 
 def test_visible_gpus_follow_cuda_visible_devices():
-    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
-    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
-    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-aa, GPU-bb"}) == ["GPU-aa", "GPU-bb"]
+    assert instances.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert instances.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert instances.visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-aa, GPU-bb"}) == ["GPU-aa", "GPU-bb"]
 
 
 def test_each_instance_is_pinned_to_its_gpu_on_its_own_loopback_port():
     env = {"CUDA_VISIBLE_DEVICES": "4,5", "FASTFIT_BACKEND_PORT_BASE": "9100", "PORT": "8000"}
-    instances = launch.plan_instances(env)
-    assert [(i.device, i.port) for i in instances] == [("4", 9100), ("5", 9101)]
-    envs = [launch.instance_env(env, i) for i in instances]
+    planned = instances.plan_instances(env)
+    assert [(i.device, i.port) for i in planned] == [("4", 9100), ("5", 9101)]
+    envs = [instances.instance_env(env, i) for i in planned]
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["4", "5"]  # set before the process starts
     assert all(e["FASTFIT_DEVICE"] == "cuda:0" for e in envs)  # the one GPU each process sees
     assert [e["GUNICORN_BIND"] for e in envs] == ["127.0.0.1:9100", "127.0.0.1:9101"]
     assert "PORT" not in envs[0]
-    cpu = launch.instance_env({}, launch.Instance(0, "cpu", 9100))
+    cpu = instances.instance_env({}, instances.Instance(0, "cpu", 9100))
     assert cpu["CUDA_VISIBLE_DEVICES"] == "" and cpu["FASTFIT_DEVICE"] == "cpu"
 
 
@@ -51,7 +51,7 @@ def test_rendered_front_is_least_connections_with_a_cap_per_instance(tmp_path):
     require_nginx()
     env = {"FASTFIT_DEVICES": "cpu,cpu,cpu", "FASTFIT_QUEUE_SIZE": "3", "FASTFIT_LISTEN": "127.0.0.1:18999",
            "FASTFIT_BACKEND_PORT_BASE": "19100"}
-    text = launch.render_nginx_config(env, launch.plan_instances(env), str(tmp_path))
+    text = nginx_front.render_nginx_config(env, instances.plan_instances(env), str(tmp_path))
     prompt_upstream = text.split("upstream fastfit_prompt {", 1)[1].split("}", 1)[0]
     assert "least_conn;" in prompt_upstream
     assert [line.strip() for line in prompt_upstream.splitlines() if "server " in line] == [
@@ -60,7 +60,7 @@ def test_rendered_front_is_least_connections_with_a_cap_per_instance(tmp_path):
     assert "proxy_next_upstream error timeout http_503 non_idempotent;" in text
     conf = tmp_path / "nginx.conf"
     conf.write_text(text)
-    nginx = launch.nginx_binary(os.environ)
+    nginx = nginx_front.nginx_binary(os.environ)
     check = subprocess.run([nginx, "-t", "-e", "stderr", "-p", str(tmp_path), "-c", str(conf)],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stderr  # the real nginx accepts it

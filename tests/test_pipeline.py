@@ -224,6 +224,8 @@ def test_unconditional_memo_reused_and_exact(model_dir, inputs):
         (dict(person=Image.new("RGB", (W + 4, H)), mask=Image.new("L", (W + 4, H))), "multiple of 8"),
         (dict(references=[("upper", Image.new("RGB", (20, 24)))]), r"reference 0 \(upper\) size 20x24"),
         (dict(pose=np.zeros((H, W, 3))), "pose must be a PIL image"),
+        (dict(seed=1.5), r"seed must be an integer >= 0 or None, got 1\.5"),
+        (dict(seed=-1), "seed must be an integer >= 0 or None, got -1"),
     ],
 )
 def test_input_validation(pipe, inputs, kwargs, match):
@@ -234,6 +236,46 @@ def test_input_validation(pipe, inputs, kwargs, match):
         args["references"] = [(args["references"][0][0], refs["upper"])]
     with pytest.raises(ValueError, match=match):
         pipe(**args)
+
+
+def test_generate_takes_checked_numbers_as_they_are(pipe, inputs, monkeypatch):
+    """The front door parses, checks and defaults steps, seed and guidance once (request/schema.py,
+    or __call__ for the Python API); generate() has no defaults of its own, checks nothing again
+    and hands the numbers to the scheduler and the generator as given."""
+    import inspect
+
+    from fastfit_engine.model import pipeline as pipeline_module
+
+    params = inspect.signature(type(pipe).generate).parameters
+    for name in ("num_inference_steps", "guidance_scale", "seed"):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY and params[name].default is inspect.Parameter.empty
+    person, mask, pose, refs = inputs
+    references = [("upper", refs["upper"])]
+    expected = np.asarray(pipe(person, mask, references, pose=pose, num_inference_steps=2, guidance_scale=1.5, seed=9))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("checked or drawn again inside generate()")
+
+    monkeypatch.setattr(pipeline_module, "check_inputs", refuse)
+    monkeypatch.setattr(pipeline_module, "check_seed", refuse)
+    monkeypatch.setattr(pipeline_module, "draw_seed", refuse)
+    monkeypatch.setattr(type(pipe), "check_inputs", staticmethod(refuse))
+    set_steps, seeds = [], []
+    scheduler_cls = type(pipe.scheduler)
+    real_set, real_seed = scheduler_cls.set_timesteps, torch.Generator.manual_seed
+    monkeypatch.setattr(scheduler_cls, "set_timesteps", lambda self, n, *a, **k: set_steps.append(n) or real_set(self, n, *a, **k))
+    with pipe.prepare_references(references, person.size, 1.5) as prepared:
+        torch_generator = torch.Generator
+
+        class RecordingGenerator(torch_generator):  # what reaches manual_seed, as given
+            def manual_seed(self, seed):
+                seeds.append(seed)
+                return real_seed(self, seed)
+
+        monkeypatch.setattr(torch, "Generator", RecordingGenerator)
+        out = pipe.generate(person, mask, prepared, pose=pose, num_inference_steps=2, guidance_scale=1.5, seed=9)
+    assert set_steps == [2] and seeds == [9] and type(seeds[0]) is int
+    assert np.array_equal(np.asarray(out), expected)
 
 
 def test_wrong_folders_and_keys(model_dir, tmp_path):

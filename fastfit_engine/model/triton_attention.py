@@ -22,33 +22,10 @@ next head, so Q's are zeroed once and K's then add nothing), with these options 
   unrolled by two so that the scores need no register copies;
 - the tile (queries x keys per program), warps and TMA pipeline depth.
 
-Measured on one H200 (torch 2.11, Triton 3.6, cuDNN of torch 2.11), bf16, batch 2, 8 heads,
-2026-12-04, ``python -m bench.bench_attention`` (median of triton.testing.do_bench), max abs
-error against fp32 math attention on 512 query rows:
-  12288 x 36864, head 40: best build f32 pipe=1 64x128 (4 warps, 3 stages) 4.26 ms (4.35 in a
-    second run); f32 128x128 without pipe 4.95; pipe=2 5.2-7.1; f16x2 6.07; bf16x2 6.50 (error
-    2.6e-4, twice cuDNN's); f32 + half polynomial 6.48; cuDNN 4.04-4.06 (3.97 in a first run);
-    FA4 3.19 (issue 19's figure; FA4 was not installed there). Every f32/f16x2 build's max error
-    equals cuDNN's, 1.4e-4 (bf16 rounding of the output).
-  3072 x 9216, head 80: f32 pipe=1 64x64 0.406-0.432 ms (0.45-0.49 without pipe); cuDNN
-    0.337-0.357; FA4 0.244. The other garment layouts' K/V lengths keep the same order (the
-    pipelined build 4-11 % slower than cuDNN at head 40, 12-30 % at head 80).
-Why the packed exponential did not pay: ptxas (CUDA 13, sm_90a) splits each ex2.approx.f16x2
-into two MUFU.EX2.F16 instructions, one per half, so the special-function units still see one
-instruction per score, and the f16 V copy costs 0.15 ms more at the top level. The polynomial
-share did not pay either: the loop is issue-heavy already (below), and the polynomial spends 8
-instructions on each exponential it takes off the special-function units. In SASS the shipped
-loop issues 7.8 instructions per score per thread (1 MUFU.EX2, 1.06
-FMNMX, 1.06 FADD, 1.03 FFMA, 0.97 register copies of the pipelined scores, 0.5 F2FP, 0.5 FMUL,
-and 5 barriers per key block): 1.7 ms of issue and 1.7 ms of MUFU at full rate against 4.3 ms
-measured, so about 40 % of both is used and the rest is stalls. Unrolling by two (pipe=2)
-removes the copies (6.5 per score) but ran slower (5.9 ms at 64x128; its key buffers take 213 KB
-of shared memory; why it stalls more is not established): a prediction that missed. The
-remaining gap to FA4 is latency hiding: FA3/FA4 give one warpgroup the loads and two the
-softmax, ping-ponging the tensor cores between them; Triton 3.6's automatic warp
-specialisation (``tl.range(warp_specialize=True)``) hung on this loop (over 45 s), so that
-structure needs Gluon or the CuTe DSL. Hence FA4 stays the default and this kernel is chosen
-only by ``attention_backend="triton"``.
+On an H200 every build measured (bf16, 2026-12-04) is slower than cuDNN and FA4 at both head
+sizes, the best ones as accurate as cuDNN; bench/README.md ("Our Triton attention kernel") has the figures
+and why the packed exponential, the polynomial and the unrolled loop did not pay. Hence FA4
+stays the default and this kernel is chosen only by ``attention_backend="triton"``.
 
 The kernel is registered as the custom op ``fastfit::triton_attention`` (with a fake
 implementation) so torch.compile treats it as opaque; Triton compiles each build on its first
@@ -102,7 +79,7 @@ class TritonConfig:
 
 
 # Per head size: the fastest build within cuDNN's accuracy on one H200, 2026-12-04
-# (bench/bench_attention.py, upper+lower shapes; numbers in the module notes).
+# (bench/bench_attention.py, upper+lower shapes; numbers in bench/README.md, "Our Triton attention kernel").
 TRITON_CONFIGS: dict[int, TritonConfig] = {
     40: TritonConfig("f32", 64, 128, 4, 3, pipe=1),
     80: TritonConfig("f32", 64, 64, 4, 3, pipe=1),
@@ -122,7 +99,7 @@ if triton is not None:
     @triton.jit
     def _exp2_f16x2(x):
         # two fp32 arguments -> one packed f16x2 register -> ex2.approx.f16x2 (which ptxas for
-        # sm_90a still issues as two MUFU.EX2.F16, one per half: see the module notes)
+        # sm_90a still issues as two MUFU.EX2.F16, one per half: bench/README.md)
         return tl.inline_asm_elementwise(
             "{ .reg .b32 t; cvt.rn.f16x2.f32 t, $2, $1; ex2.approx.f16x2 $0, t; }",
             "=r,r,r", [x], dtype=tl.float16, is_pure=True, pack=2,

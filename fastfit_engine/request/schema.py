@@ -239,20 +239,18 @@ def parse_numbers(values: Mapping[str, Any]) -> TryOnParams:
             f"unknown parameter {shorten(unknown[0])!r}; expected one of {', '.join(NUMBER_FIELDS_BY_NAME)}",
             code="unknown_field", field=unknown[0],
         )
-    out: dict[str, Any] = {}
-    for field in NUMBER_FIELDS:
-        raw = values.get(field.name)
-        if raw is None or (isinstance(raw, str) and raw.strip() == ""):
-            out[field.name] = field.default
-        else:
-            out[field.name] = field.parse(raw)
-    return TryOnParams(**out)
+    return TryOnParams(**_parse_fields(NUMBER_FIELDS, values))
 
 
 def parse_output_options(values: Mapping[str, Any]) -> dict[str, Any]:
     """Validate the output options present in `values`; absent or blank ones get their defaults."""
+    return _parse_fields(OUTPUT_FIELDS, values)
+
+
+def _parse_fields(fields: Iterable[NumberField | ChoiceField], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Each field's value from `values`, parsed by the field; absent or blank: the field's default."""
     out: dict[str, Any] = {}
-    for field in OUTPUT_FIELDS:
+    for field in fields:
         raw = values.get(field.name)
         if raw is None or (isinstance(raw, str) and raw.strip() == ""):
             out[field.name] = field.default

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .. import settings
 from ..model.garment_store import image_digest, snapshot_nbytes
 
 __all__ = [
@@ -197,3 +198,22 @@ def expire_in_background(cache: LRUCache, every: float) -> threading.Thread | No
     thread = threading.Thread(target=loop, name="fastfit-cache-expiry", daemon=True)
     thread.start()
     return thread
+
+
+def caches_from_settings(
+    garment_mb: float | None, person_mb: float | None, person_items: int | None, person_ttl: float | None
+) -> tuple[LRUCache, LRUCache]:
+    """An engine's garment and person caches, sized by the arguments, else FASTFIT_GARMENT_CACHE_MB,
+    FASTFIT_PERSON_CACHE_MB and FASTFIT_PERSON_CACHE_ITEMS (0 disables); persons kept at most
+    FASTFIT_PERSON_CACHE_TTL seconds, swept by a background thread."""
+    if garment_mb is None:
+        garment_mb = settings.read("FASTFIT_GARMENT_CACHE_MB")
+    if person_mb is None:
+        person_mb = settings.read("FASTFIT_PERSON_CACHE_MB")
+    if person_items is None:
+        person_items = int(settings.read("FASTFIT_PERSON_CACHE_ITEMS"))
+    if person_ttl is None:
+        person_ttl = settings.read("FASTFIT_PERSON_CACHE_TTL")
+    person = LRUCache("person", int(person_mb * 2**20), max_items=person_items, ttl=person_ttl)
+    expire_in_background(person, every=min(person_ttl, 30.0))
+    return LRUCache("garment", int(garment_mb * 2**20)), person

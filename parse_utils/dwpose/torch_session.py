@@ -1,13 +1,10 @@
 """DWPose's ONNX graphs as torch modules, behind the part of onnxruntime's session API DWPose uses.
 
 Why: on a GPU host, DWPose on onnxruntime's CPU provider is the longest of the person parsers,
-and a cold request waits for it after its garment work. On one H200 with 16 host cores
-(2026-12-04, cost-equivalent random YOLOX-L / DWPose-L graphs, ``bench/bench_dwpose.py``) a
-768x1024 photo took 283 ms with onnxruntime on 14 threads and 44 ms with these modules on the
-GPU without TF32 (23 ms of it the two networks, bound by kernel launches), with 339 MiB of
-weights and a 454 MiB peak on the GPU. No second copy of the weights, no onnxruntime-gpu CUDA stack, no
-re-export: the session reads the very ``yolox_l.onnx`` and ``dw-ll_ucoco_384.onnx`` files the
-onnxruntime path reads.
+and a cold request waits for it after its garment work; on the GPU these modules take about a
+sixth of its time (H200, 2026-12-04; bench/README.md, "DWPose on the GPU"). No second copy of
+the weights, no onnxruntime-gpu CUDA stack, no re-export: the session reads the very
+``yolox_l.onnx`` and ``dw-ll_ucoco_384.onnx`` files the onnxruntime path reads.
 
 The graph is turned into a ``torch.fx.GraphModule`` by the ONNX->torch converter onnx2torch
 (onnx2pytorch 0.6 also runs these graphs, but keeps every initializer as a buffer beside the
@@ -31,15 +28,14 @@ Deliberate differences from onnxruntime's CPU provider: the arithmetic is PyTorc
 outputs differ by float rounding and an arg-max over two nearly equal SimCC bins can land one
 bin (half a crop pixel) away. Float32 convolutions run without TF32 (cuDNN's process-wide switch
 is turned off while a graph is called, under the lock that DensePose and SCHP take around
-theirs: ``parse_utils.base.float32_gpu_work``): on the H200 run above every keypoint and the
-drawing were then identical to onnxruntime's, at 43.6 ms a call, against 94 % of the keypoints
-(random weights) at 36.5 ms with PyTorch's default TF32. ``torch.compile`` is not offered:
-dynamo rejects onnx2torch 1.5.15's ``Reshape``, which builds a ``torch.Size`` from a tensor.
+theirs: ``parse_utils.base.float32_gpu_work``): every keypoint and the drawing are then
+identical to onnxruntime's in the bench run, against most but not all with PyTorch's default
+TF32, a little faster. ``torch.compile`` is not offered: dynamo rejects onnx2torch 1.5.15's ``Reshape``, which builds a ``torch.Size`` from a tensor.
 Optional ``dtype`` float16/bfloat16 runs the network under ``torch.autocast`` (convolutions and
 matrix products in half precision, the weights and every other op as the graph has them, so
-integer-valued float constants such as a ``Range`` stay exact); outputs come back as float32. On
-the H200 run above it took 41 ms and left only 84 % (float16) or 44 % (bfloat16) of the
-keypoints identical, so float32 is the default.
+integer-valued float constants such as a ``Range`` stay exact); outputs come back as float32. It
+was barely faster and left far fewer keypoints identical in the bench run, so float32 is the
+default.
 """
 from __future__ import annotations
 
