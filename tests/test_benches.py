@@ -171,7 +171,7 @@ def test_bench_sha256_quick():
 
 
 def test_census_counts_the_step_exponentials():
-    from bench.bench_step import census
+    from bench.step_census import census
 
     report = census()
     # batch 2, 8 heads; (queries, layers) per level at 768x1024, keys = 3 x queries (upper+lower)
