@@ -161,11 +161,19 @@ def test_ready_and_server_timing_parser(live):
     assert parse_server_timing("pose;dur=12.5, total;desc=\"x\";dur=80") == {"pose": 12.5, "total": 80.0}
 
 
-def test_the_client_is_one_file_with_urllib3_and_tqdm_only():
-    tree = ast.parse((ROOT / "fastfit_client.py").read_text())
+def _third_party_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported - set(sys.stdlib_module_names) - {"__future__"} == {"urllib3", "tqdm"}, imported
+    return imported - set(sys.stdlib_module_names) - {"__future__"}
+
+
+def test_the_client_is_one_file_with_urllib3_only_and_the_batch_runner_adds_tqdm():
+    # fastfit_client.py names fastfit_batch only inside its command line (the `batch` hand-over)
+    assert _third_party_imports(ROOT / "fastfit_client.py") == {"urllib3", "fastfit_batch"}
+    tree = ast.parse((ROOT / "fastfit_client.py").read_text())
+    assert not any(isinstance(node, (ast.Import, ast.ImportFrom)) and "fastfit_batch" in ast.dump(node) for node in tree.body)
+    assert _third_party_imports(ROOT / "fastfit_batch.py") == {"fastfit_client", "tqdm"}
 
 
 def test_a_keyed_service_with_the_api_key(engine, sample_files, tmp_path, monkeypatch):
