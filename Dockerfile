@@ -41,7 +41,8 @@ COPY parse_utils/ parse_utils/
 COPY fastfit_service/ fastfit_service/
 COPY deploy/ deploy/
 COPY examples/ examples/
-COPY inference.py server.py gunicorn.conf.py LICENSE ./
+# fastfit_client.py: deploy/loadtest.py builds its requests with it
+COPY inference.py server.py gunicorn.conf.py fastfit_client.py LICENSE ./
 
 # uid 1000 owns the two volumes: a named volume starts with this ownership, so the first model
 # download and the compile cache can be written (a bind-mounted host folder keeps its own owner:

@@ -102,13 +102,17 @@ class TryOnResult:
 
 
 def parse_server_timing(value: str) -> dict[str, float]:
-    """'pose;dur=12.5, total;dur=80' -> {'pose': 12.5, 'total': 80.0} (milliseconds)."""
+    """'pose;dur=12.5, total;dur=80' -> {'pose': 12.5, 'total': 80.0} (milliseconds); an entry
+    without a readable `dur` is left out (a proxy's header never fails a try-on)."""
     out: dict[str, float] = {}
     for part in value.split(","):
         name, *params = [p.strip() for p in part.split(";")]
         for p in params:
             if name and p.startswith("dur="):
-                out[name] = float(p[4:])
+                try:
+                    out[name] = float(p[4:])
+                except ValueError:
+                    pass
     return out
 
 
@@ -123,7 +127,9 @@ def _read_image(value: ImageInput) -> tuple[bytes, str]:
     raise TypeError(f"an image must be a path, bytes or a binary file, got {type(value).__name__}")
 
 
-def _multipart(files: dict[str, ImageInput], fields: dict[str, Any]) -> tuple[bytes, str]:
+def multipart_body(files: dict[str, ImageInput], fields: dict[str, Any]) -> tuple[bytes, str]:
+    """A multipart/form-data body of text `fields` then `files`, and its Content-Type (with the
+    boundary); deploy/loadtest.py builds its requests with it too."""
     boundary = uuid.uuid4().hex
     out = io.BytesIO()
     for name, value in fields.items():
@@ -262,7 +268,7 @@ class FastFitClient:
         images = {"upper": upper, "lower": lower, "dress": dress, "shoe": shoe, "bag": bag, "mask": mask}
         files: dict[str, ImageInput] = {"person": person, **{k: v for k, v in images.items() if v is not None}}
         numbers = {"steps": steps, "seed": seed, "guidance_scale": guidance_scale, **options}
-        body, content_type = _multipart(files, {k: v for k, v in numbers.items() if v is not None})
+        body, content_type = multipart_body(files, {k: v for k, v in numbers.items() if v is not None})
         status, headers, data, attempts = self._post("/prompt", body, content_type)
         timing = parse_server_timing(headers.get("Server-Timing", ""))
         vram = headers.get("X-Peak-VRAM-MB")

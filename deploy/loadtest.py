@@ -13,11 +13,10 @@ busy the GPU was over the run.
     # CPU smoke run on tiny synthetic models (writes them to a temporary folder)
     python deploy/loadtest.py --quick
 
-Traffic. Request i of the run gets a new person photo and new garments (distinct bytes, so every
-cache misses: "cold"), except that with probability --repeat-person it reuses one of the persons
-already sent (and likewise --repeat-garments for the garment pair). The draws come from
---mix-seed, so two runs with the same options send the same sequence. Images are smooth random
-fields at the working size, made from the request's index, so they cost the client little CPU.
+Traffic (deploy/load_traffic.py). Request i of the run gets a new person photo and new garments
+(distinct bytes, so every cache misses: "cold"), except that with probability --repeat-person it
+reuses one of the persons already sent (and likewise --repeat-garments for the garment pair). The
+draws come from --mix-seed, so two runs with the same options send the same sequence.
 
 Counting. A request is "lost" when it gets no HTTP answer, or an answer other than 200 or a
 503/429 refusal with Retry-After; a refused request is counted and sent again after the
@@ -35,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import random
@@ -49,88 +47,22 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GARMENT_SIZE = (768, 1024)
+# the tool's own modules (deploy/) and the client whose request body and Server-Timing reader it shares (the root)
+for _path in (str(ROOT / "deploy"), str(ROOT)):
+    if _path not in sys.path:
+        sys.path.append(_path)
 
-
-def image_bytes(seed: int, size: tuple[int, int]) -> bytes:
-    """A JPEG of a smooth random field, different for every seed (a 24x32 grid, upsampled)."""
-    import numpy as np
-    from PIL import Image
-
-    grid = np.random.default_rng(seed).integers(0, 255, (32, 24, 3), dtype=np.uint8)
-    img = Image.fromarray(grid, "RGB").resize(size, Image.BICUBIC)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def build_request(steps: int, person_size: tuple[int, int], person: int = 0, garments: int = 0) -> tuple[bytes, str]:
-    """A multipart upper+lower request; `person` and `garments` number the images (same number, same bytes)."""
-    boundary = uuid.uuid4().hex
-    out = io.BytesIO()
-    for name, value in {"steps": steps, "seed": 1, "guidance_scale": 2.5}.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    parts = (("person", image_bytes(3 * person, person_size)),
-             ("upper", image_bytes(3 * garments + 1, GARMENT_SIZE)),
-             ("lower", image_bytes(3 * garments + 2, GARMENT_SIZE)))
-    for name, data in parts:
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.jpg"\r\n'
-                  "Content-Type: image/jpeg\r\n\r\n".encode())
-        out.write(data)
-        out.write(b"\r\n")
-    out.write(f"--{boundary}--\r\n".encode())
-    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
-
-
-class Traffic:
-    """The request sequence: which person and which garment pair request i sends (thread-safe)."""
-
-    def __init__(self, steps: int, person_size: tuple[int, int], repeat_person: float, repeat_garments: float,
-                 seed: int, first: int = 0):
-        self.steps, self.person_size = steps, person_size
-        self.repeat_person, self.repeat_garments = repeat_person, repeat_garments
-        self._rng = random.Random(seed)
-        self._lock = threading.Lock()
-        self._count = first  # the first request's index (another run's images are then new to the caches)
-        self._persons: list[int] = []  # numbers sent so far, each once
-        self._garments: list[int] = []
-
-    def next(self) -> tuple[int, int, int]:
-        """(request index, person number, garment number); a repeat picks one already sent."""
-        with self._lock:
-            i = self._count
-            self._count += 1
-            return i, self._pick(i, self.repeat_person, self._persons), self._pick(i, self.repeat_garments, self._garments)
-
-    def _pick(self, i: int, share: float, sent: list[int]) -> int:
-        if sent and self._rng.random() < share:
-            return self._rng.choice(sent)
-        sent.append(i)
-        return i
-
-    def body(self) -> tuple[bytes, str, bool, str]:
-        """The next request's body, its content type, whether it repeats the person, and its name
-        ("person-garments": the same name, the same bytes, whatever the run)."""
-        i, person, garments = self.next()
-        body, ctype = build_request(self.steps, self.person_size, person, garments)
-        return body, ctype, person != i, f"{person}-{garments}"
+from fastfit_client import parse_server_timing as client_server_timing  # noqa: E402
+from gpu_sampler import GpuSampler  # noqa: E402
+from load_traffic import Traffic, build_request, image_bytes  # noqa: E402,F401 (tests and load_runs use them from here)
 
 
 def parse_server_timing(value: str | None) -> dict[str, float]:
     """`name;dur=12.5, ...` (milliseconds) as seconds per stage."""
-    out: dict[str, float] = {}
-    for item in (value or "").split(","):
-        name, _, rest = item.strip().partition(";")
-        if rest.startswith("dur="):
-            try:
-                out[name] = float(rest[4:]) / 1000.0
-            except ValueError:
-                pass
-    return out
+    return {name: ms / 1000.0 for name, ms in client_server_timing(value or "").items()}
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -138,49 +70,6 @@ def _percentile(values: list[float], q: float) -> float | None:
         return None
     values = sorted(values)
     return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
-
-
-class GpuSampler:
-    """Samples NVML's "GPU busy" percentage (time a kernel ran over the last sample period) every
-    `period` seconds on a thread; `busy_fraction()` is their mean. Absent NVML, `reason` says why."""
-
-    def __init__(self, index: int = 0, period: float = 0.1):
-        self.samples: list[int] = []
-        self.reason: str | None = None
-        self.name: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        try:
-            import pynvml  # the nvidia-ml-py package
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            name = pynvml.nvmlDeviceGetName(self._handle)
-            self.name = name.decode() if isinstance(name, bytes) else name
-        except Exception as e:  # no package, no driver, no GPU: the run goes on without the figure
-            self.reason = f"{type(e).__name__}: {e}"[:200]
-            return
-        self._period = period
-
-    def __enter__(self) -> "GpuSampler":
-        if self.reason is None:
-            self._thread = threading.Thread(target=self._loop, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._period):
-            self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
-
-    def report(self) -> dict:
-        busy = round(statistics.fmean(self.samples) / 100.0, 4) if self.samples else None
-        return {"gpu": self.name, "gpu_busy_fraction": busy, "gpu_samples": len(self.samples),
-                "gpu_unmeasured_because": self.reason}
 
 
 def post(url: str, body: bytes, ctype: str, timeout: float) -> tuple[int | None, dict, str | None, str | None]:

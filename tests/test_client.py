@@ -159,6 +159,8 @@ def test_ready_and_server_timing_parser(live):
     _, url = live
     assert FastFitClient(url).ready() is True
     assert parse_server_timing("pose;dur=12.5, total;desc=\"x\";dur=80") == {"pose": 12.5, "total": 80.0}
+    # a stage whose duration is not a number (a proxy's header) is left out, the rest is read
+    assert parse_server_timing("proxy;dur=fast, total;dur=80, ;dur=3") == {"total": 80.0}
 
 
 def _third_party_imports(path: Path) -> set[str]:
